@@ -1,0 +1,1 @@
+"""dcssl — whole-slide images to a DeepCluster encoder on SLURM."""

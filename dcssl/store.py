@@ -1,0 +1,257 @@
+"""The tile store: one HDF5 shard per slide, a manifest giving the global tile index, a ledger.
+
+Layout (see DESIGN.md)::
+
+    store/shards/<shard>.h5   tiles   vlen uint8 (JPEG bytes)  or  N×H×W×3 uint8 (raw)
+                              coords  N×2 int64, level-0 x,y of each tile's top-left (CLAM order)
+                              tissue  N float32, tissue fraction of each tile
+                              labels  N int64 (optional: pre-tiled, labelled inputs)
+                              attrs   slide_id, mpp, tile_size, level, source_md5, encoding, n_tiles
+    store/manifest.json       shards in global-index order with tile counts and offsets
+    store/ledger.jsonl        one JSON line per slide attempt
+
+A shard is written under a temporary name and renamed when complete, so a shard that exists is
+whole. The global index of tile j of shard i is ``offsets[i] + j``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import h5py
+import numpy as np
+
+from hpc.checkpoint import atomic_path, atomic_write_text
+
+__all__ = ["ShardInfo", "ShardWriter", "Store", "build_manifest", "shard_name", "append_ledger",
+           "read_ledger", "latest_attempts", "decode_tile", "encode_jpeg", "open_h5",
+           "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def shard_name(slide_id: str) -> str:
+    """A file-system- and shell-safe shard file name for any slide id (spaces, quotes, ';' …).
+
+    Unsafe characters become '_' and a short hash of the original keeps distinct ids distinct.
+    """
+    safe = _SAFE.sub("_", slide_id).strip("._") or "slide"
+    if safe != slide_id:
+        safe = f"{safe[:80]}-{hashlib.sha1(slide_id.encode()).hexdigest()[:8]}"
+    return f"{safe}.h5"
+
+
+def open_h5(path: str | Path, mode: str = "r", locking: bool | None = None) -> h5py.File:
+    """Open an HDF5 file; ``locking=False`` for NFS/Lustre where POSIX locks hang or fail."""
+    if locking is None:
+        locking = os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() != "FALSE"
+    return h5py.File(path, mode, locking=locking)
+
+
+def encode_jpeg(tile: np.ndarray, quality: int = 85) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(tile).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def decode_tile(encoded: Any) -> np.ndarray:
+    """H×W×3 uint8 from JPEG bytes (a uint8 vector) or a raw tile (passed through)."""
+    array = np.asarray(encoded)
+    if array.ndim == 3:
+        return array
+    from PIL import Image
+
+    with Image.open(io.BytesIO(array.tobytes())) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+class ShardWriter:
+    """Write one shard; it appears under its final name only if the ``with`` block succeeds."""
+
+    def __init__(self, path: str | Path, *, slide_id: str, tile_size: int, encoding: str = "jpeg",
+                 mpp: float = float("nan"), level: int = 0, source_md5: str = "",
+                 with_labels: bool = False, attrs: dict | None = None):
+        if encoding not in ("jpeg", "raw"):
+            raise ValueError(f"encoding must be 'jpeg' or 'raw', got {encoding!r}")
+        self.path = Path(path)
+        self.encoding = encoding
+        self.tile_size = tile_size
+        self.with_labels = with_labels
+        self.attrs = dict(slide_id=slide_id, tile_size=tile_size, encoding=encoding, mpp=mpp,
+                          level=level, source_md5=source_md5, format_version=FORMAT_VERSION,
+                          **(attrs or {}))
+        self.n_tiles = 0
+        self._ctx = None
+        self._file: h5py.File | None = None
+
+    def __enter__(self) -> "ShardWriter":
+        self._ctx = atomic_path(self.path)
+        tmp = self._ctx.__enter__()
+        self._file = h5py.File(tmp, "w", locking=False)
+        f, size = self._file, self.tile_size
+        if self.encoding == "jpeg":
+            f.create_dataset("tiles", shape=(0,), maxshape=(None,), chunks=(64,),
+                             dtype=h5py.vlen_dtype(np.uint8))
+        else:
+            f.create_dataset("tiles", shape=(0, size, size, 3), maxshape=(None, size, size, 3),
+                             chunks=(1, size, size, 3), dtype=np.uint8)
+        f.create_dataset("coords", shape=(0, 2), maxshape=(None, 2), chunks=(1024, 2), dtype=np.int64)
+        f.create_dataset("tissue", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.float32)
+        if self.with_labels:
+            f.create_dataset("labels", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.int64)
+        return self
+
+    def append(self, tiles: Sequence[bytes] | np.ndarray, coords: np.ndarray,
+               tissue: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """Add a batch: JPEG byte strings (jpeg) or a k×H×W×3 uint8 array (raw)."""
+        k = len(tiles)
+        if k == 0:
+            return
+        f, start = self._file, self.n_tiles
+        for name in ("tiles", "coords", "tissue") + (("labels",) if self.with_labels else ()):
+            f[name].resize(start + k, axis=0)
+        if self.encoding == "jpeg":
+            f["tiles"][start:start + k] = [np.frombuffer(t, dtype=np.uint8) for t in tiles]
+        else:
+            f["tiles"][start:start + k] = np.asarray(tiles, dtype=np.uint8)
+        f["coords"][start:start + k] = np.asarray(coords, dtype=np.int64).reshape(k, 2)
+        f["tissue"][start:start + k] = np.asarray(tissue, dtype=np.float32)
+        if self.with_labels:
+            f["labels"][start:start + k] = np.asarray(labels, dtype=np.int64)
+        self.n_tiles += k
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        f, self._file = self._file, None
+        if exc_type is None:
+            f.attrs.update(self.attrs)
+            f.attrs["n_tiles"] = self.n_tiles
+        f.close()
+        self._ctx.__exit__(exc_type, exc, tb)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str
+    """Shard file name under store/shards/."""
+    slide_id: str
+    n_tiles: int
+    offset: int
+    """Global index of the shard's first tile."""
+    source_md5: str = ""
+
+
+def _read_info(path: Path, offset: int) -> ShardInfo:
+    with open_h5(path, locking=False) as f:
+        return ShardInfo(name=path.name, slide_id=str(f.attrs.get("slide_id", path.stem)),
+                         n_tiles=int(f["coords"].shape[0]), offset=offset,
+                         source_md5=str(f.attrs.get("source_md5", "")))
+
+
+def build_manifest(root: str | Path, names: Iterable[str] | None = None) -> "Store":
+    """Index the complete shards (sorted by file name, or in the order given) into manifest.json."""
+    root = Path(root)
+    shard_dir = root / "shards"
+    if names is None:
+        names = sorted(p.name for p in shard_dir.glob("*.h5")) if shard_dir.is_dir() else []
+    infos, offset = [], 0
+    for name in names:
+        info = _read_info(shard_dir / name, offset)
+        infos.append(info)
+        offset += info.n_tiles
+    document = {"format_version": FORMAT_VERSION, "n_tiles": offset,
+                "shards": [asdict(i) for i in infos]}
+    atomic_write_text(root / "manifest.json", json.dumps(document, indent=1))
+    return Store(root)
+
+
+class Store:
+    """Read side: the manifest, global index ↔ (shard, row), and per-shard HDF5 access."""
+
+    def __init__(self, root: str | Path, locking: bool | None = None):
+        self.root = Path(root)
+        manifest = self.root / "manifest.json"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest}: no tile store manifest; tile or ingest first")
+        document = json.loads(manifest.read_text())
+        self.shards = [ShardInfo(**s) for s in document["shards"]]
+        self.offsets = np.array([s.offset for s in self.shards] + [document["n_tiles"]],
+                                dtype=np.int64)
+        self.n_tiles = int(document["n_tiles"])
+        self.locking = locking
+
+    def __len__(self) -> int:
+        return self.n_tiles
+
+    def shard_path(self, shard: int) -> Path:
+        return self.root / "shards" / self.shards[shard].name
+
+    def locate(self, index: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard number, row within shard) for global indices."""
+        index = np.asarray(index, dtype=np.int64)
+        if index.size and (index.min() < 0 or index.max() >= self.n_tiles):
+            raise IndexError(f"tile index out of range [0, {self.n_tiles})")
+        shard = np.searchsorted(self.offsets, index, side="right") - 1
+        return shard, index - self.offsets[shard]
+
+    def open_shard(self, shard: int) -> h5py.File:
+        return open_h5(self.shard_path(shard), locking=self.locking)
+
+    def read_tile(self, index: int) -> np.ndarray:
+        """Decode one tile by global index (convenience; datasets keep files open instead)."""
+        shard, row = self.locate(index)
+        with self.open_shard(int(shard)) as f:
+            return decode_tile(f["tiles"][int(row)])
+
+    def labels(self) -> np.ndarray | None:
+        """Stored class labels by global index, or None if any shard has none."""
+        out = np.empty(self.n_tiles, dtype=np.int64)
+        for i, info in enumerate(self.shards):
+            with self.open_shard(i) as f:
+                if "labels" not in f:
+                    return None
+                out[info.offset:info.offset + info.n_tiles] = f["labels"][:]
+        return out
+
+
+def append_ledger(root: str | Path, record: dict) -> None:
+    """One JSON line per slide attempt; a single O_APPEND write keeps concurrent writers whole."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"time": time.time(), **record}, default=str) + "\n"
+    fd = os.open(root / "ledger.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_ledger(root: str | Path) -> list[dict]:
+    path = Path(root) / "ledger.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a crash mid-write: skip it
+            continue
+    return records
+
+
+def latest_attempts(root: str | Path) -> dict[str, dict]:
+    """The most recent ledger record of each slide."""
+    latest: dict[str, dict] = {}
+    for record in read_ledger(root):
+        latest[record.get("slide", "?")] = record
+    return latest
