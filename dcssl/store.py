@@ -21,7 +21,6 @@ import io
 import json
 import os
 import re
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -29,6 +28,7 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
+from dcssl.jsonl import append_jsonl, read_jsonl
 from hpc.checkpoint import atomic_path, atomic_write_text
 
 __all__ = ["ShardInfo", "ShardWriter", "Store", "build_manifest", "shard_name", "append_ledger",
@@ -225,28 +225,12 @@ class Store:
 
 
 def append_ledger(root: str | Path, record: dict) -> None:
-    """One JSON line per slide attempt; a single O_APPEND write keeps concurrent writers whole."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"time": time.time(), **record}, default=str) + "\n"
-    fd = os.open(root / "ledger.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    """One JSON line per slide attempt in ``root/ledger.jsonl``."""
+    append_jsonl(Path(root) / "ledger.jsonl", record)
 
 
 def read_ledger(root: str | Path) -> list[dict]:
-    path = Path(root) / "ledger.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash mid-write: skip it
-            continue
-    return records
+    return read_jsonl(Path(root) / "ledger.jsonl")
 
 
 def latest_attempts(root: str | Path) -> dict[str, dict]:
