@@ -1,0 +1,1 @@
+"""Benchmarks: each runs this project and its baseline side by side and prints the ratio."""

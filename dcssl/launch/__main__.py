@@ -1,0 +1,70 @@
+"""Entry point: pick the subcommand module, parse its arguments, turn user mistakes into exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from dcssl.launch.common import UsageError
+from hpc.config import ConfigError
+
+SUBCOMMANDS = {
+    "tile": "tile slides (a folder, a glob or a GDC manifest) into the run's tile store",
+    "ingest": "turn a folder of pre-tiled images (class sub-folders → labels) into a tile store",
+    "train": "run the DeepCluster loop: bootstrap features → cluster → train → cluster → …",
+    "cluster": "cluster one epoch's features (PCA-whitening + k-means or RCC)",
+    "status": "show what is done, failed and pending, with the latest metrics",
+    "plot": "redraw charts/progress.png from metrics.jsonl",
+    "demo": "tile the shipped slide and run a few DeepCluster epochs locally on the CPU",
+    "eval": "k-NN and linear-probe accuracy of the encoder against random init",
+    "export": "write the trunk as a torchvision-compatible state_dict",
+    "embed": "write encoder features for every tile of a store",
+    "curate": "pick a diverse subset of tiles per cluster",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _load(name: str):
+    try:
+        return importlib.import_module(f"dcssl.launch.{name}")
+    except ModuleNotFoundError as err:
+        if err.name == f"dcssl.launch.{name}":
+            raise UsageError(f"subcommand {name!r} is not available in this version") from None
+        raise
+
+
+def _usage() -> str:
+    lines = ["usage: python -m dcssl.launch <subcommand> [RUN_DIR] [options] [section.key=value …]",
+             "", "subcommands:"]
+    lines += [f"  {name:<8} {text}" for name, text in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name = argv[0]
+    try:
+        if name not in SUBCOMMANDS:
+            raise UsageError(f"unknown subcommand {name!r}; choose one of {', '.join(SUBCOMMANDS)}")
+        module = _load(name)
+        parser = _Parser(prog=f"dcssl.launch {name}", description=SUBCOMMANDS[name])
+        module.add_arguments(parser)
+        args = parser.parse_intermixed_args(argv[1:])
+        return int(module.run(args) or 0)
+    except (UsageError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
