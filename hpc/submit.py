@@ -82,6 +82,8 @@ def make_executor(cfg: ExecutorConfig, folder: str | Path, job_name: str = "dcss
         job_name=job_name, nodes=cfg.nodes, ntasks_per_node=cfg.tasks_per_node,
         cpus_per_task=cfg.cpus_per_task, time=cfg.timeout_min, signal_delay_s=cfg.signal_delay_s,
         array_parallelism=cfg.array_parallelism,
+        # requeue-on-preemption needs the job to be requeueable whatever the cluster's default
+        additional_parameters={"requeue": True},
     )
     optional = dict(partition=cfg.partition, account=cfg.account, qos=cfg.qos,
                     constraint=cfg.constraint, srun_args=cfg.srun_args or None,
