@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 __all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "dump_yaml", "field_docs",
-           "parse_overrides"]
+           "parse_overrides", "merge_dicts"]
 
 T = TypeVar("T")
 
@@ -143,11 +143,12 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_dicts(base: dict, extra: dict) -> dict:
+    """Nested merge: values of ``extra`` win, sections are merged key by key."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_dicts(out[key], value)
         else:
             out[key] = value
     return out
@@ -169,7 +170,7 @@ def load_config(cls: type[T], path: str | Path | None = None,
             raise ConfigError(f"{file}: not valid YAML{line}; fix the syntax") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: the top level must be a mapping of sections")
-    return from_dict(cls, _merge(data, parse_overrides(list(overrides))))
+    return from_dict(cls, merge_dicts(data, parse_overrides(list(overrides))))
 
 
 def field_docs(cls: type) -> dict[str, str]:

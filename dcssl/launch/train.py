@@ -1,0 +1,78 @@
+"""``launch train RUN_DIR``: the DeepCluster loop, locally or chained on SLURM, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import replace
+
+from dcssl.config import load_run_config, save_run_config
+from dcssl.launch.common import UsageError, add_run_arguments, existing_run_dir
+from dcssl.paths import RunPaths
+from dcssl.pipeline.local import StepFailed, run_local
+from dcssl.pipeline.report import draw_progress, epoch_table
+from dcssl.pipeline.slurm import submit_chain, wait_chain
+from dcssl.pipeline.state import RunState
+from dcssl.pipeline.steps import Step, pending_steps
+from dcssl.jsonl import read_jsonl
+
+log = logging.getLogger("dcssl.launch.train")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+    parser.add_argument("--executor", choices=["local", "slurm"], default=None,
+                        help="override executor_train.kind and executor_cluster.kind")
+    parser.add_argument("--epochs", type=int, default=None, help="override loop.epochs")
+    parser.add_argument("--wait", action="store_true",
+                        help="slurm: stay and report until the chain finishes (local always waits)")
+
+
+def resolve(args: argparse.Namespace):
+    """Validate everything before anything is written."""
+    paths = RunPaths(existing_run_dir(args.run_dir))
+    if not paths.manifest.is_file():
+        raise UsageError(f"{paths.manifest}: no tile store in this run; run "
+                         f"`python -m dcssl.launch tile {paths.root} --slides …` first")
+    cfg = load_run_config(paths.root, args.config, args.overrides)
+    if args.executor:
+        cfg.executor_train = replace(cfg.executor_train, kind=args.executor)
+        cfg.executor_cluster = replace(cfg.executor_cluster, kind=args.executor)
+    if args.epochs is not None:
+        cfg.loop = replace(cfg.loop, epochs=args.epochs)
+    return paths, cfg
+
+
+def run_loop(paths: RunPaths, cfg, wait: bool = True) -> int:
+    """Run (or submit) every unfinished step; 0 when all are done (or submitted)."""
+    save_run_config(paths.root, cfg)
+    pending: list[Step] = pending_steps(paths, cfg.loop.epochs)
+    if not pending:
+        log.info("all %d epochs are done; nothing to run", cfg.loop.epochs)
+        return 0
+    state = RunState(paths)
+    executors = {"train": cfg.executor_train, "cluster": cfg.executor_cluster}
+    log.info("%d step(s) to run, from %s", len(pending), pending[0].name)
+    if cfg.executor_train.kind == "local":
+        try:
+            run_local(pending, paths, executors, state)
+        except StepFailed as err:
+            log.error("%s", err)
+            return 1
+    else:
+        submit_chain(pending, paths, executors, state)
+        if not wait:
+            log.info("chain submitted; watch it with `python -m dcssl.launch status %s`", paths.root)
+            return 0
+        if not wait_chain(pending, paths, state):
+            return 1
+    for row in epoch_table(read_jsonl(paths.metrics)):
+        print(row)
+    chart = draw_progress(paths, read_jsonl(paths.metrics))
+    print(f"chart: {chart}\nmetrics: {paths.metrics}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    paths, cfg = resolve(args)
+    return run_loop(paths, cfg, wait=args.wait)

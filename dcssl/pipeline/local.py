@@ -1,0 +1,70 @@
+"""Run the loop's steps on this machine: the same task functions, as local processes.
+
+Train segments with G processes start through torchrun (DDP on gloo or nccl), clustering with R
+ranks through mpiexec — exactly the code SLURM runs, started differently. Commands are argument
+lists, never shell strings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dcssl.paths import RunPaths
+from dcssl.pipeline.state import RunState
+from dcssl.pipeline.steps import Step, is_done
+from hpc.submit import ExecutorConfig
+
+__all__ = ["StepFailed", "step_command", "run_local"]
+
+log = logging.getLogger(__name__)
+
+
+class StepFailed(RuntimeError):
+    """A step's processes exited non-zero; the message names the log."""
+
+
+def _mpiexec() -> str:
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else (shutil.which("mpiexec") or "mpiexec")
+
+
+def step_command(step: Step, run_dir: Path, executor: ExecutorConfig) -> list[str]:
+    """The argv that runs ``step`` with ``executor.tasks_per_node`` processes."""
+    task = ["-m", "dcssl.pipeline.steps", step.kind, str(run_dir), str(step.epoch)]
+    procs = executor.tasks_per_node
+    if procs == 1:
+        return [sys.executable, *task]
+    if step.kind == "train":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={procs}", *task]
+    return [_mpiexec(), "-n", str(procs), sys.executable, *task]
+
+
+def _run_step(step: Step, paths: RunPaths, executor: ExecutorConfig, state: RunState) -> None:
+    log_file = RunState.log_path(paths, step.name)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(executor.cpus_per_task), PYTHONUNBUFFERED="1")
+    state.update(step.name, status="running", executor="local", log=str(log_file))
+    started = time.time()
+    with open(log_file, "ab") as out:
+        code = subprocess.run(step_command(step, paths.root, executor), stdout=out,
+                              stderr=subprocess.STDOUT, env=env).returncode
+    seconds = round(time.time() - started, 2)
+    if code != 0 or not is_done(paths, step):
+        state.update(step.name, status="failed", exit_code=code, seconds=seconds)
+        raise StepFailed(f"{step.name} failed (exit {code}); see {log_file}")
+    state.update(step.name, status="done", seconds=seconds)
+
+
+def run_local(steps: list[Step], paths: RunPaths, executors: dict[str, ExecutorConfig],
+              state: RunState) -> None:
+    """Run the pending steps in order; stop at the first failure (re-running resumes there)."""
+    for i, step in enumerate(steps, 1):
+        log.info("step %d/%d: %s", i, len(steps), step.name)
+        _run_step(step, paths, executors[step.kind], state)

@@ -1,0 +1,148 @@
+"""Watching the loop: one ``epoch`` record per epoch, TensorBoard scalars, charts/progress.png.
+
+The per-step records come from the train segments (``train_window``, ``train_epoch``) and the
+clustering job (``cluster``); this module joins them per epoch and draws what a person would
+rather look at than read: loss and NMI(t-1, t) against epoch, and the cluster-size distribution.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from dcssl.jsonl import append_jsonl, read_jsonl
+from dcssl.paths import RunPaths
+from hpc.checkpoint import atomic_path
+
+__all__ = ["epoch_summary", "publish_epoch", "draw_progress", "epoch_table"]
+
+log = logging.getLogger(__name__)
+
+
+def _last(records: list[dict], kind: str, epoch: int) -> dict:
+    found = [r for r in records if r.get("kind") == kind and r.get("epoch") == epoch]
+    return found[-1] if found else {}
+
+
+def epoch_summary(records: list[dict], epoch: int) -> dict:
+    """Join epoch's train and cluster records into one ``epoch`` record."""
+    train, cluster = _last(records, "train_epoch", epoch), _last(records, "cluster", epoch)
+    cluster_seconds = cluster.get("seconds") or {}
+    total_cluster = (sum(v for v in cluster_seconds.values() if isinstance(v, (int, float)))
+                     if isinstance(cluster_seconds, dict) else cluster_seconds)
+    return {
+        "kind": "epoch", "epoch": epoch,
+        "loss": train.get("loss"),
+        "nmi_prev": cluster.get("nmi_prev"),
+        "k": cluster.get("k"),
+        "clusters_used": cluster.get("clusters_used"),
+        "empty_split": cluster.get("empty_split"),
+        "largest_share": cluster.get("largest_share"),
+        "inertia": cluster.get("inertia"),
+        "stale_fraction": train.get("stale_fraction"),
+        "seconds": {"train": train.get("seconds"), "cluster": total_cluster,
+                    "relabel": train.get("relabel_s")},
+    }
+
+
+def _cluster_sizes(paths: RunPaths, epoch: int) -> np.ndarray | None:
+    stats = paths.labels(epoch) / "stats.json"
+    if not stats.is_file():
+        return None
+    sizes = json.loads(stats.read_text()).get("sizes")
+    return np.asarray(sizes) if sizes is not None else None
+
+
+def draw_progress(paths: RunPaths, records: list[dict]) -> Path | None:
+    """Redraw charts/progress.png (atomically); None if there is nothing to draw yet."""
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    windows = [r for r in records if r.get("kind") == "train_window"]
+    if not epochs and not windows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_nmi, ax_sizes) = plt.subplots(1, 3, figsize=(15, 4.2))
+    # window losses spread over (e-1, e]: segment e is the e-th epoch of training
+    for epoch in sorted({w["epoch"] for w in windows}):
+        mine = [w for w in windows if w["epoch"] == epoch]
+        xs = epoch - 1 + (np.arange(len(mine)) + 1) / len(mine)
+        ax_loss.plot(xs, [w["loss"] for w in mine], lw=0.8, color="tab:blue", alpha=0.5)
+    trained = [r for r in epochs if r.get("loss") is not None]
+    ax_loss.plot([r["epoch"] for r in trained], [r["loss"] for r in trained], "o-",
+                 color="tab:red", label="epoch mean")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.set_title("training loss")
+    with_nmi = [r for r in epochs if r.get("nmi_prev") is not None]
+    ax_nmi.plot([r["epoch"] for r in with_nmi], [r["nmi_prev"] for r in with_nmi], "o-",
+                color="tab:green")
+    ax_nmi.set_ylim(0, 1)
+    ax_nmi.set_xlabel("epoch")
+    ax_nmi.set_title("NMI(labels t-1, labels t)")
+    ax_nmi.grid(alpha=0.3)
+    last = max((r["epoch"] for r in epochs), default=None)
+    sizes = _cluster_sizes(paths, last) if last is not None else None
+    if sizes is not None and sizes.size:
+        ax_sizes.bar(np.arange(sizes.size), np.sort(sizes)[::-1], width=1.0, color="tab:purple")
+        ax_sizes.set_yscale("log")
+        ax_sizes.set_xlabel("cluster (sorted by size)")
+    ax_sizes.set_title(f"cluster sizes, epoch {last}" if last is not None else "cluster sizes")
+    fig.tight_layout()
+    target = paths.charts / "progress.png"
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return target
+
+
+def _write_tensorboard(paths: RunPaths, summary: dict) -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional; metrics.jsonl and the chart carry the same
+        return
+    with SummaryWriter(log_dir=str(paths.tensorboard)) as writer:
+        for key in ("loss", "nmi_prev", "clusters_used", "empty_split", "largest_share",
+                    "stale_fraction"):
+            if summary.get(key) is not None:
+                writer.add_scalar(f"epoch/{key}", summary[key], summary["epoch"])
+        for phase, seconds in summary["seconds"].items():
+            if seconds is not None:
+                writer.add_scalar(f"seconds/{phase}", seconds, summary["epoch"])
+
+
+def publish_epoch(paths: RunPaths, epoch: int) -> dict:
+    """Append epoch's summary (once), write its TensorBoard scalars, redraw the chart."""
+    records = read_jsonl(paths.metrics)
+    summary = _last(records, "epoch", epoch)
+    if not summary:
+        summary = epoch_summary(records, epoch)
+        append_jsonl(paths.metrics, summary)
+        _write_tensorboard(paths, summary)
+        records.append(summary)
+    draw_progress(paths, records)
+    log.info("epoch %d: loss %s, NMI(t-1,t) %s, clusters used %s", epoch, summary.get("loss"),
+             summary.get("nmi_prev"), summary.get("clusters_used"))
+    return summary
+
+
+def epoch_table(records: list[dict]) -> list[str]:
+    """Text rows of the per-epoch metrics, for ``status``."""
+    rows = [f"{'epoch':>5} {'loss':>8} {'NMI(t-1,t)':>10} {'used':>6} {'split':>5} "
+            f"{'largest':>7} {'train s':>8} {'cluster s':>9}"]
+
+    def fmt(value, spec):
+        return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+    for r in (r for r in records if r.get("kind") == "epoch"):
+        sec = r.get("seconds") or {}
+        rows.append(f"{r['epoch']:>5} {fmt(r.get('loss'), '8.4f')} {fmt(r.get('nmi_prev'), '10.3f')} "
+                    f"{fmt(r.get('clusters_used'), '6d')} {fmt(r.get('empty_split'), '5d')} "
+                    f"{fmt(r.get('largest_share'), '7.3f')} {fmt(sec.get('train'), '8.1f')} "
+                    f"{fmt(sec.get('cluster'), '9.1f')}")
+    return rows

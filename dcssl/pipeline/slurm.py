@@ -1,0 +1,106 @@
+"""Chain the loop's steps on SLURM with ``afterok`` dependencies (submitit), so nothing has to
+stay alive on the login node: each train segment waits for the clustering before it, each
+clustering for its segment. Preempted jobs requeue themselves and their dependants wait.
+
+Re-running the launcher keeps the healthy prefix of the chain that is still queued or running,
+cancels the rest (e.g. jobs stuck behind a failed or cancelled one) and resubmits from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from dataclasses import replace
+
+from dcssl.paths import RunPaths
+from dcssl.pipeline.state import RunState
+from dcssl.pipeline.steps import Step, cluster_task, is_done, train_task
+from hpc.submit import ExecutorConfig, make_executor
+
+__all__ = ["live_jobs", "submit_chain", "wait_chain"]
+
+log = logging.getLogger(__name__)
+
+_BROKEN = ("DependencyNeverSatisfied",)
+
+
+def live_jobs(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """job id → (state, reason) for jobs still known to the queue (pending, running, …)."""
+    if not job_ids:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(job_ids)],
+                         capture_output=True, text=True, timeout=60)
+    jobs = {}
+    for line in out.stdout.splitlines():
+        job_id, state, reason = (line.split("|") + ["", ""])[:3]
+        jobs[job_id.strip()] = (state.strip(), reason.strip())
+    return jobs
+
+
+def _healthy_prefix(pending: list[Step], state: RunState) -> tuple[list[Step], str | None]:
+    """Pending steps whose queued jobs can still run, in order, and the last such job id."""
+    ids = [state.step(s.name).get("job_id") for s in pending]
+    live = live_jobs([i for i in ids if i])
+    kept, last = [], None
+    for step, job_id in zip(pending, ids):
+        status = live.get(job_id or "")
+        if not status or status[1] in _BROKEN:
+            break
+        kept.append(step)
+        last = job_id
+    stale = [i for s, i in zip(pending, ids) if i in live and s not in kept]
+    if stale:
+        subprocess.run(["scancel", *stale], check=False, timeout=60)
+        log.info("cancelled %d queued job(s) behind a broken link: %s", len(stale), stale)
+    return kept, last
+
+
+def _executor_for(step: Step, paths: RunPaths, cfg: ExecutorConfig, dependency: str | None):
+    if step.kind == "cluster" and not any(a.startswith("--mpi") for a in cfg.srun_args):
+        cfg = replace(cfg, srun_args=[*cfg.srun_args, "--mpi=pmi2"])
+    extra = {"dependency": f"afterok:{dependency}"} if dependency else {}
+    return make_executor(cfg, paths.logs / "slurm" / "%j", job_name=f"dcssl-{step.name}", **extra)
+
+
+def submit_chain(pending: list[Step], paths: RunPaths, executors: dict[str, ExecutorConfig],
+                 state: RunState) -> list[str]:
+    """Submit the pending steps as a dependency chain; return the ids of the chain's jobs."""
+    kept, previous = _healthy_prefix(pending, state)
+    ids = [state.step(s.name)["job_id"] for s in kept]
+    for step in pending[len(kept):]:
+        executor = _executor_for(step, paths, executors[step.kind], previous)
+        task = train_task if step.kind == "train" else cluster_task
+        job = executor.submit(task, str(paths.root), step.epoch)
+        state.update(step.name, status="submitted", executor="slurm", job_id=job.job_id,
+                     log=str(job.paths.stderr).replace("%t", "0"), after=previous)
+        log.info("submitted %s as job %s%s", step.name, job.job_id,
+                 f" (after {previous})" if previous else "")
+        previous = job.job_id
+        ids.append(job.job_id)
+    return ids
+
+
+def wait_chain(pending: list[Step], paths: RunPaths, state: RunState, poll_s: float = 5.0,
+               timeout_s: float | None = None) -> bool:
+    """Wait until every pending step is done (True) or its job left the queue unfinished."""
+    started = time.time()
+    while True:
+        remaining = [s for s in pending if not is_done(paths, s)]
+        if not remaining:
+            return True
+        ids = [state.step(s.name).get("job_id") for s in remaining]
+        live = live_jobs([i for i in ids if i])
+        head = remaining[0]
+        head_id = state.step(head.name).get("job_id")
+        if head_id not in live and not is_done(paths, head):
+            time.sleep(2 * poll_s)  # a job that just finished may still be writing its marker
+            if not is_done(paths, head):
+                state.update(head.name, status="failed")
+                log.error("%s (job %s) ended without finishing; see %s", head.name, head_id,
+                          state.step(head.name).get("log"))
+                return False
+        if timeout_s is not None and time.time() - started > timeout_s:
+            return False
+        time.sleep(poll_s)
+
