@@ -102,11 +102,14 @@ def expand_nodelist(nodelist: str) -> list[str]:
 
 
 def default_port(job_id: str | None) -> int:
-    """A rendezvous port that differs between concurrent jobs: 15000 + job id mod 20000."""
+    """A rendezvous port that differs between concurrent jobs: 20000 + job id mod 12000.
+
+    The range stays clear of SLURM's daemons (68xx) and Linux's ephemeral ports (32768+).
+    """
     if not job_id:
         return 29500
     digits = re.sub(r"\D", "", str(job_id)) or "0"
-    return 15000 + int(digits) % 20000
+    return 20000 + int(digits) % 12000
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:

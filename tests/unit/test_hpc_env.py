@@ -69,4 +69,4 @@ def test_submitit_local_tasks():
 
 def test_ports_differ_between_jobs():
     assert default_port("100") != default_port("101")
-    assert 15000 <= default_port("123456789") < 35000
+    assert 20000 <= default_port("123456789") < 32000
