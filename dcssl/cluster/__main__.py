@@ -1,0 +1,69 @@
+"""``python -m dcssl.cluster RUN_DIR --epoch E [--config Y] [key=value …]``
+
+Works alone, under ``mpiexec -n R`` and under ``srun --mpi=pmi2 -n R``. Overrides may be written
+``cluster.k=3000`` or just ``k=3000``; overrides of other sections are ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from dcssl.config import ConfigError, load_section
+
+from .config import ClusterConfig
+
+_FIELDS = {f.name for f in dataclasses.fields(ClusterConfig)}
+
+
+def _own_overrides(items: list[str]) -> list[str]:
+    out = []
+    for item in items:
+        key = item.split("=", 1)[0]
+        if key.startswith("cluster."):
+            out.append(item)
+        elif key.split(".", 1)[0] in _FIELDS:
+            out.append("cluster." + item)
+        elif "=" not in item:
+            raise ConfigError(f"{item!r}: an override must look like cluster.key=value")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dcssl.cluster", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path, help="the run directory")
+    parser.add_argument("--epoch", type=int, required=True, help="epoch whose features to cluster")
+    parser.add_argument("--config", type=Path, default=None, help="YAML overriding RUN_DIR/config.yaml")
+    parser.add_argument("overrides", nargs="*", help="cluster.key=value (or key=value)")
+    args = parser.parse_intermixed_args(argv)
+    from hpc.mpi import world
+
+    comm = world()
+    rank = comm.Get_rank()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [cluster r{rank}] %(levelname)s %(message)s")
+    try:
+        if args.epoch < 0:
+            raise ConfigError(f"--epoch {args.epoch}: must be ≥ 0")
+        cfg = load_section(ClusterConfig, "cluster", args.run_dir, args.config,
+                           _own_overrides(args.overrides))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from .job import run_cluster
+
+    try:
+        run_cluster(args.run_dir, args.epoch, cfg, comm)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        if comm.Get_size() > 1:
+            comm.Abort(1)  # other ranks may wait in a collective forever
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

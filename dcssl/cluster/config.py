@@ -1,0 +1,97 @@
+"""The ``cluster`` section of a run's config: how each epoch's features become pseudo-labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["ClusterConfig", "RCCConfig"]
+
+
+@dataclass
+class RCCConfig:
+    """Robust Continuous Clustering (Shah & Koltun 2017), used when ``method: rcc``."""
+
+    sample: int = 100_000
+    """Points RCC optimises (a seeded global sample); every point is then assigned to the nearest
+    cluster representative. 0: all points (only sensible for small banks)."""
+    knn: int = 10
+    """Neighbours per point for the mutual-kNN graph (the paper's k = 10); MST edges keep it connected."""
+    dim: int = 32
+    """RCC runs on the sample's top ``dim`` principal components (each solve costs ∝ dim); 0: all."""
+    iterations: int = 100
+    """Maximum outer iterations (each: line-process update + one sparse linear solve)."""
+    mu_every: int = 4
+    """Graduated non-convexity: μ is halved every this many iterations until it reaches δ/2."""
+    tol: float = 1e-3
+    """Stop once μ is at its floor and the objective changes by less than this fraction."""
+    cg_tol: float = 1e-4
+    """Relative residual at which each conjugate-gradient solve stops."""
+    cg_iterations: int = 100
+    """Maximum conjugate-gradient iterations per solve (warm-started from the last solution)."""
+    min_size: int = 1
+    """Clusters with fewer sample points are dropped; their points go to the nearest kept one."""
+
+    def __post_init__(self) -> None:
+        for name in ("knn", "iterations", "mu_every", "cg_iterations", "min_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("sample", "dim"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if not 0 < self.tol < 1 or not 0 < self.cg_tol < 1:
+            raise ValueError("tol and cg_tol must lie in (0, 1)")
+
+
+@dataclass
+class ClusterConfig:
+    """Per-epoch clustering of the feature bank (MPI ranks, each on a contiguous row range)."""
+
+    method: Literal["kmeans", "rcc"] = "kmeans"
+    """kmeans: Lloyd with k clusters; rcc: Robust Continuous Clustering (k emerges)."""
+    k: int = 1000
+    """Number of k-means clusters (DeepCluster used 10 000 on ImageNet)."""
+    pca_dim: int = 256
+    """PCA output dimension (clamped to the feature dimension); 0 skips PCA."""
+    whiten: bool = True
+    """Divide each principal direction by its standard deviation (DeepCluster's whitening)."""
+    l2_normalize: bool = True
+    """L2-normalise rows after PCA (spherical geometry, as DeepCluster)."""
+    iterations: int = 20
+    """Maximum Lloyd iterations."""
+    tol: float = 0.0
+    """Stop early when the inertia improves by less than this fraction (0: always run all)."""
+    init: Literal["kmeans++", "random"] = "kmeans++"
+    """Initial centroids: greedy k-means++ on a sample, or k random rows."""
+    init_sample: int = 0
+    """Rows k-means++ samples from (0: max(50·k, 10 000))."""
+    seed: int = 0
+    """Base seed; the epoch is added, so every epoch draws a new initialisation (as DeepCluster)."""
+    seed_per_epoch: bool = True
+    """Add the epoch to the seed. Off: every epoch uses ``seed`` unchanged."""
+    block_rows: int = 4096
+    """Rows per block. Shards are whole blocks, which is what makes results bit-identical for any
+    rank count; keep it fixed across the epochs of a run (a checkpoint pins its own)."""
+    backend: Literal["auto", "numpy", "torch", "cuda"] = "auto"
+    """Assignment matrix products: numpy (OpenBLAS), torch (MKL), cuda (GPU); auto: cuda if a GPU
+    is visible, else numpy. Labels are identical across rank counts for a fixed backend."""
+    threads: int = 0
+    """BLAS threads per rank; 0: this rank's share of the node's cores."""
+    checkpoint: bool = True
+    """Save the state after every iteration (rank 0, atomic) so a re-run resumes there."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept per epoch (older ones are deleted; a corrupt newest falls back)."""
+    keep_checkpoints_after: bool = False
+    """Keep the epoch's checkpoint folder once its labels are complete (default: delete it)."""
+    rcc: RCCConfig = field(default_factory=RCCConfig)
+    """Settings for ``method: rcc``."""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "iterations", "block_rows", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("pca_dim", "init_sample", "threads", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if not 0 <= self.tol < 1:
+            raise ValueError(f"tol must lie in [0, 1), got {self.tol}")

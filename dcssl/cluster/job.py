@@ -1,0 +1,284 @@
+"""One epoch's cluster job: features[e] → PCA-whiten → k-means or RCC → labels[e] + stats.
+
+Runs with any number of MPI ranks (``srun --mpi=pmi2 -n R``, ``mpiexec -n R`` or alone), each
+rank on a contiguous, block-aligned row range. Rank 0 checkpoints after every iteration; a re-run
+(same or different R) resumes there and produces exactly the labels of an uninterrupted run. A
+finished epoch (COMPLETE present) is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dcssl.jsonl import append_jsonl
+from hpc.preemption import PreemptionFlag, requeue_and_exit
+
+from .config import ClusterConfig
+from .exact import broadcast, gather_rows, global_max, shard_rows
+from .kmeans import KMeansState, assign_all, kmeans, sample_index
+from .nmi import nmi
+from .pca import PCA, pca_fit, pca_transform
+from .store import LabelsWriter, checkpoints, labels_dir, open_features, read_labels_range
+
+__all__ = ["run_cluster"]
+
+log = logging.getLogger(__name__)
+
+
+def _fingerprint(cfg: ClusterConfig, n: int, dim: int, seed: int) -> dict:
+    """What a checkpoint must agree on to be resumed (iterations/tol may change)."""
+    keys = ("method", "k", "pca_dim", "whiten", "l2_normalize", "init", "init_sample", "block_rows")
+    out = {key: getattr(cfg, key) for key in keys}
+    if cfg.method == "rcc":
+        out["rcc"] = {k: v for k, v in vars(cfg.rcc).items() if k not in ("iterations",)}
+        out.pop("k")
+    return {**out, "n": n, "dim": dim, "seed": seed}
+
+
+def _node_ranks(comm) -> int:
+    try:
+        from mpi4py import MPI
+
+        return comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+    except Exception:  # not an MPI communicator (SingleComm): one rank here
+        return 1
+
+
+def _set_threads(cfg: ClusterConfig, comm) -> int:
+    """BLAS threads: this rank's share of the cores (SLURM_CPUS_PER_TASK when set)."""
+    threads = cfg.threads
+    if not threads:
+        per_task = os.environ.get("SLURM_CPUS_PER_TASK")
+        cores = int(per_task) if per_task else len(os.sched_getaffinity(0)) // _node_ranks(comm)
+        threads = max(1, cores)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+    if cfg.backend in ("torch", "cuda"):
+        import torch
+
+        torch.set_num_threads(threads)
+    return threads
+
+
+def _backend(cfg: ClusterConfig, comm) -> str:
+    if cfg.backend != "auto":
+        if cfg.backend == "cuda":
+            _pick_gpu(comm)
+        return cfg.backend
+    if not os.path.exists("/dev/nvidiactl"):
+        return "numpy"  # no GPU on this node: don't pay for importing torch
+    import torch
+
+    if torch.cuda.is_available():
+        _pick_gpu(comm)
+        return "cuda"
+    return "numpy"
+
+
+def _pick_gpu(comm) -> None:
+    import torch
+
+    from hpc.env import detect_env
+
+    torch.cuda.set_device(detect_env().local_rank % max(torch.cuda.device_count(), 1))
+
+
+def _load_resume(ckpt, fingerprint: dict, comm) -> dict | None:
+    """Rank 0 loads the newest valid checkpoint matching ``fingerprint``; all ranks get it."""
+    state = None
+    if comm.Get_rank() == 0:
+        found = ckpt.load_latest()
+        if found is not None:
+            step, state = found
+            if state["meta"].get("fingerprint") != fingerprint:
+                log.warning("checkpoint %s was made with other settings (%s); starting over",
+                            ckpt.path_for(step), state["meta"].get("fingerprint"))
+                state = None
+    return comm.bcast(state, root=0)
+
+
+class _Checkpointer:
+    """After each iteration: rank 0 saves; all ranks agree on preemption and requeue together."""
+
+    def __init__(self, cfg, ckpt, meta: dict, pca: PCA | None, comm, flag: PreemptionFlag):
+        self.cfg, self.ckpt, self.meta, self.pca, self.comm, self.flag = cfg, ckpt, meta, pca, comm, flag
+
+    def save(self, state: dict, step: int) -> None:
+        if self.comm.Get_rank() == 0:
+            pca_state = self.pca.state() if self.pca is not None else {}
+            self.ckpt.save({**pca_state, **state, "meta": {**self.meta, **state.get("meta", {})}},
+                           step)
+
+    def __call__(self, ks: KMeansState) -> None:
+        preempted = bool(global_max(float(self.flag.is_set()), self.comm)[0])
+        if self.cfg.checkpoint or preempted:
+            self.save(_kmeans_state(ks), ks.iteration)
+        if preempted:
+            self.comm.Barrier()
+            log.warning("preempted after iteration %d: checkpoint saved, requeueing", ks.iteration)
+            requeue_and_exit(is_main=self.comm.Get_rank() == 0,
+                             code=0 if os.environ.get("SLURM_JOB_ID") else 75)
+
+
+def _kmeans_state(ks: KMeansState) -> dict:
+    return {"centroids": ks.centroids, "meta": {
+        "iteration": ks.iteration, "inertia": ks.inertia, "empty_split": ks.empty_split,
+        "seconds": ks.seconds, "converged": ks.converged}}
+
+
+def _kmeans_from(state: dict) -> KMeansState:
+    m = state["meta"]
+    return KMeansState(np.asarray(state["centroids"], dtype=np.float32), m["iteration"],
+                       list(m["inertia"]), list(m["empty_split"]), list(m["seconds"]),
+                       m["converged"])
+
+
+def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dict:
+    """Cluster epoch ``epoch``'s features into labels; returns the stats (also in stats.json)."""
+    if comm is None:
+        from hpc.mpi import world
+
+        comm = world()
+    run_dir, rank, size = Path(run_dir), comm.Get_rank(), comm.Get_size()
+    done = labels_dir(run_dir, epoch)
+    if (done / "COMPLETE").is_file():
+        log.info("epoch %d: labels already complete in %s, nothing to do", epoch, done)
+        return json.loads((done / "stats.json").read_text())
+    t_start, phases = time.monotonic(), {}
+    bank = open_features(run_dir, epoch)
+    threads, backend = _set_threads(cfg, comm), _backend(cfg, comm)
+    seed = cfg.seed + (epoch if cfg.seed_per_epoch else 0)
+    fingerprint = _fingerprint(cfg, bank.n, bank.dim, seed)
+    ckpt = checkpoints(run_dir, epoch, cfg.keep_checkpoints)
+    resume = _load_resume(ckpt, fingerprint, comm)
+    block = cfg.block_rows
+    start, stop = shard_rows(bank.n, rank, size, block)
+    if rank == 0:
+        log.info("epoch %d: %d × %d features, %d ranks × %d threads, %s backend, rank 0 rows "
+                 "[%d, %d)%s", epoch, bank.n, bank.dim, size, threads, backend, start, stop,
+                 f", resuming after iteration {resume['meta'].get('iteration', 0)}" if resume else "")
+    t0 = time.monotonic()
+    raw = bank.rows(start, stop)
+    pca = _fit_pca(raw, cfg, resume, comm, block)
+    phases["pca_fit"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    x = pca_transform(raw, pca, l2_normalize=cfg.l2_normalize, block=block)
+    del raw
+    phases["transform"] = time.monotonic() - t0
+    flag = PreemptionFlag().install()
+    saver = _Checkpointer(cfg, ckpt, {"fingerprint": fingerprint}, pca, comm, flag)
+    t0 = time.monotonic()
+    if cfg.method == "kmeans":
+        centroids, labels, stats = kmeans(
+            x, cfg.k, comm, iterations=cfg.iterations, tol=cfg.tol, init=cfg.init,
+            init_sample=cfg.init_sample, seed=seed, block=block, backend=backend, row0=start,
+            state=_kmeans_from(resume) if resume and "centroids" in resume else None,
+            on_iteration=saver)
+        phases["init"] = stats.pop("seconds_init")
+        phases["kmeans"] = time.monotonic() - t0 - phases["init"]
+    else:
+        centroids, labels, stats = _run_rcc(x, cfg, seed, bank.n, start, resume, saver, comm,
+                                            block, backend)
+        phases["rcc"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    prev = read_labels_range(run_dir, epoch - 1, bank.n, start, stop)
+    missing = global_max(float(prev is None), comm)[0] > 0  # every rank must have its rows
+    nmi_prev = None if missing else nmi(prev, labels, comm)
+    phases["nmi"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    writer = LabelsWriter(run_dir, epoch, bank.n, comm)
+    writer.begin()
+    writer.write_rows(start, labels)
+    stats.update(epoch=epoch, method=cfg.method, nmi_prev=nmi_prev, ranks=size, threads=threads,
+                 backend=backend, seed=seed, block_rows=block,
+                 pca_explained=pca.explained if pca is not None else None,
+                 resumed_from=int(resume["meta"].get("iteration", 0)) if resume else None)
+    phases["write"] = time.monotonic() - t0
+    phases["total"] = time.monotonic() - t_start
+    stats["seconds"] = {k: round(v, 3) for k, v in phases.items()}
+    writer.publish(centroids, stats)
+    if rank == 0:
+        _finish(run_dir, epoch, cfg, ckpt, stats)
+    return stats
+
+
+def _fit_pca(raw, cfg: ClusterConfig, resume, comm, block) -> PCA | None:
+    if cfg.pca_dim == 0:
+        return None
+    if resume is not None and "pca_proj" in resume:
+        return PCA.from_state(resume)
+    pca = pca_fit(raw, cfg.pca_dim, comm, whiten=cfg.whiten, block=block)
+    if comm.Get_rank() == 0:
+        log.info("PCA %d → %d%s keeps %.1f%% of the variance", raw.shape[1], pca.proj.shape[1],
+                 " (whitened)" if cfg.whiten else "", 100 * pca.explained)
+    return pca
+
+
+def _run_rcc(x, cfg: ClusterConfig, seed, n, start, resume, saver, comm, block, backend):
+    """RCC on a global sample (rank 0), then every row → nearest cluster mean (sharded)."""
+    from .rcc import rcc
+
+    t0 = time.monotonic()
+    if resume is not None and "rcc_centroids" in resume:
+        centroids = np.asarray(resume["rcc_centroids"], dtype=np.float32)
+        info = resume["meta"]["rcc"]
+    else:
+        index = sample_index(n, cfg.rcc.sample or n, seed, 5)
+        rows = gather_rows(x, start, start + len(x), index, comm, root=0)
+        shape = np.zeros(2, dtype=np.int64)
+        if comm.Get_rank() == 0:
+            labels_s, info = rcc(rows, knn=cfg.rcc.knn, dim=cfg.rcc.dim,
+                                 iterations=cfg.rcc.iterations, mu_every=cfg.rcc.mu_every,
+                                 tol=cfg.rcc.tol, cg_tol=cfg.rcc.cg_tol,
+                                 cg_iterations=cfg.rcc.cg_iterations, seed=seed)
+            centroids = _cluster_means(rows, labels_s, cfg.rcc.min_size)
+            shape[:] = centroids.shape
+        else:
+            info = None
+        broadcast(shape, comm)
+        if comm.Get_rank() != 0:
+            centroids = np.zeros(tuple(shape), dtype=np.float32)
+        centroids = broadcast(centroids, comm)
+        info = comm.bcast(info, root=0)
+        saver.save({"rcc_centroids": centroids, "meta": {"rcc": info}}, 0)
+    seconds_rcc = time.monotonic() - t0
+    labels, counts, inertia = assign_all(x, centroids, comm, block=block, backend=backend)
+    stats = {"k": len(centroids), "n": n, "dim": x.shape[1], "iterations": info["iterations"],
+             "inertia": inertia, "empty_split": 0, "sizes": counts.tolist(),
+             "clusters_used": int((counts > 0).sum()), "largest_share": float(counts.max() / n),
+             "rcc": info, "seconds_rcc": seconds_rcc}
+    return centroids, labels.astype(np.int32), stats
+
+
+def _cluster_means(rows: np.ndarray, labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Mean of each RCC cluster with ≥ min_size members, largest first (ties: lowest label)."""
+    counts = np.bincount(labels)
+    keep = np.flatnonzero(counts >= min_size)
+    if len(keep) == 0:
+        keep = np.array([int(np.argmax(counts))])
+    keep = keep[np.argsort(-counts[keep], kind="stable")]
+    sums = np.zeros((counts.size, rows.shape[1]))
+    np.add.at(sums, labels, rows.astype(np.float64))
+    return (sums[keep] / counts[keep, None]).astype(np.float32)
+
+
+def _finish(run_dir: Path, epoch: int, cfg: ClusterConfig, ckpt, stats: dict) -> None:
+    append_jsonl(run_dir / "metrics.jsonl", {
+        "kind": "cluster", "epoch": epoch, "k": stats["k"], "iterations": stats["iterations"],
+        "inertia": stats["inertia"], "nmi_prev": stats["nmi_prev"],
+        "clusters_used": stats["clusters_used"], "empty_split": stats["empty_split"],
+        "largest_share": stats["largest_share"], "seconds": stats["seconds"]})
+    if not cfg.keep_checkpoints_after:
+        shutil.rmtree(ckpt.folder, ignore_errors=True)
+    log.info("epoch %d: %d clusters used of %d, largest %.1f%%, NMI with epoch %d: %s, %.1f s",
+             epoch, stats["clusters_used"], stats["k"], 100 * stats["largest_share"], epoch - 1,
+             "n/a" if stats["nmi_prev"] is None else f"{stats['nmi_prev']:.4f}",
+             stats["seconds"]["total"])

@@ -1,0 +1,313 @@
+"""Sharded Lloyd k-means: BLAS-blocked assignment, exact float64 sums, deterministic empty splits.
+
+Each rank holds its rows; centroids are replicated. Per iteration only k×d sums, k counts and the
+inertia cross the network (int64 fixed point, see ``exact``), so the same seed gives bit-identical
+centroids and labels for 1, 2 or R ranks. ``assign`` is also the step that labels every point
+after RCC.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from .exact import FixedSum, as_comm, blocks, broadcast, gather_rows, global_count, global_max
+
+__all__ = ["assign", "assign_all", "kmeans", "KMeansState", "init_centroids", "split_empty", "sample_index"]
+
+log = logging.getLogger(__name__)
+
+# Scores of one block against one chunk of centroids stay under this many bytes (cache-friendly,
+# and k = 100 k never allocates a block × k matrix).
+_SCORE_BYTES = 32 << 20
+# faiss's split factor: the two halves of a split cluster move ±1/1024 apart.
+_SPLIT_EPS = 1.0 / 1024
+
+
+def _matmul_fn(backend: str) -> Callable:
+    if backend == "numpy":
+        return lambda a, b, out: np.matmul(a, b, out=out)
+    import torch
+
+    if backend == "torch":
+        return lambda a, b, out: torch.mm(torch.from_numpy(a), torch.from_numpy(b),
+                                          out=torch.from_numpy(out))
+    raise ValueError(f"backend {backend!r}: choose numpy, torch or cuda")
+
+
+def _assign_cuda(x_local, centroids, block):
+    import torch
+
+    dev = torch.device("cuda")
+    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32)).to(dev)
+    half = 0.5 * (c * c).sum(1)
+    labels = np.empty(len(x_local), dtype=np.int64)
+    best = np.empty(len(x_local), dtype=np.float32)
+    for lo, hi in blocks(0, len(x_local), block):
+        xb = torch.from_numpy(np.ascontiguousarray(x_local[lo:hi], dtype=np.float32)).to(dev)
+        score = torch.addmm(half, xb, c.T, beta=-1.0)
+        val, idx = score.max(dim=1)
+        labels[lo:hi], best[lo:hi] = idx.cpu().numpy(), val.cpu().numpy()
+    return labels, best
+
+
+def assign(x_local: np.ndarray, centroids: np.ndarray, *, block: int = 4096,
+           backend: str = "numpy") -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of every row: (labels int64, squared distances float32).
+
+    argmin ‖x−c‖² = argmax (x·c − ‖c‖²/2): one float32 matrix product per block of rows and chunk
+    of centroids, ties to the lowest index. ``backend``: numpy (OpenBLAS), torch (MKL) or cuda.
+    """
+    x_local = np.asarray(x_local)
+    n, k = len(x_local), len(centroids)
+    if k == 0:
+        raise ValueError("assign needs at least one centroid")
+    if backend == "cuda":
+        labels, best = _assign_cuda(x_local, centroids, block)
+    else:
+        labels, best = _assign_cpu(x_local, centroids, block, _matmul_fn(backend))
+    xx = np.empty(n, dtype=np.float32)
+    for lo, hi in blocks(0, n, block):
+        xb = np.asarray(x_local[lo:hi], dtype=np.float32)
+        xx[lo:hi] = np.einsum("ij,ij->i", xb, xb)
+    return labels, np.maximum(xx - 2.0 * best, 0.0).astype(np.float32)
+
+
+def _assign_cpu(x_local, centroids, block, matmul):
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    k = len(c)
+    chunk = max(1, min(k, _SCORE_BYTES // (4 * block)))
+    c_t = [np.ascontiguousarray(c[j:j + chunk].T) for j in range(0, k, chunk)]
+    halves = [0.5 * np.einsum("ij,ij->i", c[j:j + chunk], c[j:j + chunk]) for j in range(0, k, chunk)]
+    n = len(x_local)
+    labels = np.zeros(n, dtype=np.int64)
+    best = np.full(n, -np.inf, dtype=np.float32)
+    buf = np.empty((min(block, max(n, 1)), chunk), dtype=np.float32)
+    for lo, hi in blocks(0, n, block):
+        xb = np.ascontiguousarray(x_local[lo:hi], dtype=np.float32)
+        rows = np.arange(hi - lo)
+        for j, (ct, half) in enumerate(zip(c_t, halves)):
+            score = buf[: hi - lo, : ct.shape[1]]
+            matmul(xb, ct, score)
+            score -= half
+            idx = score.argmax(axis=1)
+            val = score[rows, idx]
+            better = val > best[lo:hi]  # strict: on a tie the earlier (lower) index stays
+            labels[lo:hi][better] = idx[better] + j * chunk
+            best[lo:hi][better] = val[better]
+    return labels, best
+
+
+def sample_index(n: int, m: int, seed: int, stream: int) -> np.ndarray:
+    """m distinct global row indices, sorted, the same on every rank and for every rank count."""
+    rng = np.random.default_rng([seed, stream])
+    return np.sort(rng.choice(n, size=min(m, n), replace=False))
+
+
+def _kmeanspp(sample: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Greedy k-means++ (Arthur & Vassilvitskii; 2+log k trials per pick, as scikit-learn)."""
+    rng = np.random.default_rng([seed, 2])
+    x = sample.astype(np.float32)
+    xx = np.einsum("ij,ij->i", x, x)
+    trials = 2 + int(np.log(k))
+    centers = np.empty((k, x.shape[1]), dtype=np.float32)
+    first = int(rng.integers(len(x)))
+    centers[0] = x[first]
+    closest = np.maximum(xx - 2 * x @ x[first] + xx[first], 0)
+    for i in range(1, k):
+        cum = np.cumsum(closest, dtype=np.float64)
+        if cum[-1] <= 0:  # fewer distinct points than k: take any (duplicates split later)
+            pick = rng.integers(len(x), size=trials)
+        else:
+            pick = np.searchsorted(cum, rng.random(trials) * cum[-1], side="right")
+            pick = np.minimum(pick, len(x) - 1)
+        d_new = np.maximum(xx[None, :] - 2 * x[pick] @ x.T + xx[pick][:, None], 0)
+        cand = np.minimum(closest[None, :], d_new)
+        best = int(np.argmin(cand.sum(axis=1, dtype=np.float64)))
+        closest = cand[best]
+        centers[i] = x[pick[best]]
+    return centers
+
+
+def init_centroids(x_local: np.ndarray, k: int, comm=None, *, method: str = "kmeans++",
+                   sample: int = 0, seed: int = 0, row0: int = 0) -> np.ndarray:
+    """k initial centroids chosen on rank 0 from a global sample and broadcast.
+
+    ``random``: k distinct rows. ``kmeans++``: greedy k-means++ on ``sample`` rows (0: max(50 k,
+    10 000)). ``row0`` is this rank's first global row.
+    """
+    comm = as_comm(comm)
+    n = global_count(len(x_local), comm)
+    if k > n:
+        raise ValueError(f"k={k} exceeds the number of rows ({n}); lower k")
+    m = k if method == "random" else min(n, sample or max(50 * k, 10_000))
+    index = sample_index(n, m, seed, 1)
+    rows = gather_rows(np.asarray(x_local, dtype=np.float32), row0, row0 + len(x_local), index, comm)
+    out = np.zeros((k, x_local.shape[1]), dtype=np.float32)
+    if comm.Get_rank() == 0:
+        if method == "random":
+            out[:] = rows[np.random.default_rng([seed, 3]).permutation(k)]
+        elif method == "kmeans++":
+            out[:] = _kmeanspp(rows, k, seed)
+        else:
+            raise ValueError(f"init {method!r}: choose kmeans++ or random")
+    return broadcast(out, comm)
+
+
+def split_empty(centroids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Give each empty cluster half of the largest cluster (faiss-style ±ε split), deterministically.
+
+    Empty clusters are handled in index order; the donor is the largest cluster (lowest index on a
+    tie), its centroid moved by ±1/1024 in alternating coordinates. Returns (centroids, counts,
+    number split).
+    """
+    centroids, counts = centroids.copy(), counts.copy()
+    sign = np.where(np.arange(centroids.shape[1]) % 2 == 0, 1.0, -1.0).astype(centroids.dtype)
+    split = 0
+    for j in np.flatnonzero(counts == 0):
+        donor = int(np.argmax(counts))
+        if counts[donor] < 2:
+            break  # nothing left to split: fewer distinct points than clusters
+        base = centroids[donor].copy()
+        centroids[j] = base * (1 + sign * _SPLIT_EPS)
+        centroids[donor] = base * (1 - sign * _SPLIT_EPS)
+        counts[j] = counts[donor] // 2
+        counts[donor] -= counts[j]
+        split += 1
+    return centroids, counts, split
+
+
+@dataclass
+class KMeansState:
+    """Everything needed to continue Lloyd iterations exactly where they stopped."""
+
+    centroids: np.ndarray
+    """Current centroids (after the last completed iteration's update), float32 k×d."""
+    iteration: int = 0
+    """Completed iterations."""
+    inertia: list[float] = field(default_factory=list)
+    """Sum of squared distances at each completed iteration's assignment."""
+    empty_split: list[int] = field(default_factory=list)
+    """Empty clusters split at each completed iteration."""
+    seconds: list[float] = field(default_factory=list)
+    """Wall time of each completed iteration."""
+    converged: bool = False
+    """Stopped on the tolerance (a resumed run goes straight to the final assignment)."""
+
+
+def _reduce(x_local, labels, dist, k, block, bounds, comm):
+    """Exact global sums per cluster, counts and inertia (fixed-point int64 all-reduce)."""
+    d = x_local.shape[1]
+    sums = FixedSum((k, d), bounds["sum"])
+    inertia = FixedSum(1, bounds["inertia"])
+    for lo, hi in blocks(0, len(x_local), block):
+        lab = labels[lo:hi]
+        onehot = sp.csr_matrix((np.ones(hi - lo, np.float32), (lab, np.arange(hi - lo))),
+                               shape=(k, hi - lo))
+        sums.add(onehot @ np.asarray(x_local[lo:hi], dtype=np.float32))
+        inertia.add(np.array([dist[lo:hi].sum(dtype=np.float64)]))
+    counts = np.bincount(labels, minlength=k).astype(np.int64)
+    from hpc.mpi import allreduce_
+
+    if comm.Get_size() > 1:
+        allreduce_(counts, comm)
+    return sums.result(comm), counts, float(inertia.result(comm)[0])
+
+
+def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol: float = 1e-4,
+           init: str = "kmeans++", init_sample: int = 0, seed: int = 0, block: int = 4096,
+           backend: str = "numpy", row0: int = 0, state: KMeansState | None = None,
+           on_iteration: Callable[[KMeansState], None] | None = None,
+           ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Lloyd's k-means over the rows of all ranks → (centroids, labels_local, stats).
+
+    Stops after ``iterations`` or when the inertia improves by less than ``tol`` (relative).
+    ``state`` resumes a run (from a checkpoint); ``on_iteration(state)`` runs on every rank after
+    each iteration (checkpointing, preemption checks). ``row0``: this rank's first global row.
+    Labels are the final assignment to the returned centroids.
+    """
+    comm = as_comm(comm)
+    x_local = np.asarray(x_local)
+    n, d = global_count(len(x_local), comm), x_local.shape[1]
+    if state is None:
+        t0 = time.monotonic()
+        cent = init_centroids(x_local, k, comm, method=init, sample=init_sample, seed=seed, row0=row0)
+        state = KMeansState(cent)
+        init_s = time.monotonic() - t0
+    else:
+        init_s = 0.0
+    bounds = _bounds(x_local, n, comm)
+    while state.iteration < iterations and not state.converged:
+        t0 = time.monotonic()
+        labels, dist = assign(x_local, state.centroids, block=block, backend=backend)
+        sums, counts, inertia = _reduce(x_local, labels, dist, k, block, _with_centroids(
+            bounds, state.centroids, n), comm)
+        new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
+                       state.centroids).astype(np.float32)
+        new, _, n_split = split_empty(new, counts)
+        state.centroids = broadcast(new, comm)  # identical everywhere already; guards mixed CPUs
+        prev = state.inertia[-1] if state.inertia else None
+        state.inertia.append(inertia)
+        state.empty_split.append(n_split)
+        state.iteration += 1
+        state.converged = prev is not None and (prev - inertia) <= tol * max(inertia, 1e-300)
+        state.seconds.append(time.monotonic() - t0)
+        if comm.Get_rank() == 0:
+            _log_iteration(state, iterations, n_split)
+        if on_iteration is not None:
+            on_iteration(state)
+    t0 = time.monotonic()
+    labels, dist = assign(x_local, state.centroids, block=block, backend=backend)
+    _, counts, inertia = _reduce(x_local, labels, dist, k, block,
+                                 _with_centroids(bounds, state.centroids, n), comm)
+    stats = {
+        "k": k, "n": n, "dim": d, "iterations": state.iteration, "converged": state.converged,
+        "inertia_history": state.inertia, "inertia": inertia, "empty_split": int(sum(state.empty_split)),
+        "empty_split_per_iteration": state.empty_split, "sizes": counts.tolist(),
+        "clusters_used": int((counts > 0).sum()), "largest_share": float(counts.max() / n),
+        "seconds_per_iteration": state.seconds, "seconds_init": init_s,
+        "seconds_final_assign": time.monotonic() - t0,
+    }
+    return state.centroids, labels.astype(np.int32), stats
+
+
+def assign_all(x_local: np.ndarray, centroids: np.ndarray, comm=None, *, block: int = 4096,
+               backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, float]:
+    """Sharded assignment to fixed centroids → (labels_local int64, global counts, inertia)."""
+    comm = as_comm(comm)
+    n = global_count(len(x_local), comm)
+    labels, dist = assign(x_local, centroids, block=block, backend=backend)
+    _, counts, inertia = _reduce(x_local, labels, dist, len(centroids), block,
+                                 _with_centroids(_bounds(x_local, n, comm), centroids, n), comm)
+    return labels, counts, inertia
+
+
+def _bounds(x_local, n, comm) -> dict:
+    """Global bounds that fix the fixed-point grids (same on every rank)."""
+    local = np.zeros(2)
+    if len(x_local):
+        for lo, hi in blocks(0, len(x_local), 65536):
+            xb = np.asarray(x_local[lo:hi], dtype=np.float32)
+            local[0] = max(local[0], float(np.abs(xb).max()))
+            local[1] = max(local[1], float(np.einsum("ij,ij->i", xb, xb).max()))
+    maxabs, maxsq = global_max(local, comm)
+    return {"n": n, "maxabs": maxabs, "maxsq": maxsq}
+
+
+def _with_centroids(bounds: dict, centroids: np.ndarray, n: int) -> dict:
+    csq = float(np.einsum("ij,ij->i", centroids, centroids).max())
+    return {"sum": n * bounds["maxabs"] + 1e-30,
+            "inertia": n * 2.0 * (bounds["maxsq"] + csq) * 1.01 + 1e-30}
+
+
+def _log_iteration(state: KMeansState, iterations: int, n_split: int) -> None:
+    s = state.seconds[-1]
+    left = iterations - state.iteration
+    log.info("k-means iteration %d/%d: inertia %.6g, %.2f s/iter, ETA %.0f s%s", state.iteration,
+             iterations, state.inertia[-1], s, left * s,
+             f", {n_split} empty clusters split" if n_split else "")

@@ -1,0 +1,146 @@
+"""Distributed PCA with whitening: all-reduced mean and covariance in exact float64, then eigh.
+
+Three streaming passes over a rank's rows (bounds, sums, nothing kept but d×d), so a memory-mapped
+float16 shard is never materialised. Results are bit-identical for any number of ranks when the
+shards come from ``exact.shard_rows`` with the same ``block`` (see ``exact``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .exact import FixedSum, as_comm, blocks, broadcast, global_count, global_max
+
+__all__ = ["PCA", "pca_fit", "pca_transform"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PCA:
+    """A fitted projection: ``y = (x - mean) @ proj`` (columns already divided by √λ if whitened)."""
+
+    mean: np.ndarray
+    """Feature mean, float64, shape (d,)."""
+    proj: np.ndarray
+    """Projection matrix, float32, shape (d, d_out), principal directions by decreasing variance."""
+    eigenvalues: np.ndarray
+    """Variance along each kept direction, float64, shape (d_out,)."""
+    explained: float
+    """Fraction of the total variance the kept directions carry."""
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"pca_mean": self.mean, "pca_proj": self.proj, "pca_eigenvalues": self.eigenvalues,
+                "pca_explained": np.array(self.explained)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "PCA":
+        return cls(np.asarray(state["pca_mean"]), np.asarray(state["pca_proj"]),
+                   np.asarray(state["pca_eigenvalues"]), float(state["pca_explained"]))
+
+
+def _rows(x_local: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    block = np.asarray(x_local[lo:hi], dtype=np.float32)
+    if not np.isfinite(block).all():
+        bad = lo + int(np.argwhere(~np.isfinite(block))[0, 0])
+        raise ValueError(f"local row {bad} holds NaN or inf; the features are corrupt "
+                         "(a diverged training run?) — re-extract them")
+    return block
+
+
+def _progress(name: str, done: int, total: int, t0: float, last: list[float]) -> None:
+    now = time.monotonic()
+    if now - last[0] >= 10 or done == total:
+        last[0] = now
+        rate = done / max(now - t0, 1e-9)
+        log.info("%s: %d/%d rows (%.0f rows/s, ETA %.0f s)", name, done, total, rate,
+                 (total - done) / max(rate, 1e-9))
+
+
+def pca_fit(x_local: np.ndarray, d_out: int, comm=None, *, whiten: bool = True,
+            block: int = 4096) -> PCA:
+    """Fit PCA (optionally whitening) on the rows of all ranks; every rank gets the same result.
+
+    ``x_local`` is this rank's rows (any float dtype, a memmap is fine), taken from a shard of
+    ``block``-aligned rows. ``d_out`` is clamped to the feature dimension.
+    """
+    comm = as_comm(comm)
+    n_local, d = x_local.shape
+    n = global_count(n_local, comm)
+    if n < 2:
+        raise ValueError(f"PCA needs at least 2 rows, got {n}")
+    d_out = min(d_out, d)
+    maxabs = np.zeros(d)
+    for lo, hi in blocks(0, n_local, block):
+        np.maximum(maxabs, np.abs(_rows(x_local, lo, hi)).max(axis=0), out=maxabs)
+    maxabs = global_max(maxabs, comm)
+    # A data row as pivot: sums of (x - p) stay small, so S2/n - m m^T loses no precision.
+    pivot = broadcast(np.asarray(x_local[0], dtype=np.float32).copy() if comm.Get_rank() == 0
+                      else np.zeros(d, np.float32), comm).astype(np.float64)
+    span = 2 * maxabs + 1e-30
+    s1, s2 = FixedSum(d, n * span), FixedSum((d, d), n * np.outer(span, span))
+    t0 = time.monotonic()
+    last = [t0]
+    for lo, hi in blocks(0, n_local, block):
+        centred = _rows(x_local, lo, hi).astype(np.float64) - pivot
+        s1.add(centred.sum(axis=0))
+        s2.add(centred.T @ centred)
+        if comm.Get_rank() == 0:
+            _progress("pca covariance", hi, n_local, t0, last)
+    m = s1.result(comm) / n
+    cov = s2.result(comm) / n - np.outer(m, m)
+    mean = pivot + m
+    values, vectors = _eigh_rank0(cov, comm)
+    order = np.argsort(values)[::-1][:d_out]
+    values, vectors = np.maximum(values[order], 0.0), vectors[:, order]
+    # Fix each direction's sign (largest component positive) so runs are comparable.
+    flip = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(d_out)])
+    vectors = vectors * np.where(flip == 0, 1.0, flip)
+    total = float(np.trace(cov))
+    if whiten:
+        floor = 1e-8 * max(float(values[0]), 1e-30)
+        vectors = vectors / np.sqrt(values + floor)
+    return PCA(mean, vectors.astype(np.float32), values,
+               float(values.sum() / total) if total > 0 else 1.0)
+
+
+def _eigh_rank0(cov: np.ndarray, comm) -> tuple[np.ndarray, np.ndarray]:
+    """eigh on rank 0 with one BLAS thread (thread counts change LAPACK's last bits), broadcast."""
+    d = cov.shape[0]
+    buf = np.zeros((d + 1, d))
+    if comm.Get_rank() == 0:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            values, vectors = np.linalg.eigh(cov)
+        buf[0], buf[1:] = values, vectors
+    broadcast(buf, comm)
+    return buf[0].copy(), buf[1:].copy()
+
+
+def pca_transform(x_local: np.ndarray, pca: PCA | None, *, l2_normalize: bool = True,
+                  block: int = 4096) -> np.ndarray:
+    """Project (and whiten) rows, then L2-normalise them; float32, shape (n_local, d_out).
+
+    With ``pca=None`` the rows are only converted (and normalised).
+    """
+    n_local, d = x_local.shape
+    d_out = pca.proj.shape[1] if pca is not None else d
+    out = np.empty((n_local, d_out), dtype=np.float32)
+    if pca is not None:
+        mean32 = pca.mean.astype(np.float32)
+    for lo, hi in blocks(0, n_local, block):
+        rows = _rows(x_local, lo, hi)
+        y = out[lo:hi]
+        if pca is not None:
+            np.matmul(rows - mean32, pca.proj, out=y)
+        else:
+            y[...] = rows
+        if l2_normalize:
+            norms = np.sqrt(np.einsum("ij,ij->i", y, y))
+            y /= np.where(norms > 0, norms, 1.0)[:, None]
+    return out
