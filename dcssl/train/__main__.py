@@ -1,0 +1,60 @@
+"""``python -m dcssl.train RUN_DIR --epoch E [--config FILE] [train.key=value ...]``
+
+Runs one training segment as one rank of whatever launched it: srun tasks, submitit tasks,
+torchrun, or a single process. Prints the epoch summary as one JSON line (rank 0).
+Exit codes: 0 done (or checkpointed at the step budget / preempted: run again to continue),
+1 a failure such as a non-finite loss, 2 a configuration or input mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from dcssl.config import ConfigError, load_section
+from dcssl.train.config import TrainConfig
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dcssl.train", description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", help="run directory holding store/, labels/, config.yaml")
+    p.add_argument("--epoch", type=int, required=True, help="segment to run (0 = bootstrap)")
+    p.add_argument("--config", default=None, help="YAML file applied over RUN_DIR/config.yaml")
+    p.add_argument("overrides", nargs="*", help="train.key=value overrides")
+    return p
+
+
+def _setup_logging() -> None:
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging()
+    from dcssl.train.segment import NonFiniteLoss, SegmentError, run_segment
+
+    try:
+        cfg = load_section(TrainConfig, "train", args.run_dir, args.config, args.overrides)
+        bad = [o for o in args.overrides if not o.startswith("train.")]
+        if bad:
+            raise ConfigError(f"{bad[0]}: this stage takes train.key=value overrides only")
+        summary = run_segment(args.run_dir, args.epoch, cfg)
+    except (ConfigError, SegmentError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if summary.get("world_size", 1) == 1 or int(os.environ.get("RANK", os.environ.get(
+            "SLURM_PROCID", "0"))) == 0:
+        print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""H&E augmentations on whole batches, on the CPU (loader workers) or the GPU, reproducible per tile.
+
+Every random choice for a tile comes from ``N_PARAMS`` uniforms that are a pure function of the
+tile's sample seed (itself a function of (seed, epoch, position in the epoch)). So the
+augmentation of a sample does not depend on which worker, rank or device made it, or on whether
+the run was interrupted: a resumed run sees exactly the pixels the uninterrupted one would.
+
+The whole chain — random resized crop, flips, 90° rotations (one affine grid per tile), colour
+jitter, HED stain jitter, grayscale, normalisation — is vectorised over the batch, so it runs as a
+handful of tensor ops on either device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dcssl.train.config import AugmentConfig
+
+__all__ = ["N_PARAMS", "mix_seed", "sample_seeds", "uniforms", "BatchAugment", "eval_transform",
+           "to_float"]
+
+N_PARAMS = 20
+_U64 = np.uint64
+_MASK = (1 << 64) - 1
+
+# Ruifrok & Johnston stain vectors (as in skimage.color): rows are H, E, DAB optical densities.
+_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic): a fast counter-based hash."""
+    with np.errstate(over="ignore"):
+        z = x + _U64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+        return z ^ (z >> _U64(31))
+
+
+def mix_seed(*parts: int) -> int:
+    """One 63-bit seed from several integers (seed, epoch, …), stable across runs and platforms."""
+    h = 0x2545F4914F6CDD1D
+    for part in parts:
+        h = int(_splitmix64(np.array([(h ^ (part & _MASK)) & _MASK], dtype=_U64))[0])
+    return h >> 1
+
+
+def sample_seeds(seed: int, epoch: int, positions: np.ndarray) -> np.ndarray:
+    """Per-sample seeds (int64 ≥ 0) for global positions within an epoch."""
+    base = _U64(mix_seed(seed, epoch, 0xA46))
+    with np.errstate(over="ignore"):
+        mixed = _splitmix64(np.asarray(positions, dtype=_U64) + base)
+    return (mixed >> _U64(1)).astype(np.int64)
+
+
+def uniforms(seeds: np.ndarray) -> np.ndarray:
+    """(n, N_PARAMS) float32 uniforms in [0, 1), a pure function of each sample's seed."""
+    s = np.asarray(seeds, dtype=np.int64).astype(_U64)[:, None]
+    with np.errstate(over="ignore"):
+        counters = s * _U64(N_PARAMS) + np.arange(N_PARAMS, dtype=_U64)[None, :]
+    bits = _splitmix64(counters) >> _U64(40)  # 24 bits: exactly representable in float32
+    return (bits.astype(np.float32) / np.float32(1 << 24)).astype(np.float32)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] → float32 [0, 1]."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+def _normalise(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def eval_transform(images: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """Extraction view: the whole tile resized to ``cfg.size``, normalised (no randomness)."""
+    x = to_float(images)
+    if x.shape[-1] != cfg.size or x.shape[-2] != cfg.size:
+        x = F.interpolate(x, size=(cfg.size, cfg.size), mode="bilinear", antialias=True,
+                          align_corners=False)
+    return _normalise(x, cfg.mean, cfg.std)
+
+
+class BatchAugment:
+    """Training view of a batch: ``aug(images uint8 N×3×H×W, u float N×N_PARAMS) → N×3×S×S``."""
+
+    def __init__(self, cfg: AugmentConfig):
+        self.cfg = cfg
+
+    def __call__(self, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        u = u.to(images.device, torch.float32)
+        x = self._geometry(to_float(images), u)
+        if self.cfg.color in ("jitter", "both"):
+            x = self._jitter(x, u)
+        if self.cfg.color in ("hed", "both"):
+            x = self._hed(x, u)
+        x = self._grayscale(x, u)
+        return _normalise(x.clamp_(0.0, 1.0), self.cfg.mean, self.cfg.std)
+
+    # ---------------------------------------------------------------- geometry: u[:, 0:7]
+    def _geometry(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        c = self.cfg
+        area = c.scale_min + u[:, 0] * (c.scale_max - c.scale_min)
+        log_r = math.log(c.ratio_min) + u[:, 1] * (math.log(c.ratio_max) - math.log(c.ratio_min))
+        ratio = torch.exp(log_r)
+        w = torch.sqrt(area * ratio).clamp(max=1.0)  # crop width / tile width
+        h = torch.sqrt(area / ratio).clamp(max=1.0)
+        cx = (2 * u[:, 2] - 1) * (1 - w)  # crop centre in [-1, 1] grid coordinates
+        cy = (2 * u[:, 3] - 1) * (1 - h)
+        # flips and k·90° rotation act on the output grid before it is mapped into the crop
+        one = torch.ones_like(u[:, 4])
+        fx = torch.where(u[:, 4] < 0.5, -one, one) if c.flips else one
+        fy = torch.where(u[:, 5] < 0.5, -one, one) if c.flips else one
+        k = (u[:, 6] * 4).floor() if c.rot90 else torch.zeros_like(u[:, 6])
+        cos, sin = torch.cos(k * math.pi / 2).round(), torch.sin(k * math.pi / 2).round()
+        theta = torch.zeros(len(x), 2, 3, device=x.device)
+        theta[:, 0, 0], theta[:, 0, 1] = w * fx * cos, -w * fx * sin
+        theta[:, 1, 0], theta[:, 1, 1] = h * fy * sin, h * fy * cos
+        theta[:, 0, 2], theta[:, 1, 2] = cx, cy
+        size = (len(x), x.shape[1], c.size, c.size)
+        grid = F.affine_grid(theta, size, align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
+                             align_corners=False)
+
+    # ---------------------------------------------------------------- colour: u[:, 7:12]
+    def _jitter(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        c = self.cfg
+        on = (u[:, 7] < c.jitter_p).float().view(-1, 1, 1, 1)
+
+        def factor(col: int, amount: float) -> torch.Tensor:
+            f = 1 + amount * (2 * u[:, col] - 1)
+            return (on * f.view(-1, 1, 1, 1) + (1 - on))
+
+        x = x * factor(8, c.brightness)
+        gray = (x * _LUMA.to(x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        mean = gray.mean(dim=(2, 3), keepdim=True)
+        x = (x - mean) * factor(9, c.contrast) + mean
+        gray = (x * _LUMA.to(x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = (x - gray) * factor(10, c.saturation) + gray
+        if c.hue > 0:
+            x = self._hue(x, (2 * u[:, 11] - 1) * c.hue * on.view(-1))
+        return x.clamp(0.0, 1.0)
+
+    @staticmethod
+    def _hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+        """Rotate chroma in YIQ space by ``turns`` (a linear map per tile, cheap on any device)."""
+        to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
+                               [0.211, -0.523, 0.312]], device=x.device)
+        from_yiq = torch.linalg.inv(to_yiq)
+        a = turns * 2 * math.pi
+        rot = torch.zeros(len(x), 3, 3, device=x.device)
+        rot[:, 0, 0] = 1
+        rot[:, 1, 1], rot[:, 1, 2] = torch.cos(a), -torch.sin(a)
+        rot[:, 2, 1], rot[:, 2, 2] = torch.sin(a), torch.cos(a)
+        m = from_yiq @ rot @ to_yiq  # N×3×3
+        return torch.einsum("nij,njhw->nihw", m, x)
+
+    # ---------------------------------------------------------------- stains: u[:, 12:18]
+    def _hed(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        c = self.cfg
+        alpha = 1 + c.hed_sigma * (2 * u[:, 12:15] - 1)  # N×3
+        beta = c.hed_bias * (2 * u[:, 15:18] - 1)
+        od = -torch.log(x.clamp(min=1e-6))
+        hed = torch.einsum("nchw,cd->ndhw", od, _HED_FROM_RGB.to(x.device))
+        hed = hed * alpha.view(-1, 3, 1, 1) + beta.view(-1, 3, 1, 1)
+        od = torch.einsum("ndhw,dc->nchw", hed, _RGB_FROM_HED.to(x.device))
+        return torch.exp(-od).clamp(0.0, 1.0)
+
+    # ---------------------------------------------------------------- gray: u[:, 18]
+    def _grayscale(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        if self.cfg.grayscale_p <= 0:
+            return x
+        gray = (x * _LUMA.to(x.device).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(x)
+        on = (u[:, 18] < self.cfg.grayscale_p).view(-1, 1, 1, 1)
+        return torch.where(on, gray, x)

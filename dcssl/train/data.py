@@ -1,0 +1,178 @@
+"""The tile store as a map-style dataset that reads and decodes whole batches.
+
+- Keys are global tile indices (manifest order). A training key is ``(tile, sample seed, owner)``
+  from the sampler and gets the random training view; a plain ``int`` gets the eval view.
+- ``__getitems__`` (called by the DataLoader once per batch) groups the batch by shard and reads
+  each shard's rows in one HDF5 call (a slice when they are consecutive, as in extraction), then
+  decodes with ``torchvision.io.decode_jpeg`` (faster than Pillow).
+- HDF5 files are opened lazily in the process that reads them — each DataLoader worker opens its
+  own — and never carried across fork. ``locking=False`` for NFS/Lustre.
+- Labels live in the *training* process (``set_labels`` / ``labels_for``), not in the workers:
+  swapping them takes effect at once, even with persistent workers that hold an old copy of the
+  dataset object.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from dcssl.store import Store, open_h5
+from dcssl.train.augment import BatchAugment, eval_transform, uniforms
+from dcssl.train.config import AugmentConfig
+
+__all__ = ["TileDataset", "make_loader", "decode_batch"]
+
+
+def decode_batch(encoded: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """uint8 N×3×size×size from JPEG byte vectors (or raw H×W×3 tiles), resizing odd sizes."""
+    if not encoded:
+        return torch.empty(0, 3, size, size, dtype=torch.uint8)
+    if np.asarray(encoded[0]).ndim == 3:
+        images = [torch.from_numpy(np.asarray(t)).permute(2, 0, 1) for t in encoded]
+    else:
+        images = decode_jpeg([torch.from_numpy(np.asarray(t, dtype=np.uint8)) for t in encoded],
+                             mode=ImageReadMode.RGB)
+    images = [_fit(im, size) for im in images]
+    return torch.stack(images)
+
+
+def _fit(image: torch.Tensor, size: int) -> torch.Tensor:
+    if image.shape[-2:] == (size, size):
+        return image
+    # a shard cut at another tile size: bring it to the common size so batches stack
+    resized = F.interpolate(image[None].float(), size=(size, size), mode="bilinear",
+                            antialias=True, align_corners=False)
+    return resized[0].round().clamp(0, 255).to(torch.uint8)
+
+
+class TileDataset(Dataset):
+    """Tiles of a store by global index; batches come out as a dict of tensors.
+
+    ``transform_in_worker=True``: images are finished float tensors (augmented or eval view).
+    False: images stay uint8 tiles and training keys carry their uniforms ``u`` so the consumer
+    augments on its device (``BatchAugment``) — the CPU then only reads and decodes.
+    """
+
+    def __init__(self, store_root: str | os.PathLike, augment: AugmentConfig, *,
+                 locking: bool | None = None, transform_in_worker: bool = True):
+        self.store = Store(store_root, locking=locking)
+        self.augment_cfg = augment
+        self.transform_in_worker = transform_in_worker
+        self.augment = BatchAugment(augment)
+        self.tile_size = self._probe_tile_size()
+        self.labels: np.ndarray | None = None
+        self._files: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+
+    def _probe_tile_size(self) -> int:
+        if not self.store.shards:
+            raise ValueError(f"{self.store.root}: the store has no shards; tile or ingest first")
+        with open_h5(self.store.shard_path(0), locking=self.store.locking) as f:
+            size = f.attrs.get("tile_size")
+            if size is not None:
+                return int(size)
+            first = np.asarray(f["tiles"][0])
+        if first.ndim == 3:
+            return int(first.shape[0])
+        return int(decode_jpeg(torch.from_numpy(first), mode=ImageReadMode.RGB).shape[-1])
+
+    def __len__(self) -> int:
+        return self.store.n_tiles
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_files"] = {}  # open HDF5 handles never travel to another process
+        return state
+
+    # ------------------------------------------------------------------ labels (main process)
+    def set_labels(self, labels: np.ndarray) -> None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(self),):
+            raise ValueError(f"labels have shape {labels.shape}, the store has {len(self)} tiles")
+        self.labels = labels
+
+    def labels_for(self, index: torch.Tensor) -> torch.Tensor:
+        if self.labels is None:
+            raise RuntimeError("no labels set: call set_labels first")
+        return torch.from_numpy(self.labels[index.numpy()].astype(np.int64))
+
+    # ------------------------------------------------------------------ reading
+    def _file(self, shard: int) -> h5py.File:
+        if os.getpid() != self._pid:  # forked since the handles were opened: start afresh
+            self._files, self._pid = {}, os.getpid()
+        handle = self._files.get(shard)
+        if handle is None:
+            handle = self._files[shard] = self.store.open_shard(shard)
+        return handle
+
+    def read_encoded(self, index: np.ndarray) -> list[np.ndarray]:
+        """Stored tiles (JPEG byte vectors or raw arrays) for global indices, in the given order."""
+        index = np.asarray(index, dtype=np.int64)
+        out: list[Any] = [None] * index.size
+        shards, rows = self.store.locate(index)
+        for shard in np.unique(shards):
+            where = np.flatnonzero(shards == shard)
+            uniq, inverse = np.unique(rows[where], return_inverse=True)
+            tiles = self._file(int(shard))["tiles"]
+            if uniq[-1] - uniq[0] + 1 == uniq.size:  # consecutive rows: one slice read
+                data = tiles[int(uniq[0]):int(uniq[-1]) + 1]
+            else:
+                data = tiles[uniq]
+            for slot, k in zip(where.tolist(), inverse.tolist()):
+                out[slot] = data[k]
+        return out
+
+    def __getitems__(self, keys: list) -> dict[str, torch.Tensor]:
+        if not keys:  # the tail of a lockstep extraction plan
+            size = self.augment_cfg.size if self.transform_in_worker else self.tile_size
+            return {"index": torch.empty(0, dtype=torch.int64),
+                    "owner": torch.empty(0, dtype=torch.bool),
+                    "images": torch.empty(0, 3, size, size)}
+        train = isinstance(keys[0], tuple)
+        if train:
+            index = np.fromiter((k[0] for k in keys), dtype=np.int64, count=len(keys))
+            seeds = np.fromiter((k[1] for k in keys), dtype=np.int64, count=len(keys))
+            owner = torch.tensor([bool(k[2]) for k in keys], dtype=torch.bool)
+        else:
+            index = np.asarray(keys, dtype=np.int64)
+            owner = torch.ones(len(keys), dtype=torch.bool)
+        images = decode_batch(self.read_encoded(index), self.tile_size)
+        batch = {"index": torch.from_numpy(index), "owner": owner}
+        u = torch.from_numpy(uniforms(seeds)) if train else None
+        if self.transform_in_worker:
+            images = self.augment(images, u) if train else eval_transform(images, self.augment_cfg)
+        elif train:
+            batch["u"] = u
+        batch["images"] = images
+        return batch
+
+    def __getitem__(self, key) -> dict[str, torch.Tensor]:
+        return {name: value[0] for name, value in self.__getitems__([key]).items()}
+
+
+def _passthrough(batch: dict) -> dict:
+    return batch  # __getitems__ already returns a whole batch
+
+
+def make_loader(dataset: TileDataset, *, batch_size: int | None = None,
+                sampler: Sampler | None = None, batch_sampler: Sampler | None = None,
+                workers: int = 0, prefetch_factor: int = 4, pin_memory: bool = False,
+                persistent_workers: bool = False) -> DataLoader:
+    """A DataLoader over ``dataset`` whose batches come from ``__getitems__`` in one piece."""
+    extra: dict[str, Any] = {}
+    if workers > 0:
+        extra = dict(prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
+                     multiprocessing_context="fork" if os.name == "posix" else None)
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
+                          collate_fn=_passthrough, pin_memory=pin_memory, **extra)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                      num_workers=workers, collate_fn=_passthrough, pin_memory=pin_memory, **extra)

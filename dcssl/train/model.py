@@ -1,0 +1,168 @@
+"""ResNet trunk → projection to d (L2-normalised) → linear head of k pseudo-classes.
+
+The head is re-initialised *in place* at every epoch (``reset_head``): the same Parameter
+objects keep their place in the optimizer and in the DDP wrapper, so no new model, optimizer,
+wrapper or data loader is built per epoch. When k changes between epochs:
+
+- k ≤ the head's rows: the shape stays; rows ≥ k are masked (logit −inf), so they receive no
+  gradient and can never be predicted. Nothing else notices.
+- k > the head's rows: the head gets new, larger weight and bias Parameters, swapped into the
+  same optimizer's param group in place of the old ones (autograd and DDP cache a leaf's shape,
+  so a Parameter cannot change shape under them). The caller must re-wrap the model in DDP once,
+  because DDP's gradient buckets are sized at construction; ``reset_head`` returns True in
+  exactly that case. Growth is monotone: a later, smaller k masks rows again.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from dcssl.train.config import ModelConfig
+
+__all__ = ["DeepClusterNet", "build_trunk", "Sobel"]
+
+_LAYERS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet50": (Bottleneck, [3, 4, 6, 3])}
+
+
+class _ScaledResNet(ResNet):
+    """torchvision's ResNet with every stage's channels × width/64 (64 = torchvision's exactly).
+
+    The stem is rebuilt when the first stage is made, before torchvision's own initialisation
+    loop runs, so every layer gets torchvision's init.
+    """
+
+    def __init__(self, block, layers, width: int, in_channels: int):
+        object.__setattr__(self, "_width", width)
+        object.__setattr__(self, "_in_channels", in_channels)
+        super().__init__(block, layers)
+        self.out_dim = self.fc.in_features * width // 64
+        self.fc = nn.Identity()
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+        if planes == 64 and (self._width != 64 or self._in_channels != 3):
+            self.inplanes = self._width
+            self.conv1 = nn.Conv2d(self._in_channels, self._width, kernel_size=7, stride=2,
+                                   padding=3, bias=False)
+            self.bn1 = self._norm_layer(self._width)
+        return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
+
+
+def build_trunk(arch: str, width: int = 64, in_channels: int = 3) -> _ScaledResNet:
+    """A torchvision ResNet without its classifier; ``.out_dim`` is its feature size."""
+    block, layers = _LAYERS[arch]
+    return _ScaledResNet(block, layers, width, in_channels)
+
+
+class Sobel(nn.Module):
+    """DeepCluster's fixed input filter: grayscale, then horizontal and vertical Sobel gradients."""
+
+    def __init__(self):
+        super().__init__()
+        kx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+        self.register_buffer("kernel", torch.stack([kx, kx.t()])[:, None])  # 2×1×3×3
+        self.register_buffer("luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gray = (x * self.luma.to(x.dtype)).sum(1, keepdim=True)
+        return F.conv2d(gray, self.kernel.to(x.dtype), padding=1)
+
+
+class DeepClusterNet(nn.Module):
+    """``forward(x) → (logits over the active k classes, L2-normalised embedding)``."""
+
+    def __init__(self, cfg: ModelConfig, k: int):
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"k must be ≥ 1, got {k}")
+        self.cfg = cfg
+        self.sobel = Sobel() if cfg.sobel else None
+        self.trunk = build_trunk(cfg.arch, cfg.width, 2 if cfg.sobel else 3)
+        feat = self.trunk.out_dim
+        if cfg.proj_hidden:
+            self.projection: nn.Module = nn.Sequential(
+                nn.Linear(feat, cfg.proj_hidden), nn.BatchNorm1d(cfg.proj_hidden),
+                nn.ReLU(inplace=True), nn.Linear(cfg.proj_hidden, cfg.proj_dim))
+        else:
+            self.projection = nn.Linear(feat, cfg.proj_dim)
+        self.head = nn.Linear(cfg.proj_dim, k)
+        self.register_buffer("active_k", torch.tensor(k, dtype=torch.int64))
+        self.reset_head(k)
+
+    @property
+    def k(self) -> int:
+        return int(self.active_k)
+
+    @property
+    def head_rows(self) -> int:
+        return self.head.weight.shape[0]
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sobel is not None:
+            x = self.sobel(x)
+        return F.normalize(self.projection(self.trunk(x)).float(), dim=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.embed(x)
+        logits = self.head(z) / self.cfg.temperature
+        if self.k < self.head_rows:
+            masked = torch.arange(self.head_rows, device=logits.device) >= self.active_k
+            logits = logits.masked_fill(masked, float("-inf"))
+        return logits, z
+
+    @torch.no_grad()
+    def grow_head(self, rows: int, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """Give the head at least ``rows`` rows; True if it grew."""
+        return rows > self.head_rows and self.set_head_rows(rows, optimizer)
+
+    @torch.no_grad()
+    def set_head_rows(self, rows: int, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """Give the head exactly ``rows`` rows (to load a checkpoint); True if the shape changed.
+
+        A new shape means new Parameters, swapped into ``optimizer``'s param groups where the
+        old ones were (their optimizer state is dropped).
+        """
+        if rows == self.head_rows:
+            return False
+        old = {"weight": self.head.weight, "bias": self.head.bias}
+        new = {"weight": nn.Parameter(old["weight"].new_zeros(rows, old["weight"].shape[1])),
+               "bias": nn.Parameter(old["bias"].new_zeros(rows))}
+        for name, param in new.items():
+            setattr(self.head, name, param)
+        self.head.out_features = rows
+        if optimizer is not None:
+            swap = {id(old[name]): new[name] for name in old}
+            for group in optimizer.param_groups:
+                group["params"] = [swap.get(id(p), p) for p in group["params"]]
+            for p in old.values():
+                optimizer.state.pop(p, None)
+        return True
+
+    @torch.no_grad()
+    def reset_head(self, k: int | None = None, optimizer: torch.optim.Optimizer | None = None,
+                   generator: torch.Generator | None = None) -> bool:
+        """Re-draw the head in place: weights N(0, head_init_std), bias 0; forget its optimizer
+        state (momentum). ``k`` sets the number of active classes (None: keep it).
+
+        Returns True when the head had to grow (k > rows): re-wrap the model in DDP then.
+        The draw comes from ``generator`` (CPU) so every rank draws the same head.
+        """
+        k = self.k if k is None else int(k)
+        if k < 1:
+            raise ValueError(f"k must be ≥ 1, got {k}")
+        grew = self.grow_head(k, optimizer)
+        self.active_k.fill_(k)
+        w = torch.randn(self.head.weight.shape, generator=generator) * self.cfg.head_init_std
+        self.head.weight.copy_(w)
+        self.head.bias.zero_()
+        if optimizer is not None:
+            for p in self.head.parameters():
+                optimizer.state.pop(p, None)
+        return grew
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        """Everything but the head (trunk and projection)."""
+        head = {id(p) for p in self.head.parameters()}
+        return [p for p in self.parameters() if id(p) not in head]

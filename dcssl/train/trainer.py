@@ -1,0 +1,229 @@
+"""The long-lived training objects of one rank: dataset, sampler, loader, model, optimizer, DDP.
+
+They are built once per process. A new epoch swaps the label array into the dataset and sampler
+and resets the head in place (``start_epoch``); the loader, optimizer and DDP wrapper stay (the
+wrapper is rebuilt only if the head has to grow, see ``dcssl.train.model``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from dcssl.train.augment import BatchAugment, eval_transform, mix_seed
+from dcssl.train.config import TrainConfig
+from dcssl.train.data import TileDataset, make_loader
+from dcssl.train.model import DeepClusterNet
+from dcssl.train.sampler import UniformClusterSampler, labels_digest
+from hpc.env import DistEnv
+
+__all__ = ["Trainer", "StepOutput", "resolve_precision", "all_reduce_sum"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = plain fp32): bf16 only on GPUs that support it."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum a small tensor over ranks (a no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    """This rank's mean loss of the step (detached, on the device)."""
+    embeddings: torch.Tensor
+    """L2-normalised embeddings of the batch (detached)."""
+    index: torch.Tensor
+    """Global tile indices of the batch (CPU)."""
+    owner: torch.Tensor
+    """True where this sample owns its feature-bank row (CPU)."""
+
+
+class Trainer:
+    """One rank's training state; ``state_dict`` / ``load_state_dict`` are the checkpoint."""
+
+    def __init__(self, run_dir: str | Path, cfg: TrainConfig, env: DistEnv, device: torch.device,
+                 k: int = 1):
+        self.cfg, self.env, self.device = cfg, env, device
+        self.amp_dtype = resolve_precision(cfg.precision, device)
+        self.channels_last = cfg.channels_last and device.type == "cuda"
+        where = cfg.augment.device
+        self.augment_on_device = where == "gpu" or (where == "auto" and device.type == "cuda")
+        self.dataset = TileDataset(Path(run_dir) / "store", cfg.augment, locking=cfg.data.locking,
+                                   transform_in_worker=not self.augment_on_device)
+        self.device_augment = BatchAugment(cfg.augment)
+        torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed alone
+        self.model = DeepClusterNet(cfg.model, k).to(device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        o = cfg.optim
+        self.optimizer = torch.optim.SGD(
+            [{"params": self.model.trunk_parameters(), "lr_scale": 1.0},
+             {"params": list(self.model.head.parameters()), "lr_scale": o.head_lr_scale}],
+            lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        self.sampler: UniformClusterSampler | None = None
+        self.loader = None
+        self.ddp: torch.nn.Module | None = None
+        self.epoch, self.position, self.global_step = 0, 0, 0
+        self.labels_digest = ""
+
+    # ------------------------------------------------------------------ labels and epochs
+    def set_labels(self, labels: np.ndarray) -> None:
+        """Swap the pseudo-labels into the dataset and sampler (built on the first call only)."""
+        self.dataset.set_labels(labels)
+        self.labels_digest = labels_digest(labels)
+        if self.sampler is None:
+            d = self.cfg.data
+            self.sampler = UniformClusterSampler(
+                labels, rank=self.env.rank, world_size=self.env.world_size, seed=self.cfg.seed,
+                samples_per_epoch=d.samples_per_epoch)
+            self.loader = make_loader(
+                self.dataset, batch_size=d.batch_size, sampler=self.sampler, workers=d.workers,
+                prefetch_factor=d.prefetch_factor, persistent_workers=d.workers > 0,
+                pin_memory=d.pin_memory and self.device.type == "cuda")
+        else:
+            self.sampler.set_labels(labels)
+
+    def start_epoch(self, epoch: int, labels: np.ndarray, k: int) -> None:
+        """Begin ``epoch`` on ``labels`` with k classes: swap labels, reset the head in place."""
+        self.set_labels(labels)
+        generator = torch.Generator().manual_seed(mix_seed(self.cfg.seed, epoch, 0x4EAD))
+        if self.model.reset_head(k, self.optimizer, generator):
+            self.ddp = None  # the head grew: DDP's buckets no longer fit, re-wrap once
+        self.epoch, self.position = epoch, 0
+        self.sampler.set_epoch(epoch, 0)
+
+    def resume_epoch(self, epoch: int, labels: np.ndarray, position: int) -> None:
+        """Continue ``epoch`` at local sample ``position`` (head and optimizer from a checkpoint)."""
+        self.set_labels(labels)
+        self.epoch, self.position = epoch, position
+        self.sampler.set_epoch(epoch, position)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.local_len // self.cfg.data.batch_size
+
+    @property
+    def step_in_epoch(self) -> int:
+        return self.position // self.cfg.data.batch_size
+
+    def lr_at(self, epoch: int, step_in_epoch: int) -> float:
+        """The schedule on epoch progress (epoch 1 starts at 0), continuous across segments."""
+        o = self.cfg.optim
+        t = (epoch - 1) + (step_in_epoch + 1) / max(self.steps_per_epoch, 1)
+        if o.warmup_epochs and t < o.warmup_epochs:
+            return o.lr * t / o.warmup_epochs
+        if o.schedule == "cosine":
+            progress = min(t / o.epochs, 1.0)
+            return o.min_lr + (o.lr - o.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        return o.lr
+
+    # ------------------------------------------------------------------ stepping
+    def _wrapped(self) -> torch.nn.Module:
+        if self.ddp is None:
+            if self.env.world_size > 1 and dist.is_initialized():
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+            else:
+                self.ddp = self.model
+        return self.ddp
+
+    def batches(self, limit: int | None = None) -> Iterator[dict]:
+        """Batches from the current position to the epoch's end (or ``limit`` of them)."""
+        self.sampler.set_start(self.position)
+        for i, batch in enumerate(self.loader):
+            if limit is not None and i >= limit:
+                break
+            yield batch
+
+    def inputs(self, batch: dict, train: bool = True) -> torch.Tensor:
+        """The network input on the device (augmenting there when configured)."""
+        images = batch["images"].to(self.device, non_blocking=True)
+        if self.augment_on_device:
+            if train:
+                images = self.device_augment(images, batch["u"].to(self.device, non_blocking=True))
+            else:
+                images = eval_transform(images, self.cfg.augment)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def train_step(self, batch: dict) -> StepOutput:
+        """One optimizer step on a batch; advances the position and the global step."""
+        model = self._wrapped()
+        model.train()
+        lr = self.lr_at(self.epoch, self.step_in_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        images = self.inputs(batch)
+        target = self.dataset.labels_for(batch["index"]).to(self.device, non_blocking=True)
+        with self.autocast():
+            logits, z = model(images)
+        loss = F.cross_entropy(logits.float(), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.position += len(batch["index"])
+        self.global_step += 1
+        return StepOutput(loss.detach(), z.detach(), batch["index"], batch["owner"])
+
+    @torch.no_grad()
+    def embed(self, batch: dict) -> torch.Tensor:
+        """Eval-mode embeddings of a batch of eval views (no DDP, no collectives)."""
+        self.model.eval()
+        with self.autocast():
+            z = self.model.embed(self.inputs(batch, train=False))
+        return z.float()
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+               "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": None,  # bf16 needs no loss scaling; the slot keeps the format stable
+                "epoch": self.epoch, "position": self.position, "global_step": self.global_step,
+                "world_size": self.env.world_size, "batch_size": self.cfg.data.batch_size,
+                "k": self.model.k, "head_rows": self.model.head_rows,
+                "labels_digest": self.labels_digest, "seed": self.cfg.seed, "rng": rng}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.model.set_head_rows(int(state["head_rows"]), self.optimizer):
+            self.ddp = None
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.position = int(state["position"])
+        rng = state.get("rng") or {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
