@@ -76,7 +76,7 @@ class LoopConfig:
             raise ValueError(f"keep_features must be ≥ 1, got {self.keep_features}")
 
 
-def _run_config_class():
+def run_config_class():
     """RunConfig: every stage's section (imported here so each stage owns its own dataclass)."""
     from dcssl.cluster.config import ClusterConfig
     from dcssl.tile.config import TileConfig
@@ -111,7 +111,7 @@ def load_run_config(run_dir: str | Path | None, config_path: str | Path | None =
     data: dict = {}
     for file in _config_files(run_dir, config_path):
         data = merge_dicts(data, _read_yaml(file))
-    return from_dict(_run_config_class(), merge_dicts(data, parse_overrides(list(overrides))))
+    return from_dict(run_config_class(), merge_dicts(data, parse_overrides(list(overrides))))
 
 
 def save_run_config(run_dir: str | Path, cfg) -> Path:

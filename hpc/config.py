@@ -28,15 +28,15 @@ class ConfigError(ValueError):
     """A configuration mistake, described in one line."""
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     if get_origin(tp) in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in get_args(tp))
+        return " | ".join(type_name(a) for a in get_args(tp))
     if tp is type(None):
         return "null"
     if get_origin(tp) in (list, tuple):
-        return f"list of {_type_name(get_args(tp)[0])}" if get_args(tp) else "list"
+        return f"list of {type_name(get_args(tp)[0])}" if get_args(tp) else "list"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -48,14 +48,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in args:
             return value
-        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {_type_name(tp)}")
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {type_name(tp)}")
     if origin in (Union, types.UnionType):
         for arg in args:
             try:
                 return _coerce(value, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
     if tp is type(None):
         if value is None:
             return None

@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "export": "write the trunk as a torchvision-compatible state_dict",
     "embed": "write encoder features for every tile of a store",
     "curate": "pick a diverse subset of tiles per cluster",
+    "config": "print every config key with its default and meaning",
 }
 
 
