@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Sequence
 
 import h5py
@@ -22,13 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.io import ImageReadMode, decode_jpeg
 
-from dcssl.store import Store, open_h5
+from dcssl.store import Store, decode_tile, open_h5
 from dcssl.train.augment import BatchAugment, eval_transform, uniforms
 from dcssl.train.config import AugmentConfig
 
 __all__ = ["TileDataset", "make_loader", "decode_batch"]
+
+from torchvision.io import ImageReadMode, decode_jpeg
 
 
 def decode_batch(encoded: Sequence[np.ndarray], size: int) -> torch.Tensor:
@@ -38,8 +40,12 @@ def decode_batch(encoded: Sequence[np.ndarray], size: int) -> torch.Tensor:
     if np.asarray(encoded[0]).ndim == 3:
         images = [torch.from_numpy(np.asarray(t)).permute(2, 0, 1) for t in encoded]
     else:
-        images = decode_jpeg([torch.from_numpy(np.asarray(t, dtype=np.uint8)) for t in encoded],
-                             mode=ImageReadMode.RGB)
+        with warnings.catch_warnings():
+            # torchvision ≥ 0.29 warns on every call that its codecs move to torchcodec;
+            # decode_jpeg is still the fastest CPU decoder here (libjpeg-turbo, no PIL round trip)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            images = decode_jpeg([torch.from_numpy(np.asarray(t, dtype=np.uint8)) for t in encoded],
+                                 mode=ImageReadMode.RGB)
     images = [_fit(im, size) for im in images]
     return torch.stack(images)
 
@@ -79,13 +85,17 @@ class TileDataset(Dataset):
             size = f.attrs.get("tile_size")
             if size is not None:
                 return int(size)
-            first = np.asarray(f["tiles"][0])
-        if first.ndim == 3:
-            return int(first.shape[0])
-        return int(decode_jpeg(torch.from_numpy(first), mode=ImageReadMode.RGB).shape[-1])
+            return int(decode_tile(f["tiles"][0]).shape[0])  # no attribute: look at a tile
 
     def __len__(self) -> int:
         return self.store.n_tiles
+
+    def close(self) -> None:
+        """Close this process's HDF5 handles (they reopen on the next read)."""
+        if os.getpid() == self._pid:
+            for handle in self._files.values():
+                handle.close()
+        self._files = {}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from dcssl.store import ShardWriter, Store, build_manifest, encode_jpeg
+from dcssl.train.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from hpc.checkpoint import atomic_path, atomic_write_text
 
-__all__ = ["synthetic_tile", "make_store", "write_pseudo_labels"]
+__all__ = ["synthetic_tile", "make_store", "write_pseudo_labels", "tiny_config"]
 
 _STROMA = np.array([236, 180, 210], dtype=np.float32)
 _NUCLEUS = np.array([90, 50, 140], dtype=np.float32)
@@ -71,3 +72,16 @@ def write_pseudo_labels(run_dir: str | Path, epoch: int, labels: np.ndarray, k: 
         {"k": int(k), "n": int(labels.size), "sizes": sizes.tolist(), "epoch": epoch}))
     atomic_write_text(folder / "COMPLETE", "")
     return folder
+
+
+def tiny_config(size: int = 32, batch_size: int = 16, workers: int = 0, **top) -> TrainConfig:
+    """A thin ResNet-18 at ``size`` px: a CPU segment in seconds (tests and smoke runs).
+
+    Colour augmentation is off because the synthetic classes differ mainly in colour; the
+    temperature is softer than the default because batches this small make 0.1 unstable.
+    """
+    return TrainConfig(
+        model=ModelConfig(arch="resnet18", width=8, proj_dim=32, temperature=0.5),
+        data=DataConfig(batch_size=batch_size, workers=workers, prefetch_factor=2),
+        augment=AugmentConfig(size=size, color="none"),
+        optim=OptimConfig(lr=0.05), **top)

@@ -1,0 +1,91 @@
+"""The feature bank: processes write interleaved rows of one file (sharing pages) without losing
+any, any number of readers read it, unvisited rows keep the previous epoch's values."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dcssl.train.featurebank import (BankWriter, bank_dir, finalize_bank, is_complete, open_bank,
+                                     prepare_bank, read_meta)
+from hpc.mpi import shard_range
+
+N, DIM, WRITERS = 1000, 24, 3
+
+
+def _rows(index: np.ndarray) -> np.ndarray:
+    return (index[:, None] * 0.001 + np.arange(DIM)[None, :] * 0.01).astype(np.float16)
+
+
+def _write_share(path: str, rank: int) -> None:
+    """One writer process: every WRITERS-th row, in shuffled batches (rows of one page interleave
+    across processes, as DDP ranks do)."""
+    mine = np.arange(rank, N, WRITERS)
+    np.random.default_rng(rank).shuffle(mine)
+    writer = BankWriter(path, N, DIM)
+    for chunk in np.array_split(mine, 7):
+        writer.write_rows(chunk, _rows(chunk))
+    writer.close()
+
+
+def _reader_sum(args: tuple[str, int, int]) -> tuple[int, float]:
+    run_dir, rank, size = args
+    bank = open_bank(run_dir, 1)
+    start, stop = shard_range(N, rank, size)
+    return stop - start, float(bank[start:stop].astype(np.float64).sum())
+
+
+def test_writers_in_separate_processes_fill_every_row(tmp_path: Path):
+    path = prepare_bank(tmp_path, 1, N, DIM, init_from=None)
+    assert not is_complete(tmp_path, 1)
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_write_share, args=(str(path), r)) for r in range(WRITERS)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    with pytest.raises(FileNotFoundError, match="not complete"):
+        open_bank(tmp_path, 1)
+    finalize_bank(tmp_path, 1, N, DIM, "train", 0.0)
+    bank = open_bank(tmp_path, 1)
+    assert bank.shape == (N, DIM) and bank.dtype == np.float16
+    assert np.array_equal(bank, _rows(np.arange(N)))
+    assert read_meta(tmp_path, 1) == {"n": N, "dim": DIM, "dtype": "float16", "epoch": 1,
+                                      "source": "train", "stale_fraction": 0.0}
+    total = float(np.asarray(bank, dtype=np.float64).sum())
+    for readers in (1, 2, 5):  # any number of readers, whatever wrote it
+        with ctx.Pool(readers) as pool:
+            parts = pool.map(_reader_sum, [(str(tmp_path), r, readers) for r in range(readers)])
+        assert sum(n for n, _ in parts) == N
+        assert sum(s for _, s in parts) == pytest.approx(total, rel=1e-12)
+
+
+def test_new_epoch_starts_from_the_previous_bank_once(tmp_path: Path):
+    prepare_bank(tmp_path, 0, N, DIM, init_from=None)
+    writer = BankWriter(bank_dir(tmp_path, 0) / "embeddings.f16", N, DIM)
+    writer.write_rows(np.arange(N), _rows(np.arange(N)))
+    writer.close()
+    finalize_bank(tmp_path, 0, N, DIM, "extract", 0.0)
+
+    path = prepare_bank(tmp_path, 1, N, DIM, init_from=0)
+    visited = np.array([5, 6, 7, 900])
+    writer = BankWriter(path, N, DIM)
+    writer.write_rows(visited, np.ones((4, DIM), dtype=np.float16))
+    writer.close()
+    assert prepare_bank(tmp_path, 1, N, DIM, init_from=0) == path  # a resumed run keeps rows
+    finalize_bank(tmp_path, 1, N, DIM, "train", 1 - 4 / N)
+    bank = open_bank(tmp_path, 1)
+    assert np.array_equal(bank[visited], np.ones((4, DIM), dtype=np.float16))
+    stale = np.setdiff1d(np.arange(N), visited)
+    assert np.array_equal(bank[stale], _rows(stale))
+    assert read_meta(tmp_path, 1)["stale_fraction"] == pytest.approx(0.996)
+    with pytest.raises(ValueError, match="proj_dim"):
+        prepare_bank(tmp_path, 2, N, DIM + 1, init_from=1)
+    writer = BankWriter(path, N, DIM)
+    with pytest.raises(IndexError):
+        writer.write_rows(np.array([N]), np.zeros((1, DIM)))
+    writer.close()

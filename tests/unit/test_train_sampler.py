@@ -1,0 +1,109 @@
+"""The distributed uniform-over-clusters sampler: balance, determinism, disjoint ranks, exact
+resume, label swaps without a rebuild."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dcssl.train.sampler import UniformClusterSampler, epoch_plan
+
+
+def _skewed_labels(seed: int = 0) -> np.ndarray:
+    """Clusters of 600, 150, 40 and 7 tiles, empty clusters 1 and 5, and 200 unassigned (-1)."""
+    labels = np.concatenate([np.full(600, 0), np.full(150, 2), np.full(40, 3), np.full(7, 4),
+                             np.full(200, -1)]).astype(np.int32)
+    return np.random.default_rng(seed).permutation(labels)
+
+
+def _drawn(sampler: UniformClusterSampler) -> list[tuple[int, int, bool]]:
+    return list(iter(sampler))
+
+
+def test_every_nonempty_cluster_is_drawn_equally_often_and_unassigned_never():
+    labels = _skewed_labels()
+    order = epoch_plan(labels, seed=3, epoch=1)
+    assert order.size == int((labels >= 0).sum())  # DeepCluster: N samples per epoch
+    assert (labels[order] >= 0).all()
+    counts = np.bincount(labels[order], minlength=6)
+    assert counts[1] == counts[5] == 0  # empty clusters do not crash the sampler, and are skipped
+    drawn = counts[[0, 2, 3, 4]]
+    assert drawn.max() - drawn.min() <= drawn.max() * 0.02 + 2, drawn  # uniform up to the cut
+    # small clusters are drawn whole before any repeat, large ones without replacement
+    for cluster in (3, 4):
+        assert set(order[labels[order] == cluster]) == set(np.flatnonzero(labels == cluster))
+    big = order[labels[order] == 0]
+    assert np.unique(big).size == big.size
+
+
+def test_plan_is_a_function_of_seed_epoch_and_labels():
+    labels = _skewed_labels()
+    a = epoch_plan(labels, seed=7, epoch=4)
+    assert np.array_equal(a, epoch_plan(labels.copy(), seed=7, epoch=4))
+    assert not np.array_equal(a, epoch_plan(labels, seed=7, epoch=5))
+    assert not np.array_equal(a, epoch_plan(labels, seed=8, epoch=4))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_are_disjoint_and_together_form_the_single_rank_epoch(world):
+    labels = _skewed_labels()
+    single = _drawn(UniformClusterSampler(labels, seed=1, world_size=1))
+    ranks = [UniformClusterSampler(labels, rank=r, world_size=world, seed=1) for r in range(world)]
+    draws = [_drawn(s) for s in ranks]
+    assert len({len(d) for d in draws}) == 1  # equal lengths: DDP steps stay in lockstep
+    interleaved = [d[i] for i in range(len(draws[0])) for d in draws]
+    # the world size does not change what is drawn (tile, augmentation seed) at a global position
+    assert interleaved == single[: len(interleaved)]
+    owned = [{t for t, _, owner in d if owner} for d in draws]
+    assert sum(len(o) for o in owned) == len(set().union(*owned))  # no row owned twice
+    assert set().union(*owned) == {t for t, _, _ in interleaved}  # every drawn tile has an owner
+
+
+def test_resume_at_a_local_position_yields_exactly_the_rest():
+    labels = _skewed_labels()
+    sampler = UniformClusterSampler(labels, rank=1, world_size=2, seed=5)
+    sampler.set_epoch(3)
+    full = _drawn(sampler)
+    sampler.set_epoch(3, start=137)
+    assert len(sampler) == len(full) - 137
+    assert _drawn(sampler) == full[137:]
+    fresh = UniformClusterSampler(labels, rank=1, world_size=2, seed=5)
+    fresh.set_epoch(3, start=137)  # a new process after a requeue
+    assert _drawn(fresh) == full[137:]
+    with pytest.raises(ValueError, match="outside"):
+        sampler.set_start(len(full) + 1)
+
+
+def test_visited_counts_distinct_tiles_of_the_consumed_prefix():
+    labels = _skewed_labels()
+    samplers = [UniformClusterSampler(labels, rank=r, world_size=2, seed=2) for r in range(2)]
+    consumed = 100
+    seen = {t for s in samplers for t, _, _ in _drawn(s)[:consumed]}
+    assert samplers[0].visited(consumed) == samplers[1].visited(consumed) == len(seen)
+
+
+def test_set_labels_changes_what_is_drawn_without_a_new_sampler():
+    labels = _skewed_labels()
+    sampler = UniformClusterSampler(labels, seed=0)
+    before = {t for t, _, _ in _drawn(sampler)}
+    assert before <= set(np.flatnonzero(labels >= 0))
+    swapped = np.full_like(labels, -1)
+    keep = np.flatnonzero(labels == 0)[:50]
+    swapped[keep] = np.arange(50) % 5
+    sampler.set_labels(swapped)
+    after = _drawn(sampler)
+    assert {t for t, _, _ in after} == set(keep.tolist())
+    assert len(after) == 50
+    assert np.bincount(swapped[[t for t, _, _ in after]], minlength=5).tolist() == [10] * 5
+
+
+def test_samples_per_epoch_and_bad_input():
+    labels = _skewed_labels()
+    sampler = UniformClusterSampler(labels, rank=0, world_size=2, seed=0, samples_per_epoch=2000)
+    assert len(sampler) == 1000
+    with pytest.raises(ValueError, match="unassigned"):
+        epoch_plan(np.full(10, -1, dtype=np.int32), 0, 0)
+    with pytest.raises(ValueError, match="1-D integer"):
+        UniformClusterSampler(np.zeros((2, 2), dtype=np.int32))
+    with pytest.raises(ValueError, match="world"):
+        UniformClusterSampler(labels, rank=2, world_size=2)
