@@ -1,0 +1,130 @@
+"""Read one block of tiles, drop background tiles, encode the rest — the unit of parallel work.
+
+A block is one ``read_region`` (e.g. 8×8 tiles) at the chosen level, resized once when the level's
+resolution differs from the target, sliced into tiles in numpy. When a read fails (a corrupt JPEG
+or JPEG 2000 tile inside the slide), the block is retried tile by tile on a freshly opened slide
+(openslide handles stay broken after an error), so only the unreadable tiles are lost — and
+counted.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import openslide
+from PIL import Image
+
+from dcssl.slides.grid import Block, TileGrid
+from dcssl.slides.tissue import background_fraction, rgba_to_rgb
+from dcssl.tile.config import TileConfig
+
+__all__ = ["BlockResult", "BlockReader"]
+
+
+@dataclass
+class BlockResult:
+    coords: np.ndarray
+    """(k, 2) level-0 x, y of the kept tiles."""
+    tissue: np.ndarray
+    """(k,) tissue fraction of the kept tiles."""
+    tiles: list[bytes] | np.ndarray
+    """JPEG bytes (jpeg) or a k×T×T×3 array (raw)."""
+    errors: int
+    """Tiles of this block that could not be read."""
+    candidates: int
+    """Candidate tiles in this block (kept + dropped as background + unreadable)."""
+
+
+def _encode(tile: np.ndarray, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(tile).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+class BlockReader:
+    """Holds an open slide (reopened after errors) and turns blocks into kept, encoded tiles."""
+
+    def __init__(self, path: str, grid: TileGrid, cfg: TileConfig):
+        self.path = path
+        self.grid = grid
+        self.cfg = cfg
+        self.slide = openslide.OpenSlide(path)
+
+    def close(self) -> None:
+        self.slide.close()
+
+    def _reopen(self) -> None:
+        try:
+            self.slide.close()
+        finally:
+            self.slide = openslide.OpenSlide(self.path)
+
+    def _read(self, i0: int, j0: int, ni: int, nj: int) -> np.ndarray:
+        """Pixels of grid cells [i0, i0+ni) × [j0, j0+nj) at the output resolution (RGB)."""
+        g, size = self.grid, self.grid.tile_size
+        span_w, span_h = ni * g.read_size, nj * g.read_size
+        region = self.slide.read_region((i0 * g.step0, j0 * g.step0), g.level,
+                                        (math.ceil(span_w), math.ceil(span_h)))
+        rgb = rgba_to_rgb(np.asarray(region))
+        if not g.needs_resize:
+            return rgb[: nj * size, : ni * size]
+        image = Image.fromarray(rgb).resize((ni * size, nj * size), Image.BILINEAR,
+                                            box=(0, 0, span_w, span_h))
+        return np.asarray(image)
+
+    def _tiles_from_block(self, block: Block) -> tuple[np.ndarray, np.ndarray]:
+        size = self.grid.tile_size
+        pixels = self._read(block.i0, block.j0, block.ni, block.nj)
+        k = len(block.tiles)
+        tiles = np.empty((k, size, size, 3), dtype=np.uint8)
+        for n, (i, j) in enumerate(block.tiles):
+            x, y = (i - block.i0) * size, (j - block.j0) * size
+            tiles[n] = pixels[y:y + size, x:x + size]
+        return tiles, np.ones(k, dtype=bool)
+
+    def _tiles_one_by_one(self, block: Block) -> tuple[np.ndarray, np.ndarray]:
+        size = self.grid.tile_size
+        tiles = np.zeros((len(block.tiles), size, size, 3), dtype=np.uint8)
+        ok = np.zeros(len(block.tiles), dtype=bool)
+        for n, (i, j) in enumerate(block.tiles):
+            try:
+                tiles[n] = self._read(int(i), int(j), 1, 1)
+                ok[n] = True
+            except openslide.OpenSlideError:
+                self._reopen()
+        return tiles, ok
+
+    def process(self, block: Block) -> BlockResult:
+        try:
+            tiles, ok = self._tiles_from_block(block)
+        except openslide.OpenSlideError:
+            self._reopen()
+            tiles, ok = self._tiles_one_by_one(block)
+        tissue_cfg = self.cfg.tissue
+        background = background_fraction(tiles, tissue_cfg.white_level, tissue_cfg.black_level)
+        keep = ok & (background <= tissue_cfg.max_background)
+        kept = tiles[keep]
+        if self.cfg.encoding == "jpeg":
+            encoded: list[bytes] | np.ndarray = [_encode(t, self.cfg.jpeg_quality) for t in kept]
+        else:
+            encoded = kept
+        return BlockResult(coords=self.grid.coords(block.tiles[keep]),
+                           tissue=(1.0 - background[keep]).astype(np.float32), tiles=encoded,
+                           errors=int((~ok).sum()), candidates=len(block.tiles))
+
+
+# One reader per pool process, set by the pool initializer (a slide handle cannot be pickled).
+_READER: BlockReader | None = None
+
+
+def init_pool_reader(path: str, grid: TileGrid, cfg: TileConfig) -> None:
+    global _READER
+    _READER = BlockReader(path, grid, cfg)
+
+
+def process_in_pool(block: Block) -> BlockResult:
+    assert _READER is not None, "init_pool_reader was not run in this process"
+    return _READER.process(block)
