@@ -1,0 +1,64 @@
+"""``launch status RUN_DIR [--json]``: slides done / failed (with reasons) / pending, tiles.
+
+Works while the array runs (from the shards and the ledger; no manifest needed). ``--json``
+prints one object: ``slides``, ``done``, ``pending``, ``tiles`` (counts), ``failed`` (a list of
+``{"slide", "stage", "reason"}``), ``notes`` (done slides with something to say), ``manifest``
+(path or null) and ``metrics`` (the latest line of metrics.jsonl, or null).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from dcssl.jsonl import read_jsonl
+from dcssl.launch.common import add_run_arguments, existing_run_dir
+from dcssl.store import Store
+from dcssl.tile.run import Summary, TilePaths, summarize
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _store_only(paths: TilePaths) -> Summary:
+    """A run without a slide list (e.g. ingested tiles): what the manifest says."""
+    if not (paths.store / "manifest.json").is_file():
+        return Summary()
+    store = Store(paths.store)
+    return Summary(slides=len(store.shards), done=len(store.shards), tiles=store.n_tiles)
+
+
+def collect(run_dir: Path) -> dict:
+    paths = TilePaths(run_dir)
+    summary = summarize(run_dir) if paths.slides.is_file() else _store_only(paths)
+    manifest = paths.store / "manifest.json"
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    return {**asdict(summary), "manifest": str(manifest) if manifest.is_file() else None,
+            "metrics": metrics[-1] if metrics else None}
+
+
+def _print_human(report: dict) -> None:
+    print(f"slides: {report['slides']}  done: {report['done']}  failed: {len(report['failed'])}  "
+          f"pending: {report['pending']}  tiles: {report['tiles']}")
+    for item in report["failed"]:
+        print(f"  failed  {item['slide']}  [{item['stage']}] {item['reason']}")
+    for item in report["notes"]:
+        print(f"  note    {item['slide']}  {item['reason']}")
+    print(f"manifest: {report['manifest'] or 'not yet (written when every slide was attempted)'}")
+    if report["metrics"]:
+        latest = {k: v for k, v in report["metrics"].items() if k != "time"}
+        print("latest metrics: " + "  ".join(f"{k}={v}" for k, v in latest.items()))
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = existing_run_dir(Path(args.run_dir))
+    report = collect(run_dir)
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        _print_human(report)
+    return 0

@@ -1,0 +1,99 @@
+"""``launch tile RUN_DIR --slides FOLDER|GLOB|MANIFEST.tsv``: tile every slide not yet tiled.
+
+One array element per pending slide, at most ``executor_tile.array_parallelism`` at once
+(``sbatch --array=…%N`` on SLURM, the same throttle locally). Re-running skips complete shards and
+redoes missing, failed or partial ones. Exit status: 0 all slides tiled (or, on SLURM without
+--wait, the array submitted), 1 some slides failed (see ``launch status``), 2 a usage mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from dcssl.launch.common import UsageError, add_run_arguments
+from dcssl.slides.sources import SourceError
+from dcssl.tile.prepare import load_tile_settings, prepare_run
+from dcssl.tile.run import TilePaths, finalize, pending_indices, summarize, tile_element
+from hpc.submit import make_executor, submit_array
+
+log = logging.getLogger("dcssl.launch.tile")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+    parser.add_argument("--slides", default=None, metavar="FOLDER|GLOB|MANIFEST.tsv",
+                        help="slides to tile: a folder, a quoted glob, or a GDC manifest "
+                             "(default: the run's existing slide list)")
+    parser.add_argument("--executor", choices=["local", "slurm"], default=None,
+                        help="override executor_tile.kind")
+    parser.add_argument("--wait", action="store_true",
+                        help="slurm: wait for the array and report (local always waits)")
+
+
+class TileTask:
+    """The function each array element runs (picklable: submitit ships it to the job)."""
+
+    def __init__(self, run_dir: Path, config: Path | None, overrides: list[str]):
+        self.run_dir = str(Path(run_dir).resolve())
+        self.config = str(Path(config).resolve()) if config is not None else None
+        self.overrides = list(overrides)
+
+    def __call__(self, index: int) -> dict:
+        return tile_element(self.run_dir, index, self.config, self.overrides)
+
+
+def _collect(jobs, indices: list[int]) -> list[str]:
+    """Elements that ended without a result (killed, out of memory): one line each."""
+    dead = []
+    for job, index in zip(jobs, indices):
+        try:
+            job.result()
+        except Exception as err:  # submitit re-raises whatever ended the job
+            dead.append(f"element {index} (job {job.job_id}) ended without a result "
+                        f"({type(err).__name__}); see {job.paths.stderr}")
+    return dead
+
+
+def _report(paths: TilePaths) -> int:
+    summary = summarize(paths.run_dir)
+    print(f"slides: {summary.slides}  done: {summary.done}  failed: {len(summary.failed)}  "
+          f"pending: {summary.pending}  tiles: {summary.tiles}")
+    for item in summary.failed:
+        print(f"  failed  {item['slide']}  [{item['stage']}] {item['reason']}")
+    if (paths.store / "manifest.json").is_file():
+        print(f"store: {paths.store / 'manifest.json'}")
+    return 1 if summary.failed or summary.pending else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = TilePaths(Path(args.run_dir))
+    _, executor = load_tile_settings(paths.run_dir, args.config, args.overrides)
+    if args.executor:
+        executor = replace(executor, kind=args.executor)
+    try:
+        refs = prepare_run(paths.run_dir, args.slides, args.config, args.overrides, executor)
+    except SourceError as err:
+        raise UsageError(str(err)) from None
+    pending = pending_indices(paths.run_dir, refs)
+    log.info("%d slides: %d already tiled, %d to tile (%s executor, at most %d at once)",
+             len(refs), len(refs) - len(pending), len(pending), executor.kind,
+             executor.array_parallelism)
+    if not pending:
+        finalize(paths.run_dir, refs)
+        return _report(paths)
+    submitit_executor = make_executor(executor, paths.logs, job_name="dcssl-tile")
+    jobs = submit_array(submitit_executor, TileTask(paths.run_dir, args.config, args.overrides),
+                        pending, executor.array_parallelism)
+    if executor.kind == "slurm" and not args.wait:
+        array_id = str(jobs[0].job_id).split("_")[0]
+        print(f"submitted array job {array_id}: {len(pending)} elements, at most "
+              f"{executor.array_parallelism} at once; logs in {paths.logs}")
+        print(f"follow it with: python -m dcssl.launch status {paths.run_dir}")
+        return 0
+    for line in _collect(jobs, pending):
+        log.error("%s", line)
+    finalize(paths.run_dir, refs)
+    return _report(paths)
