@@ -16,6 +16,7 @@ import sys
 
 from dcssl.config import ConfigError, load_section
 from dcssl.train.config import TrainConfig
+from hpc.env import detect_env
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +35,7 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     _setup_logging()
     from dcssl.train.segment import NonFiniteLoss, SegmentError, run_segment
 
@@ -50,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if summary.get("world_size", 1) == 1 or int(os.environ.get("RANK", os.environ.get(
-            "SLURM_PROCID", "0"))) == 0:
+    if detect_env().is_main:
         print(json.dumps(summary), flush=True)
     return 0
 

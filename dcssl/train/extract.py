@@ -43,8 +43,9 @@ def _resume_point(path, world: int, batch: int) -> int:
     return int(done["next"])
 
 
-def extract_pass(trainer: Trainer, run_dir, epoch: int, bank_path, flag: PreemptionFlag) -> None:
-    """Embed every tile into ``bank_path`` (prepared beforehand); raises Preempted when told to."""
+def extract_pass(trainer: Trainer, run_dir, epoch: int, bank_path, flag: PreemptionFlag) -> int:
+    """Embed every tile into ``bank_path`` (prepared beforehand); returns the rows this rank
+    wrote. Raises Preempted when told to stop."""
     cfg, env = trainer.cfg, trainer.env
     n, bs = len(trainer.dataset), cfg.extract_batch
     start, stop = shard_range(n, env.rank, env.world_size)
@@ -84,3 +85,4 @@ def extract_pass(trainer: Trainer, run_dir, epoch: int, bank_path, flag: Preempt
                          epoch, i + 1, iters, rate, eta)
     finally:
         writer.close()
+    return done_rows

@@ -119,6 +119,7 @@ class _Segment:
         self.stats = {"loss_sum": 0.0, "steps": 0, "images": 0, "train_seconds": 0.0,
                       "seconds": 0.0}
         self.t0 = time.monotonic()
+        self.rows_written = 0  # feature-bank rows this rank wrote in this job
 
     # ------------------------------------------------------------------ flow
     def run(self) -> dict:
@@ -236,7 +237,7 @@ class _Segment:
 
     def _extract(self, trainer: Trainer) -> None:
         path = self._prepare_bank(init_from=None)
-        extract_pass(trainer, self.run_dir, self.epoch, path, self.flag)
+        self.rows_written += extract_pass(trainer, self.run_dir, self.epoch, path, self.flag)
         barrier()
         self._save(trainer, "done")
 
@@ -276,6 +277,7 @@ class _Segment:
         if writer is not None and bool(out.owner.any()):
             z = out.embeddings[out.owner.to(out.embeddings.device)]
             writer.write_rows(out.index[out.owner].numpy(), z.to(torch.float16).cpu().numpy())
+            self.rows_written += int(out.owner.sum())
         if self.on_step is not None:
             self.on_step(trainer.global_step)
         # one collective per step: the mean loss and whether any rank was told to stop
@@ -345,7 +347,10 @@ class _Segment:
 
     def _finish(self, trainer: Trainer) -> dict:
         summary = self._summary(trainer, complete=True)
-        barrier()  # every rank's feature rows are written and synced
+        # the ranks' rows are disjoint iff their counts add up to the distinct rows written; this
+        # collective is also the barrier after which every rank's rows are on disk
+        rows = all_reduce_sum(torch.tensor([float(self.rows_written)], device=self.device))
+        summary["bank_rows_written_this_job"] = int(rows.item())
         if self.env.is_main:
             finalize_bank(self.run_dir, self.epoch, self.n_tiles, self.cfg.model.proj_dim,
                           summary["feature_source"], summary["stale_fraction"])
