@@ -7,7 +7,7 @@ the run directory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -76,42 +76,15 @@ class LoopConfig:
             raise ValueError(f"keep_features must be ≥ 1, got {self.keep_features}")
 
 
-def run_config_class():
-    """RunConfig: every stage's section (imported here so each stage owns its own dataclass)."""
-    from dcssl.cluster.config import ClusterConfig
-    from dcssl.tile.config import TileConfig
-    from dcssl.train.config import TrainConfig
-    from hpc.submit import ExecutorConfig
-
-    @dataclass
-    class RunConfig:
-        """A whole run: one section per stage and one executor per kind of job."""
-
-        tile: TileConfig = field(default_factory=TileConfig)
-        """Slide reading, tissue detection and tile storage."""
-        train: TrainConfig = field(default_factory=TrainConfig)
-        """Model, data, optimisation and the feature bank of each train segment."""
-        cluster: ClusterConfig = field(default_factory=ClusterConfig)
-        """PCA-whitening and k-means / RCC on each epoch's features."""
-        loop: LoopConfig = field(default_factory=LoopConfig)
-        """How many epochs, what to keep."""
-        executor_tile: ExecutorConfig = field(default_factory=ExecutorConfig)
-        """Where tiling array elements run (one slide per element)."""
-        executor_train: ExecutorConfig = field(default_factory=ExecutorConfig)
-        """Where train segments run: nodes × tasks_per_node DDP processes (one per GPU)."""
-        executor_cluster: ExecutorConfig = field(default_factory=ExecutorConfig)
-        """Where clustering runs: tasks_per_node MPI ranks (any number, independent of training)."""
-
-    return RunConfig
-
-
 def load_run_config(run_dir: str | Path | None, config_path: str | Path | None = None,
                     overrides: list[str] = ()):
     """The whole run config: defaults ← RUN_DIR/config.yaml ← --config ← overrides."""
     data: dict = {}
     for file in _config_files(run_dir, config_path):
         data = merge_dicts(data, _read_yaml(file))
-    return from_dict(run_config_class(), merge_dicts(data, parse_overrides(list(overrides))))
+    from dcssl.runconfig import RunConfig  # imports every stage; kept out of stage imports
+
+    return from_dict(RunConfig, merge_dicts(data, parse_overrides(list(overrides))))
 
 
 def save_run_config(run_dir: str | Path, cfg) -> Path:

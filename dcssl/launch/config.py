@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from dcssl.config import run_config_class
 from dcssl.configdoc import commented_yaml, markdown_reference
+from dcssl.runconfig import RunConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,6 +13,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cls = run_config_class()
-    print(markdown_reference(cls) if args.markdown else commented_yaml(cls), end="")
+    print(markdown_reference(RunConfig) if args.markdown else commented_yaml(RunConfig), end="")
     return 0

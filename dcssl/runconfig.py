@@ -1,0 +1,33 @@
+"""RunConfig: the whole run, one section per stage (each stage owns its dataclass)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dcssl.cluster.config import ClusterConfig
+from dcssl.config import LoopConfig
+from dcssl.tile.config import TileConfig
+from dcssl.train.config import TrainConfig
+from hpc.submit import ExecutorConfig
+
+__all__ = ["RunConfig"]
+
+
+@dataclass
+class RunConfig:
+    """A whole run: one section per stage and one executor per kind of job."""
+
+    tile: TileConfig = field(default_factory=TileConfig)
+    """Slide reading, tissue detection and tile storage."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Model, data, optimisation and the feature bank of each train segment."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """PCA-whitening and k-means / RCC on each epoch's features."""
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    """How many epochs, what to keep."""
+    executor_tile: ExecutorConfig = field(default_factory=ExecutorConfig)
+    """Where tiling array elements run (one slide per element)."""
+    executor_train: ExecutorConfig = field(default_factory=ExecutorConfig)
+    """Where train segments run: nodes × tasks_per_node DDP processes (one per GPU)."""
+    executor_cluster: ExecutorConfig = field(default_factory=ExecutorConfig)
+    """Where clustering runs: tasks_per_node MPI ranks (any number, independent of training)."""
