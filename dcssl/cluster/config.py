@@ -64,7 +64,13 @@ class ClusterConfig:
     init: Literal["kmeans++", "random"] = "kmeans++"
     """Initial centroids: greedy k-means++ on a sample, or k random rows."""
     init_sample: int = 0
-    """Rows k-means++ samples from (0: max(50·k, 10 000))."""
+    """Rows k-means++ samples from (0: max(20·k, 10 000)). k-means++ costs ~k²·20·d on rank 0:
+    for k in the thousands prefer ``init: random`` (as faiss and DeepCluster do)."""
+    init_trials: int = 5
+    """k-means++ restarts on the sample, each refined by ``init_refine`` Lloyd iterations there;
+    the lowest sample inertia starts the full run."""
+    init_refine: int = 20
+    """Lloyd iterations on the sample per k-means++ restart (0: none)."""
     seed: int = 0
     """Base seed; the epoch is added, so every epoch draws a new initialisation (as DeepCluster)."""
     seed_per_epoch: bool = True
@@ -90,7 +96,7 @@ class ClusterConfig:
         for name in ("k", "iterations", "block_rows", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("pca_dim", "init_sample", "threads", "seed"):
+        for name in ("pca_dim", "init_sample", "threads", "seed", "init_trials", "init_refine"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if not 0 <= self.tol < 1:

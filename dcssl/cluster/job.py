@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 def _fingerprint(cfg: ClusterConfig, n: int, dim: int, seed: int) -> dict:
     """What a checkpoint must agree on to be resumed (iterations/tol may change)."""
-    keys = ("method", "k", "pca_dim", "whiten", "l2_normalize", "init", "init_sample", "block_rows")
+    keys = ("method", "k", "pca_dim", "whiten", "l2_normalize", "init", "init_sample", "init_trials",
+            "init_refine", "block_rows")
     out = {key: getattr(cfg, key) for key in keys}
     if cfg.method == "rcc":
         out["rcc"] = {k: v for k, v in vars(cfg.rcc).items() if k not in ("iterations",)}
@@ -179,7 +180,8 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
     if cfg.method == "kmeans":
         centroids, labels, stats = kmeans(
             x, cfg.k, comm, iterations=cfg.iterations, tol=cfg.tol, init=cfg.init,
-            init_sample=cfg.init_sample, seed=seed, block=block, backend=backend, row0=start,
+            init_sample=cfg.init_sample, init_trials=cfg.init_trials, init_refine=cfg.init_refine,
+            seed=seed, block=block, backend=backend, row0=start,
             state=_kmeans_from(resume) if resume and "centroids" in resume else None,
             on_iteration=saver)
         phases["init"] = stats.pop("seconds_init")

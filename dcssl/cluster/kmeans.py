@@ -135,17 +135,20 @@ def _kmeanspp(sample: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def init_centroids(x_local: np.ndarray, k: int, comm=None, *, method: str = "kmeans++",
-                   sample: int = 0, seed: int = 0, row0: int = 0) -> np.ndarray:
+                   sample: int = 0, seed: int = 0, row0: int = 0, trials: int = 5,
+                   refine: int = 20) -> np.ndarray:
     """k initial centroids chosen on rank 0 from a global sample and broadcast.
 
-    ``random``: k distinct rows. ``kmeans++``: greedy k-means++ on ``sample`` rows (0: max(50 k,
-    10 000)). ``row0`` is this rank's first global row.
+    ``random``: k distinct rows. ``kmeans++``: ``trials`` runs of greedy k-means++ on ``sample``
+    rows (0: max(20 k, 10 000)), each refined by ``refine`` Lloyd iterations on the sample; the
+    lowest sample inertia wins (cheap insurance against a poor local optimum). ``row0`` is this
+    rank's first global row.
     """
     comm = as_comm(comm)
     n = global_count(len(x_local), comm)
     if k > n:
         raise ValueError(f"k={k} exceeds the number of rows ({n}); lower k")
-    m = k if method == "random" else min(n, sample or max(50 * k, 10_000))
+    m = k if method == "random" else min(n, sample or max(20 * k, 10_000))
     index = sample_index(n, m, seed, 1)
     rows = gather_rows(np.asarray(x_local, dtype=np.float32), row0, row0 + len(x_local), index, comm)
     out = np.zeros((k, x_local.shape[1]), dtype=np.float32)
@@ -153,10 +156,25 @@ def init_centroids(x_local: np.ndarray, k: int, comm=None, *, method: str = "kme
         if method == "random":
             out[:] = rows[np.random.default_rng([seed, 3]).permutation(k)]
         elif method == "kmeans++":
-            out[:] = _kmeanspp(rows, k, seed)
+            out[:] = _best_of(rows, k, seed, trials, refine)
         else:
             raise ValueError(f"init {method!r}: choose kmeans++ or random")
     return broadcast(out, comm)
+
+
+def _best_of(rows: np.ndarray, k: int, seed: int, trials: int, refine: int) -> np.ndarray:
+    best, best_inertia = None, np.inf
+    for trial in range(max(trials, 1)):
+        cent = _kmeanspp(rows, k, seed * 1000 + trial)
+        if refine:
+            cent, _, st = kmeans(rows, k, None, iterations=refine, tol=0.0,
+                                 state=KMeansState(cent), log_every=0)
+            inertia = st["inertia"]
+        else:
+            inertia = float(assign(rows, cent)[1].sum(dtype=np.float64))
+        if inertia < best_inertia:
+            best, best_inertia = cent, inertia
+    return best
 
 
 def split_empty(centroids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -222,13 +240,14 @@ def _reduce(x_local, labels, dist, k, block, bounds, comm):
 def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol: float = 1e-4,
            init: str = "kmeans++", init_sample: int = 0, seed: int = 0, block: int = 4096,
            backend: str = "numpy", row0: int = 0, state: KMeansState | None = None,
-           on_iteration: Callable[[KMeansState], None] | None = None,
-           ) -> tuple[np.ndarray, np.ndarray, dict]:
+           on_iteration: Callable[[KMeansState], None] | None = None, init_trials: int = 5,
+           init_refine: int = 20, log_every: int = 1) -> tuple[np.ndarray, np.ndarray, dict]:
     """Lloyd's k-means over the rows of all ranks → (centroids, labels_local, stats).
 
     Stops after ``iterations`` or when the inertia improves by less than ``tol`` (relative).
     ``state`` resumes a run (from a checkpoint); ``on_iteration(state)`` runs on every rank after
     each iteration (checkpointing, preemption checks). ``row0``: this rank's first global row.
+    ``init_trials``/``init_refine``: see ``init_centroids``. ``log_every``: 0 silences progress.
     Labels are the final assignment to the returned centroids.
     """
     comm = as_comm(comm)
@@ -236,7 +255,8 @@ def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol:
     n, d = global_count(len(x_local), comm), x_local.shape[1]
     if state is None:
         t0 = time.monotonic()
-        cent = init_centroids(x_local, k, comm, method=init, sample=init_sample, seed=seed, row0=row0)
+        cent = init_centroids(x_local, k, comm, method=init, sample=init_sample, seed=seed,
+                              row0=row0, trials=init_trials, refine=init_refine)
         state = KMeansState(cent)
         init_s = time.monotonic() - t0
     else:
@@ -257,7 +277,7 @@ def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol:
         state.iteration += 1
         state.converged = prev is not None and (prev - inertia) <= tol * max(inertia, 1e-300)
         state.seconds.append(time.monotonic() - t0)
-        if comm.Get_rank() == 0:
+        if comm.Get_rank() == 0 and log_every and state.iteration % log_every == 0:
             _log_iteration(state, iterations, n_split)
         if on_iteration is not None:
             on_iteration(state)

@@ -1,0 +1,115 @@
+"""k-means, assignment, empty-cluster splitting and NMI on one process (multi-rank: integration)."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+from sklearn.metrics import normalized_mutual_info_score
+
+from dcssl.cluster import assign, kmeans, nmi, shard_rows
+from dcssl.cluster.kmeans import KMeansState, split_empty
+
+
+def _blobs(n=6000, d=16, centers=12, seed=0):
+    x, y = make_blobs(n, n_features=d, centers=centers, random_state=seed, cluster_std=0.6,
+                      center_box=(-20, 20))
+    return x.astype(np.float32), y
+
+
+def test_blobs_recovered_exactly():
+    x, y = _blobs()
+    centroids, labels, stats = kmeans(x, 12, iterations=50, seed=1, block=512)
+    assert normalized_mutual_info_score(y, labels) > 0.999
+    assert centroids.shape == (12, 16) and labels.dtype == np.int32
+    assert stats["clusters_used"] == 12 and sum(stats["sizes"]) == len(x)
+    assert stats["inertia_history"] == sorted(stats["inertia_history"], reverse=True)
+
+
+def test_assign_matches_brute_force_and_breaks_ties_low():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((777, 9)).astype(np.float32)
+    c = rng.standard_normal((300, 9)).astype(np.float32)
+    labels, dist = assign(x, c, block=100)
+    full = ((x[:, None, :].astype(np.float64) - c[None]) ** 2).sum(-1)
+    assert (labels == full.argmin(1)).mean() > 0.999  # float32 vs float64 may flip a near-tie
+    np.testing.assert_allclose(dist, full.min(1), rtol=1e-4, atol=1e-4)
+    twins = np.stack([c[0], c[0]])  # identical centroids: the lower index wins
+    assert (assign(x, twins)[0] == 0).all()
+
+
+def test_chunked_centroids_give_the_same_labels(monkeypatch):
+    km = importlib.import_module("dcssl.cluster.kmeans")  # the module (the package exports a function)
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1000, 8)).astype(np.float32)
+    c = rng.standard_normal((500, 8)).astype(np.float32)
+    whole = assign(x, c, block=256)[0]
+    monkeypatch.setattr(km, "_SCORE_BYTES", 256 * 4 * 64)  # 64 centroids per chunk
+    assert (assign(x, c, block=256)[0] == whole).all()
+
+
+def test_torch_backend_matches_numpy():
+    x, _ = _blobs(2000)
+    a = kmeans(x, 12, iterations=10, seed=3, backend="numpy")
+    b = kmeans(x, 12, iterations=10, seed=3, backend="torch")
+    assert (a[1] == b[1]).all()
+
+
+def test_empty_clusters_are_split_deterministically():
+    # 3 far-apart groups, but 6 centroids started on two points: 4 clusters go empty at once.
+    x, _ = _blobs(900, d=4, centers=3)
+    start = np.stack([x[0]] * 3 + [x[1]] * 3).astype(np.float32)
+    runs = [kmeans(x, 6, iterations=15, state=KMeansState(start.copy())) for _ in range(2)]
+    (c1, l1, s1), (c2, l2, s2) = runs
+    assert s1["empty_split"] >= 4
+    assert s1["clusters_used"] == 6 and min(s1["sizes"]) > 0
+    assert np.array_equal(c1, c2) and np.array_equal(l1, l2)
+
+
+def test_split_empty_halves_the_largest():
+    cent = np.array([[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]], dtype=np.float32)
+    out, counts, n = split_empty(cent, np.array([10, 30, 0]))
+    assert n == 1 and counts.tolist() == [10, 15, 15]
+    np.testing.assert_allclose(out[2], [3 * (1 + 1 / 1024), 4 * (1 - 1 / 1024)], rtol=1e-6)
+    np.testing.assert_allclose(out[1], [3 * (1 - 1 / 1024), 4 * (1 + 1 / 1024)], rtol=1e-6)
+
+
+def test_resume_from_state_gives_identical_result():
+    x = np.random.default_rng(4).standard_normal((3000, 8)).astype(np.float32)  # slow to converge
+    ref = kmeans(x, 12, iterations=8, seed=5, tol=0.0)
+    saved = {}
+
+    def stop_after_3(state: KMeansState) -> None:
+        if state.iteration == 3:
+            saved["state"] = KMeansState(state.centroids.copy(), state.iteration,
+                                         list(state.inertia), list(state.empty_split),
+                                         list(state.seconds), state.converged)
+    kmeans(x, 12, iterations=8, seed=5, tol=0.0, on_iteration=stop_after_3)
+    resumed = kmeans(x, 12, iterations=8, seed=5, tol=0.0, state=saved["state"])
+    assert np.array_equal(ref[0], resumed[0]) and np.array_equal(ref[1], resumed[1])
+    assert ref[2]["inertia_history"] == resumed[2]["inertia_history"]
+
+
+def test_k_larger_than_n_is_a_clear_error():
+    with pytest.raises(ValueError, match="k=20 exceeds the number of rows"):
+        kmeans(np.zeros((10, 3), np.float32), 20)
+
+
+def test_shard_rows_whole_blocks_cover_everything():
+    for n, size, block in [(10_000, 3, 512), (7, 4, 2), (100, 8, 64)]:
+        ranges = [shard_rows(n, r, size, block) for r in range(size)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all(start % block == 0 for start, _ in ranges if start < n)
+
+
+@pytest.mark.parametrize("ka,kb,n", [(5, 7, 1000), (60, 3, 20_000), (1, 1, 50), (1, 4, 100),
+                                     (300, 300, 5000)])
+def test_nmi_matches_sklearn(ka, kb, n):
+    rng = np.random.default_rng(ka * kb)
+    a = rng.integers(0, ka, n)
+    b = np.where(rng.random(n) < 0.6, a % kb, rng.integers(0, kb, n))
+    assert nmi(a, b) == pytest.approx(normalized_mutual_info_score(a, b), abs=1e-12)
