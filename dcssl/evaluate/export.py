@@ -1,0 +1,94 @@
+"""The trained trunk as a torchvision ResNet state_dict, plus a JSON of how it was trained.
+
+``torchvision.models.resnet18()`` (or ``resnet50()``) loads the file with ``strict=True``: the
+trunk's keys are torchvision's, and ``fc`` — which DeepCluster never trains — is written as a
+fresh 1000-class layer drawn like torchvision's (so nothing is missing; replace it for your task).
+A thin trunk (``train.model.width`` ≠ 64) or a Sobel input has other shapes than torchvision's
+network; it is still exported, and the JSON says how to rebuild it (``dcssl.train.model``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from dcssl.evaluate.encoder import trained_encoder
+from dcssl.train.config import TrainConfig
+from hpc.checkpoint import atomic_path, atomic_write_text
+
+__all__ = ["torchvision_state_dict", "export_encoder", "default_export_path"]
+
+
+def default_export_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "export" / "encoder.pt"
+
+
+def torchvision_state_dict(trunk: torch.nn.Module, seed: int = 0,
+                           num_classes: int = 1000) -> dict[str, torch.Tensor]:
+    """The trunk's tensors under torchvision's keys, with a freshly drawn ``fc``."""
+    state = {k: v.detach().clone() for k, v in trunk.state_dict().items()}
+    generator = torch.Generator().manual_seed(seed)
+    fc = torch.nn.Linear(trunk.out_dim, num_classes)
+    bound = 1.0 / trunk.out_dim ** 0.5  # nn.Linear's default init, as torchvision leaves fc
+    with torch.no_grad():
+        fc.weight.uniform_(-bound, bound, generator=generator)
+        fc.bias.uniform_(-bound, bound, generator=generator)
+    state["fc.weight"], state["fc.bias"] = fc.weight.detach(), fc.bias.detach()
+    return state
+
+
+def _run_config(run_dir: Path) -> dict:
+    file = run_dir / "config.yaml"
+    return (yaml.safe_load(file.read_text()) or {}) if file.is_file() else {}
+
+
+def _clusters(run_dir: Path, run_config: dict) -> int | None:
+    """k of the newest finished clustering (what the head last learned), else cluster.k."""
+    done = sorted(run_dir.glob("labels/epoch-*/COMPLETE"))
+    if done:
+        stats = done[-1].parent / "stats.json"
+        if stats.is_file():
+            k = json.loads(stats.read_text()).get("k")
+            if isinstance(k, int):
+                return k
+    k = (run_config.get("cluster") or {}).get("k")
+    return k if isinstance(k, int) else None
+
+
+def export_encoder(run_dir: str | Path, cfg: TrainConfig, out: str | Path | None = None) -> dict:
+    """Write the state_dict (``out``, default RUN/export/encoder.pt) and ``out``.json; return the
+    JSON document."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else default_export_path(run_dir)
+    loaded = trained_encoder(run_dir, cfg)
+    trunk = loaded.net.trunk
+    compatible = cfg.model.width == 64 and not cfg.model.sobel
+    run_config = _run_config(run_dir)
+    how = (f"torchvision.models.{cfg.model.arch}().load_state_dict(torch.load(PATH))"
+           if compatible else
+           f"dcssl.train.model.build_trunk({cfg.model.arch!r}, width={cfg.model.width}, "
+           f"in_channels={2 if cfg.model.sobel else 3}) then load_state_dict(strict=False) "
+           f"(fc is an Identity there); inputs go through dcssl.train.model.Sobel first"
+           if cfg.model.sobel else
+           f"dcssl.train.model.build_trunk({cfg.model.arch!r}, width={cfg.model.width}) then "
+           f"load_state_dict(strict=False) (fc is an Identity there)")
+    document = {
+        "file": out.name, "arch": cfg.model.arch, "width": cfg.model.width,
+        "sobel": cfg.model.sobel, "feature_dim": trunk.out_dim,
+        "torchvision_compatible": compatible, "load": how,
+        "fc": "fresh nn.Linear init (seed 0): DeepCluster trains no fc; replace it",
+        "input": {"size": cfg.augment.size, "mean": cfg.augment.mean, "std": cfg.augment.std,
+                  "range": "RGB in [0, 1], then (x - mean) / std"},
+        "epoch": loaded.epoch, "k": _clusters(run_dir, run_config),
+        "checkpoint": str(loaded.checkpoint), "checkpoint_step": loaded.step,
+        "run_dir": str(run_dir.resolve()), "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": run_config,
+    }
+    with atomic_path(out) as tmp:
+        torch.save(torchvision_state_dict(trunk), tmp)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(document, indent=1, default=str))
+    return document

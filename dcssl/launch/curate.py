@@ -1,0 +1,35 @@
+"""``launch curate RUN [curate.per_cluster=N …]``: a diverse subset, evenly across distance bins."""
+
+from __future__ import annotations
+
+import argparse
+
+from dcssl.evaluate.cli import check_overrides, print_json_line
+from dcssl.config import load_section
+from dcssl.evaluate.config import CurateConfig
+from dcssl.evaluate.curate import CurateError, curate_run
+from dcssl.launch.common import UsageError, add_run_arguments, existing_run_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+    parser.add_argument("--per-cluster", type=int, default=None,
+                        help="tiles per cluster (overrides curate.per_cluster)")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = existing_run_dir(args.run_dir)
+    check_overrides(args.overrides, ("curate",))
+    overrides = list(args.overrides)
+    if args.per_cluster is not None:
+        overrides.append(f"curate.per_cluster={args.per_cluster}")
+    cfg = load_section(CurateConfig, "curate", run_dir, args.config, overrides)
+    try:
+        document = curate_run(run_dir, cfg)
+    except (CurateError, FileNotFoundError) as err:
+        raise UsageError(str(err)) from None
+    print(f"curated {document['n_tiles']} tiles from {document['n_clusters']} clusters of epoch "
+          f"{document['epoch']}: {run_dir / 'curated' / 'manifest.json'}")
+    print_json_line({k: document[k] for k in ("n_tiles", "n_clusters", "epoch", "per_cluster",
+                                              "bins", "store")})
+    return 0

@@ -1,0 +1,54 @@
+"""``launch eval RUN --data LABELLED``: k-NN and linear probe, trained encoder against random init.
+
+LABELLED is an ingested labelled store (a store folder or a run directory) or a MedMNIST-style
+``.npz``. Prints a table, writes RUN/eval/eval.json, and ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from dcssl.evaluate.cli import load_configs, print_json_line
+from dcssl.evaluate.config import EvalConfig
+from dcssl.evaluate.encoder import NoCheckpoint
+from dcssl.evaluate.labelled import LabelledDataError
+from dcssl.evaluate.run import eval_path, evaluate, format_table
+from dcssl.launch.common import UsageError, add_run_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+    parser.add_argument("--data", type=Path, required=True,
+                        help="labelled set: an ingested store folder or a MedMNIST-style .npz")
+    parser.add_argument("--fractions", default=None,
+                        help="label fractions, comma-separated (default 0.01,0.1,1)")
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--fractions {text!r}: give numbers in (0, 1], e.g. 0.01,0.1,1") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir, train_cfg, cfg = load_configs(args, EvalConfig, "eval")
+    if args.fractions is not None:
+        try:
+            cfg = replace(cfg, fractions=_fractions(args.fractions))
+        except ValueError as err:
+            raise UsageError(f"--fractions: {err}") from None
+    try:
+        result = evaluate(run_dir, args.data, cfg, train_cfg)
+    except (LabelledDataError, NoCheckpoint) as err:
+        raise UsageError(str(err)) from None
+    print(f"\n{result['split']}; {result['n_classes']} classes; checkpoint step "
+          f"{result['checkpoint_step']} (epoch {result['checkpoint_epoch']}); {result['layer']} "
+          f"features at {result['size']} px; k-NN k={result['knn_k']}")
+    for line in format_table(result["rows"]):
+        print(line)
+    print(f"eval: {eval_path(run_dir)}")
+    print_json_line({k: v for k, v in result.items() if k != "rows"})
+    return 0
