@@ -29,6 +29,10 @@ _SCORE_BYTES = 32 << 20
 _SPLIT_EPS = 1.0 / 1024
 
 
+# Rows per matrix-product tile inside a block (cache-sized; a block is the alignment unit).
+_TILE = 4096
+
+
 def _matmul_fn(backend: str) -> Callable:
     if backend == "numpy":
         return lambda a, b, out: np.matmul(a, b, out=out)
@@ -40,67 +44,87 @@ def _matmul_fn(backend: str) -> Callable:
     raise ValueError(f"backend {backend!r}: choose numpy, torch or cuda")
 
 
-def _assign_cuda(x_local, centroids, block):
-    import torch
+class _Assigner:
+    """Nearest-centroid search for tiles of rows against fixed centroids.
 
-    dev = torch.device("cuda")
-    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32)).to(dev)
-    half = 0.5 * (c * c).sum(1)
-    labels = np.empty(len(x_local), dtype=np.int64)
-    best = np.empty(len(x_local), dtype=np.float32)
+    argmin ‖x−c‖² = argmax (x·c − ‖c‖²/2): one float32 matrix product per tile and chunk of
+    centroids, ties to the lowest index.
+    """
+
+    def __init__(self, centroids: np.ndarray, backend: str = "numpy", tile: int = _TILE):
+        c = np.ascontiguousarray(centroids, dtype=np.float32)
+        if len(c) == 0:
+            raise ValueError("assign needs at least one centroid")
+        self.k, self.backend, self.tile = len(c), backend, tile
+        if backend == "cuda":
+            import torch
+
+            self.c = torch.from_numpy(c).cuda()
+            self.half = 0.5 * (self.c * self.c).sum(1)
+            return
+        self.chunk = max(1, min(self.k, _SCORE_BYTES // (4 * tile)))
+        self.c_t = [np.ascontiguousarray(c[j:j + self.chunk].T) for j in range(0, self.k, self.chunk)]
+        self.halves = [0.5 * np.einsum("ij,ij->i", ct.T, ct.T) for ct in self.c_t]
+        self.matmul = _matmul_fn(backend)
+        self.buf = np.empty((tile, self.chunk), dtype=np.float32)
+
+    def __call__(self, xb: np.ndarray, xxb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(labels int64, squared distances float32) of one tile of ≤ ``tile`` rows."""
+        if self.backend == "cuda":
+            import torch
+
+            xt = torch.from_numpy(xb).to(self.c.device)
+            val, idx = torch.addmm(self.half, xt, self.c.T, beta=-1.0).max(dim=1)
+            labels, best = idx.cpu().numpy(), val.cpu().numpy()
+        else:
+            m = len(xb)
+            rows = np.arange(m)
+            labels = np.zeros(m, dtype=np.int64)
+            best = np.full(m, -np.inf, dtype=np.float32)
+            for j, (ct, half) in enumerate(zip(self.c_t, self.halves)):
+                score = self.buf[:m, : ct.shape[1]]
+                self.matmul(xb, ct, score)
+                score -= half
+                idx = score.argmax(axis=1)
+                val = score[rows, idx]
+                if j == 0:
+                    labels, best = idx, val
+                    continue
+                better = val > best  # strict: on a tie the earlier (lower) index stays
+                labels[better] = idx[better] + j * self.chunk
+                best[better] = val[better]
+        return labels, np.maximum(xxb - 2.0 * best, 0.0).astype(np.float32)
+
+
+def _row_norms(x_local: np.ndarray, block: int) -> np.ndarray:
+    xx = np.empty(len(x_local), dtype=np.float32)
     for lo, hi in blocks(0, len(x_local), block):
-        xb = torch.from_numpy(np.ascontiguousarray(x_local[lo:hi], dtype=np.float32)).to(dev)
-        score = torch.addmm(half, xb, c.T, beta=-1.0)
-        val, idx = score.max(dim=1)
-        labels[lo:hi], best[lo:hi] = idx.cpu().numpy(), val.cpu().numpy()
-    return labels, best
+        xb = np.asarray(x_local[lo:hi], dtype=np.float32)
+        xx[lo:hi] = np.einsum("ij,ij->i", xb, xb)
+    return xx
 
 
-def assign(x_local: np.ndarray, centroids: np.ndarray, *, block: int = 4096,
+def _tiles(x_local: np.ndarray, block: int, tile: int):
+    """(lo, hi, float32 C-contiguous rows) for every tile of every block."""
+    for b0, b1 in blocks(0, len(x_local), block):
+        for t0, t1 in blocks(0, b1 - b0, tile):
+            yield b0 + t0, b0 + t1, np.ascontiguousarray(x_local[b0 + t0:b0 + t1], dtype=np.float32)
+
+
+def assign(x_local: np.ndarray, centroids: np.ndarray, *, block: int = 65536,
            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of every row: (labels int64, squared distances float32).
 
-    argmin ‖x−c‖² = argmax (x·c − ‖c‖²/2): one float32 matrix product per block of rows and chunk
-    of centroids, ties to the lowest index. ``backend``: numpy (OpenBLAS), torch (MKL) or cuda.
+    ``backend``: numpy (OpenBLAS), torch (MKL) or cuda. Sharded use: each rank calls it on its rows.
     """
     x_local = np.asarray(x_local)
-    n, k = len(x_local), len(centroids)
-    if k == 0:
-        raise ValueError("assign needs at least one centroid")
-    if backend == "cuda":
-        labels, best = _assign_cuda(x_local, centroids, block)
-    else:
-        labels, best = _assign_cpu(x_local, centroids, block, _matmul_fn(backend))
-    xx = np.empty(n, dtype=np.float32)
-    for lo, hi in blocks(0, n, block):
-        xb = np.asarray(x_local[lo:hi], dtype=np.float32)
-        xx[lo:hi] = np.einsum("ij,ij->i", xb, xb)
-    return labels, np.maximum(xx - 2.0 * best, 0.0).astype(np.float32)
-
-
-def _assign_cpu(x_local, centroids, block, matmul):
-    c = np.ascontiguousarray(centroids, dtype=np.float32)
-    k = len(c)
-    chunk = max(1, min(k, _SCORE_BYTES // (4 * block)))
-    c_t = [np.ascontiguousarray(c[j:j + chunk].T) for j in range(0, k, chunk)]
-    halves = [0.5 * np.einsum("ij,ij->i", c[j:j + chunk], c[j:j + chunk]) for j in range(0, k, chunk)]
-    n = len(x_local)
-    labels = np.zeros(n, dtype=np.int64)
-    best = np.full(n, -np.inf, dtype=np.float32)
-    buf = np.empty((min(block, max(n, 1)), chunk), dtype=np.float32)
-    for lo, hi in blocks(0, n, block):
-        xb = np.ascontiguousarray(x_local[lo:hi], dtype=np.float32)
-        rows = np.arange(hi - lo)
-        for j, (ct, half) in enumerate(zip(c_t, halves)):
-            score = buf[: hi - lo, : ct.shape[1]]
-            matmul(xb, ct, score)
-            score -= half
-            idx = score.argmax(axis=1)
-            val = score[rows, idx]
-            better = val > best[lo:hi]  # strict: on a tie the earlier (lower) index stays
-            labels[lo:hi][better] = idx[better] + j * chunk
-            best[lo:hi][better] = val[better]
-    return labels, best
+    finder = _Assigner(centroids, backend, min(_TILE, block))
+    labels = np.empty(len(x_local), dtype=np.int64)
+    dist = np.empty(len(x_local), dtype=np.float32)
+    xx = _row_norms(x_local, block)
+    for lo, hi, xb in _tiles(x_local, block, finder.tile):
+        labels[lo:hi], dist[lo:hi] = finder(xb, xx[lo:hi])
+    return labels, dist
 
 
 def sample_index(n: int, m: int, seed: int, stream: int) -> np.ndarray:
@@ -218,18 +242,35 @@ class KMeansState:
     """Stopped on the tolerance (a resumed run goes straight to the final assignment)."""
 
 
-def _reduce(x_local, labels, dist, k, block, bounds, comm):
-    """Exact global sums per cluster, counts and inertia (fixed-point int64 all-reduce)."""
-    d = x_local.shape[1]
-    sums = FixedSum((k, d), bounds["sum"])
-    inertia = FixedSum(1, bounds["inertia"])
-    for lo, hi in blocks(0, len(x_local), block):
-        lab = labels[lo:hi]
-        onehot = sp.csr_matrix((np.ones(hi - lo, np.float32), (lab, np.arange(hi - lo))),
-                               shape=(k, hi - lo))
-        sums.add(onehot @ np.asarray(x_local[lo:hi], dtype=np.float32))
-        inertia.add(np.array([dist[lo:hi].sum(dtype=np.float64)]))
-    counts = np.bincount(labels, minlength=k).astype(np.int64)
+def _lloyd_pass(x_local, xx, centroids, block, backend, bounds, comm, labels_out=None):
+    """One pass: assign every row, and reduce exact global per-cluster sums, counts, inertia.
+
+    Sums go float32 (one tile, sparse one-hot product) → float64 (one block, fixed order) →
+    int64 fixed point (across blocks and ranks, exact), so the result is rank-count independent.
+    """
+    k, d = centroids.shape
+    finder = _Assigner(centroids, backend, min(_TILE, block))
+    sums, inertia = FixedSum((k, d), bounds["sum"]), FixedSum(1, bounds["inertia"])
+    counts = np.zeros(k, dtype=np.int64)
+    acc = np.zeros((k, d))
+    block_inertia = 0.0
+    for b0, b1 in blocks(0, len(x_local), block):
+        acc[:] = 0.0
+        block_inertia = 0.0
+        for t0, t1 in blocks(0, b1 - b0, finder.tile):  # tiles relative to the block: same on any rank
+            lo, hi = b0 + t0, b0 + t1
+            xb = np.ascontiguousarray(x_local[lo:hi], dtype=np.float32)
+            lab, dist = finder(xb, xx[lo:hi])
+            if labels_out is not None:
+                labels_out[lo:hi] = lab
+            used, inverse = np.unique(lab, return_inverse=True)
+            onehot = sp.csr_matrix((np.ones(hi - lo, np.float32), (inverse, np.arange(hi - lo))),
+                                   shape=(len(used), hi - lo))
+            acc[used] += onehot @ xb
+            counts += np.bincount(lab, minlength=k)
+            block_inertia += float(dist.sum(dtype=np.float64))
+        sums.add(acc)
+        inertia.add(np.array([block_inertia]))
     from hpc.mpi import allreduce_
 
     if comm.Get_size() > 1:
@@ -238,7 +279,7 @@ def _reduce(x_local, labels, dist, k, block, bounds, comm):
 
 
 def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol: float = 1e-4,
-           init: str = "kmeans++", init_sample: int = 0, seed: int = 0, block: int = 4096,
+           init: str = "kmeans++", init_sample: int = 0, seed: int = 0, block: int = 65536,
            backend: str = "numpy", row0: int = 0, state: KMeansState | None = None,
            on_iteration: Callable[[KMeansState], None] | None = None, init_trials: int = 5,
            init_refine: int = 20, log_every: int = 1) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -262,11 +303,11 @@ def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol:
     else:
         init_s = 0.0
     bounds = _bounds(x_local, n, comm)
+    xx = _row_norms(x_local, block)
     while state.iteration < iterations and not state.converged:
         t0 = time.monotonic()
-        labels, dist = assign(x_local, state.centroids, block=block, backend=backend)
-        sums, counts, inertia = _reduce(x_local, labels, dist, k, block, _with_centroids(
-            bounds, state.centroids, n), comm)
+        sums, counts, inertia = _lloyd_pass(x_local, xx, state.centroids, block, backend,
+                                            _with_centroids(bounds, state.centroids, n), comm)
         new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
                        state.centroids).astype(np.float32)
         new, _, n_split = split_empty(new, counts)
@@ -282,9 +323,9 @@ def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol:
         if on_iteration is not None:
             on_iteration(state)
     t0 = time.monotonic()
-    labels, dist = assign(x_local, state.centroids, block=block, backend=backend)
-    _, counts, inertia = _reduce(x_local, labels, dist, k, block,
-                                 _with_centroids(bounds, state.centroids, n), comm)
+    labels = np.empty(len(x_local), dtype=np.int32)
+    _, counts, inertia = _lloyd_pass(x_local, xx, state.centroids, block, backend,
+                                     _with_centroids(bounds, state.centroids, n), comm, labels)
     stats = {
         "k": k, "n": n, "dim": d, "iterations": state.iteration, "converged": state.converged,
         "inertia_history": state.inertia, "inertia": inertia, "empty_split": int(sum(state.empty_split)),
@@ -293,17 +334,18 @@ def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol:
         "seconds_per_iteration": state.seconds, "seconds_init": init_s,
         "seconds_final_assign": time.monotonic() - t0,
     }
-    return state.centroids, labels.astype(np.int32), stats
+    return state.centroids, labels, stats
 
 
-def assign_all(x_local: np.ndarray, centroids: np.ndarray, comm=None, *, block: int = 4096,
+def assign_all(x_local: np.ndarray, centroids: np.ndarray, comm=None, *, block: int = 65536,
                backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, float]:
-    """Sharded assignment to fixed centroids → (labels_local int64, global counts, inertia)."""
+    """Sharded assignment to fixed centroids → (labels_local int32, global counts, inertia)."""
     comm = as_comm(comm)
     n = global_count(len(x_local), comm)
-    labels, dist = assign(x_local, centroids, block=block, backend=backend)
-    _, counts, inertia = _reduce(x_local, labels, dist, len(centroids), block,
-                                 _with_centroids(_bounds(x_local, n, comm), centroids, n), comm)
+    labels = np.empty(len(x_local), dtype=np.int32)
+    _, counts, inertia = _lloyd_pass(x_local, _row_norms(x_local, block), centroids, block,
+                                     backend, _with_centroids(_bounds(x_local, n, comm), centroids, n),
+                                     comm, labels)
     return labels, counts, inertia
 
 

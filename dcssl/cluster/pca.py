@@ -52,6 +52,13 @@ def _rows(x_local: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return block
 
 
+def _tiles(n_local: int, block: int, d: int):
+    """(block start, [(lo, hi) tiles]) — tiles of ≤ 2^21 values, laid out relative to each block."""
+    tile = max(64, min(4096, (1 << 21) // max(d, 1)))
+    for b0, b1 in blocks(0, n_local, block):
+        yield [(b0 + t0, b0 + t1) for t0, t1 in blocks(0, b1 - b0, tile)]
+
+
 def _progress(name: str, done: int, total: int, t0: float, last: list[float]) -> None:
     now = time.monotonic()
     if now - last[0] >= 10 or done == total:
@@ -62,7 +69,7 @@ def _progress(name: str, done: int, total: int, t0: float, last: list[float]) ->
 
 
 def pca_fit(x_local: np.ndarray, d_out: int, comm=None, *, whiten: bool = True,
-            block: int = 4096) -> PCA:
+            block: int = 65536) -> PCA:
     """Fit PCA (optionally whitening) on the rows of all ranks; every rank gets the same result.
 
     ``x_local`` is this rank's rows (any float dtype, a memmap is fine), taken from a shard of
@@ -75,8 +82,9 @@ def pca_fit(x_local: np.ndarray, d_out: int, comm=None, *, whiten: bool = True,
         raise ValueError(f"PCA needs at least 2 rows, got {n}")
     d_out = min(d_out, d)
     maxabs = np.zeros(d)
-    for lo, hi in blocks(0, n_local, block):
-        np.maximum(maxabs, np.abs(_rows(x_local, lo, hi)).max(axis=0), out=maxabs)
+    for tiles in _tiles(n_local, block, d):
+        for lo, hi in tiles:
+            np.maximum(maxabs, np.abs(_rows(x_local, lo, hi)).max(axis=0), out=maxabs)
     maxabs = global_max(maxabs, comm)
     # A data row as pivot: sums of (x - p) stay small, so S2/n - m m^T loses no precision.
     pivot = broadcast(np.asarray(x_local[0], dtype=np.float32).copy() if comm.Get_rank() == 0
@@ -85,12 +93,16 @@ def pca_fit(x_local: np.ndarray, d_out: int, comm=None, *, whiten: bool = True,
     s1, s2 = FixedSum(d, n * span), FixedSum((d, d), n * np.outer(span, span))
     t0 = time.monotonic()
     last = [t0]
-    for lo, hi in blocks(0, n_local, block):
-        centred = _rows(x_local, lo, hi).astype(np.float64) - pivot
-        s1.add(centred.sum(axis=0))
-        s2.add(centred.T @ centred)
+    for tiles in _tiles(n_local, block, d):
+        b1, b2 = np.zeros(d), np.zeros((d, d))
+        for lo, hi in tiles:  # float64 in a fixed order within the block, exact across blocks
+            centred = _rows(x_local, lo, hi).astype(np.float64) - pivot
+            b1 += centred.sum(axis=0)
+            b2 += centred.T @ centred
+        s1.add(b1)
+        s2.add(b2)
         if comm.Get_rank() == 0:
-            _progress("pca covariance", hi, n_local, t0, last)
+            _progress("pca covariance", tiles[-1][1], n_local, t0, last)
     m = s1.result(comm) / n
     cov = s2.result(comm) / n - np.outer(m, m)
     mean = pivot + m
@@ -123,7 +135,7 @@ def _eigh_rank0(cov: np.ndarray, comm) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pca_transform(x_local: np.ndarray, pca: PCA | None, *, l2_normalize: bool = True,
-                  block: int = 4096) -> np.ndarray:
+                  block: int = 65536) -> np.ndarray:
     """Project (and whiten) rows, then L2-normalise them; float32, shape (n_local, d_out).
 
     With ``pca=None`` the rows are only converted (and normalised).
@@ -133,7 +145,7 @@ def pca_transform(x_local: np.ndarray, pca: PCA | None, *, l2_normalize: bool = 
     out = np.empty((n_local, d_out), dtype=np.float32)
     if pca is not None:
         mean32 = pca.mean.astype(np.float32)
-    for lo, hi in blocks(0, n_local, block):
+    for lo, hi in (t for tiles in _tiles(n_local, block, d) for t in tiles):
         rows = _rows(x_local, lo, hi)
         y = out[lo:hi]
         if pca is not None:

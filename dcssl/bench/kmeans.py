@@ -1,0 +1,219 @@
+"""``python -m dcssl.bench kmeans``: this job's Lloyd iteration (1 and 2 MPI ranks) vs faiss.Kmeans.
+
+Identical data (a Gaussian mixture), identical initial centroids, identical threads (faiss and the
+1-rank run: ``--threads`` in this process; the 2-rank run: ``mpiexec -n 2`` with threads/2 each,
+spawned here). Reports seconds per iteration, achieved GFLOP/s (2·n·k·d per iteration) against a
+measured sgemm peak, the final inertia of each (recomputed the same way) and each rank's peak
+memory beyond its baseline next to its shard size. Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _mixture(n: int, d: int, k: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((k, d)).astype(np.float32) * 4
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    x += centers[rng.integers(0, k, n)]
+    return x
+
+
+def _inertia(x: np.ndarray, centroids: np.ndarray) -> float:
+    from dcssl.cluster import assign
+
+    return float(assign(x, centroids)[1].sum(dtype=np.float64))
+
+
+def _ours(x, init, iters, min_s, backend, comm=None, row0=0) -> tuple[float, np.ndarray]:
+    """Median seconds per Lloyd iteration over repeats totalling ≥ min_s; final centroids."""
+    from dcssl.cluster import kmeans
+    from dcssl.cluster.kmeans import KMeansState
+
+    per_iter, spent, cent = [], 0.0, None
+    while spent < min_s or not per_iter:
+        t0 = time.monotonic()
+        cent, _, stats = kmeans(x, len(init), comm, iterations=iters, tol=0.0, backend=backend,
+                                state=KMeansState(init.copy()), row0=row0, log_every=0)
+        spent += time.monotonic() - t0
+        per_iter.extend(stats["seconds_per_iteration"])
+        if comm is not None:  # every rank must agree on whether to repeat
+            spent = comm.allreduce(spent, op=__import__("mpi4py").MPI.MAX)
+    return float(np.median(per_iter)), cent
+
+
+def _faiss(x, init, iters, min_s, threads) -> tuple[float, np.ndarray]:
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    runs, spent, cent = [], 0.0, None
+    while spent < min_s or not runs:
+        km = faiss.Kmeans(x.shape[1], len(init), niter=iters, seed=1, verbose=False,
+                          max_points_per_centroid=len(x), min_points_per_centroid=1)
+        t0 = time.monotonic()
+        km.train(x, init_centroids=init)
+        took = time.monotonic() - t0
+        spent += took
+        runs.append(took / iters)
+        cent = km.centroids
+    return float(np.median(runs)), cent
+
+
+def _sgemm_peak(threads: int, min_s: float) -> float:
+    """Best float32 GFLOP/s of a 4096² matrix product (torch/MKL and numpy/OpenBLAS)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(4096, 4096)
+    best, spent = 0.0, 0.0
+    flop = 2 * 4096 ** 3
+    an = a.numpy()
+    while spent < min_s:
+        for fn in (lambda: a @ a, lambda: an @ an):
+            t0 = time.monotonic()
+            fn()
+            took = time.monotonic() - t0
+            spent += took
+            best = max(best, flop / took / 1e9)
+    return best
+
+
+def _worker(args) -> int:
+    """One MPI rank of the multi-rank run: read my shard, time iterations, report."""
+    from mpi4py import MPI
+
+    from dcssl.cluster import shard_rows
+
+    comm = MPI.COMM_WORLD
+    folder = Path(args.worker)
+    meta = json.loads((folder / "meta.json").read_text())
+    n, d = meta["n"], meta["d"]
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(meta["threads_per_rank"])
+    init = np.load(folder / "init.npy")
+    start, stop = shard_rows(n, comm.Get_rank(), comm.Get_size(), 4096)
+    base = _rss_mb()
+    x = np.fromfile(folder / "x.f32", dtype=np.float32, count=(stop - start) * d,
+                    offset=start * d * 4).reshape(-1, d)
+    s_iter, cent = _ours(x, init, meta["iters"], meta["min_s"], meta["backend"], comm, start)
+    grown = _peak_mb() - base
+    report = comm.gather({"rank": comm.Get_rank(), "shard_mb": x.nbytes / 2**20,
+                          "peak_growth_mb": grown, "s_per_iter": s_iter}, root=0)
+    if comm.Get_rank() == 0:
+        np.save(folder / "centroids_ranks.npy", cent)
+        (folder / "ranks.json").write_text(json.dumps(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dcssl.bench kmeans", description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=200_000, help="rows")
+    p.add_argument("--d", type=int, default=128, help="dimension")
+    p.add_argument("--k", type=int, default=1000, help="clusters")
+    p.add_argument("--iters", type=int, default=10, help="Lloyd iterations per run")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="cores for faiss and the 1-rank run (the ranks share them)")
+    p.add_argument("--ranks", type=int, default=2, help="MPI ranks of the multi-rank run")
+    p.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
+    p.add_argument("--min-seconds", type=float, default=5.0, help="work per measured figure")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return _worker(args)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)
+    x = _mixture(args.n, args.d, args.k, 0)
+    init = x[np.random.default_rng(1).choice(args.n, args.k, replace=False)].copy()
+    flop = 2.0 * args.n * args.k * args.d
+    print(f"data: {args.n} × {args.d} float32, k = {args.k}, {args.iters} iterations per run, "
+          f"{args.threads} threads", flush=True)
+    peak = _sgemm_peak(args.threads, args.min_seconds)
+    print(f"sgemm peak (4096², float32): {peak:.1f} GFLOP/s", flush=True)
+    s_faiss, c_faiss = _faiss(x, init, args.iters, args.min_seconds, args.threads)
+    print(f"faiss.Kmeans:   {s_faiss:.3f} s/iter  {flop / s_faiss / 1e9:6.1f} GFLOP/s", flush=True)
+    s_one, c_one = _ours(x, init, args.iters, args.min_seconds, args.backend)
+    print(f"dcssl 1 rank:   {s_one:.3f} s/iter  {flop / s_one / 1e9:6.1f} GFLOP/s  "
+          f"({s_faiss / s_one:.2f}× faiss)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-kmeans-") as tmp:
+        folder = Path(tmp)
+        x.tofile(folder / "x.f32")
+        np.save(folder / "init.npy", init)
+        per_rank = max(1, args.threads // args.ranks)
+        (folder / "meta.json").write_text(json.dumps({
+            "n": args.n, "d": args.d, "iters": args.iters, "min_s": args.min_seconds,
+            "backend": args.backend, "threads_per_rank": per_rank}))
+        env = {**os.environ, "OMP_NUM_THREADS": str(per_rank), "OPENBLAS_NUM_THREADS": str(per_rank),
+               "MKL_NUM_THREADS": str(per_rank)}
+        cmd = ["mpiexec", "-n", str(args.ranks), sys.executable, "-m", "dcssl.bench.kmeans",
+               "--worker", str(folder)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"error: {' '.join(cmd)} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        ranks = json.loads((folder / "ranks.json").read_text())
+        c_ranks = np.load(folder / "centroids_ranks.npy")
+    s_two = max(r["s_per_iter"] for r in ranks)
+    print(f"dcssl {args.ranks} ranks:  {s_two:.3f} s/iter  {flop / s_two / 1e9:6.1f} GFLOP/s  "
+          f"({s_faiss / s_two:.2f}× faiss)", flush=True)
+    inertia = {"faiss": _inertia(x, c_faiss), "one": _inertia(x, c_one), "ranks": _inertia(x, c_ranks)}
+    rel = max(abs(inertia["one"] - inertia["faiss"]), abs(inertia["ranks"] - inertia["faiss"])) \
+        / inertia["faiss"]
+    print(f"final inertia: faiss {inertia['faiss']:.6g}, 1 rank {inertia['one']:.6g}, "
+          f"{args.ranks} ranks {inertia['ranks']:.6g} (max rel diff {rel:.2e}); 1 rank and "
+          f"{args.ranks} ranks identical centroids: {bool(np.array_equal(c_one, c_ranks))}")
+    kd_mb = args.k * args.d * 4 / 2**20
+    worst = max(ranks, key=lambda r: r["peak_growth_mb"] / r["shard_mb"])
+    for r in ranks:
+        print(f"rank {r['rank']}: shard {r['shard_mb']:.1f} MB, peak memory growth "
+              f"{r['peak_growth_mb']:.1f} MB ({r['peak_growth_mb'] / r['shard_mb']:.2f}× shard; "
+              f"k·d float32 = {kd_mb:.2f} MB)")
+    result = {
+        "bench": "kmeans", "n": args.n, "d": args.d, "k": args.k, "iters": args.iters,
+        "threads": args.threads, "ranks": args.ranks, "backend": args.backend,
+        "s_per_iter_1rank": round(s_one, 4), "s_per_iter_2ranks": round(s_two, 4),
+        "s_per_iter_faiss": round(s_faiss, 4),
+        "speedup_vs_faiss": round(s_faiss / s_two, 3), "speedup_vs_faiss_1rank": round(s_faiss / s_one, 3),
+        "gflops_1rank": round(flop / s_one / 1e9, 1), "gflops_2ranks": round(flop / s_two / 1e9, 1),
+        "gflops_faiss": round(flop / s_faiss / 1e9, 1), "sgemm_peak_gflops": round(peak, 1),
+        "sgemm_fraction": round(flop / s_two / 1e9 / peak, 3),
+        "inertia_faiss": inertia["faiss"], "inertia_1rank": inertia["one"],
+        "inertia_2ranks": inertia["ranks"], "inertia_rel_diff": float(f"{rel:.3e}"),
+        "identical_1_vs_ranks": bool(np.array_equal(c_one, c_ranks)),
+        "peak_rss_mb_per_rank": round(worst["peak_growth_mb"], 1),
+        "shard_mb_per_rank": round(worst["shard_mb"], 1),
+        "rss_over_shard": round(worst["peak_growth_mb"] / worst["shard_mb"], 3),
+        "kd_mb": round(kd_mb, 2),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
