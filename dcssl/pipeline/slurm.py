@@ -86,7 +86,12 @@ def wait_chain(pending: list[Step], paths: RunPaths, state: RunState, poll_s: fl
     """Wait until every pending step is done (True) or its job left the queue unfinished."""
     started = time.time()
     while True:
-        remaining = [s for s in pending if not is_done(paths, s)]
+        remaining = []
+        for step in pending:
+            if not is_done(paths, step):
+                remaining.append(step)
+            elif state.step(step.name).get("status") != "done":
+                state.update(step.name, status="done")
         if not remaining:
             return True
         ids = [state.step(s.name).get("job_id") for s in remaining]
