@@ -186,8 +186,8 @@ class TrainConfig:
     extract_batch_size: int = 0
     """Tiles per forward in extraction passes; 0 = 2 × data.batch_size."""
     max_steps: int = 0
-    """Step budget per job: stop (with a checkpoint) after this many steps and let the next run
-    of the same segment continue; 0 = finish the epoch."""
+    """Step budget per job: stop (with a checkpoint) after this many steps; under SLURM the job
+    requeues itself to continue, elsewhere the next run of the segment does; 0 = whole epoch."""
     checkpoint_every: int = 500
     """Steps between checkpoints (one is also written at the end and on preemption)."""
     keep_checkpoints: int = 2

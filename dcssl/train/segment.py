@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Callable
@@ -88,6 +90,8 @@ def run_segment(run_dir: str | Path, epoch: int, cfg: TrainConfig, *,
 
     On preemption it checkpoints and, with ``requeue``, requeues the SLURM job and exits
     (outside SLURM: exits; re-run to resume); without ``requeue`` it raises ``Preempted``.
+    When a step budget (``max_steps``) ends the job before the epoch does, it returns a summary
+    with ``complete: False`` — or, under SLURM with ``requeue``, requeues the job to go on.
     ``on_step(global_step)`` is called after every step (progress hooks, tests).
     """
     run_dir = Path(run_dir)
@@ -101,12 +105,19 @@ def run_segment(run_dir: str | Path, epoch: int, cfg: TrainConfig, *,
     if not (run_dir / "store" / "manifest.json").is_file():
         raise SegmentError(f"{run_dir / 'store'}: no tile store; run the tile stage first")
     env, device = init_distributed(timeout_s=cfg.dist_timeout_s)
+    log.info("segment %d: rank %d of %d (local %d, node %d of %d: %s) via %s on %s", epoch,
+             env.rank, env.world_size, env.local_rank, env.node_rank + 1, max(len(env.nodes), 1),
+             os.environ.get("SLURMD_NODENAME") or socket.gethostname(), env.source, device)
     try:
-        return _Segment(run_dir, epoch, cfg, env, device, flag, on_step).run()
+        summary = _Segment(run_dir, epoch, cfg, env, device, flag, on_step).run()
     except Preempted:
         if requeue:
             requeue_and_exit(is_main=env.is_main)
         raise
+    if not summary["complete"] and requeue and os.environ.get("SLURM_JOB_ID"):
+        # a step budget under SLURM: the same job comes back for the rest of the epoch
+        requeue_and_exit(is_main=env.is_main)
+    return summary
 
 
 class _Segment:
@@ -142,9 +153,9 @@ class _Segment:
     def _bootstrap(self) -> dict:
         trainer = Trainer(self.run_dir, self.cfg, self.env, self.device, k=1)
         state = self._load(trainer)
+        barrier()  # every rank has looked before rank 0 writes the first checkpoint
         if state is None:
             self._save(trainer, "extract")  # epoch 1 starts from exactly these weights
-            barrier()
         elif int(state["epoch"]) == 0:
             self._restore_stats(state)
         else:
