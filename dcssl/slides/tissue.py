@@ -20,7 +20,7 @@ from dcssl.slides.probe import SlideProbe, coarsest_level_within
 from dcssl.tile.config import TissueConfig
 
 __all__ = ["TissueMask", "saturation", "otsu_threshold", "mask_from_rgb", "read_low_res",
-           "tissue_mask", "background_fraction", "rgba_to_rgb"]
+           "tissue_mask", "background_fraction", "rgba_to_rgb", "region_to_rgb"]
 
 _BLOCK = 4096  # level pixels per side of one read while building a low-resolution view
 
@@ -50,20 +50,33 @@ class TissueMask:
         return inside / area
 
 
+def region_to_rgb(region: Image.Image) -> np.ndarray:
+    """RGB pixels of an openslide RGBA region (``rgba_to_rgb``; opacity checked in C, fast)."""
+    rgba = np.asarray(region)
+    if region.getextrema()[3][0] == 255:
+        return rgba[..., :3]  # a view: callers that need contiguous memory copy what they keep
+    return rgba_to_rgb(rgba)
+
+
+def _channel_min_max(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel darkest and brightest channel (elementwise: ~5× faster than .min(axis=-1))."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return np.minimum(np.minimum(r, g), b), np.maximum(np.maximum(r, g), b)
+
+
 def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     """Composite openslide's RGBA on white: transparent (unscanned) pixels become background."""
     rgb = rgba[..., :3]
     alpha = rgba[..., 3]
     if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
+        return rgb  # a view: callers that need contiguous memory copy what they keep
     a = alpha[..., None].astype(np.uint16)
     return ((rgb.astype(np.uint16) * a + 255 * (255 - a)) // 255).astype(np.uint8)
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation scaled to 0-255 (uint8)."""
-    hi = rgb.max(axis=-1).astype(np.int32)
-    lo = rgb.min(axis=-1).astype(np.int32)
+    lo, hi = (c.astype(np.int32) for c in _channel_min_max(rgb))
     return np.where(hi > 0, (hi - lo) * 255 // np.maximum(hi, 1), 0).astype(np.uint8)
 
 
@@ -89,9 +102,8 @@ def mask_from_rgb(rgb: np.ndarray, cfg: TissueConfig, pixel_um: float) -> np.nda
     if cfg.median_px > 1:
         sat = ndimage.median_filter(sat, size=cfg.median_px)
     threshold = max(otsu_threshold(sat), cfg.min_saturation)
-    mask = sat > threshold
-    mask &= rgb.min(axis=-1) < cfg.white_level
-    mask &= rgb.max(axis=-1) > cfg.black_level
+    lo, hi = _channel_min_max(rgb)
+    mask = (sat > threshold) & (lo < cfg.white_level) & (hi > cfg.black_level)
     if cfg.fill_holes:
         mask = ndimage.binary_fill_holes(mask)
     min_px = cfg.min_component_mm2 * 1e6 / (pixel_um * pixel_um)
@@ -104,9 +116,43 @@ def mask_from_rgb(rgb: np.ndarray, cfg: TissueConfig, pixel_um: float) -> np.nda
     return mask
 
 
+def _associated_thumbnail(slide: openslide.AbstractSlide, probe: SlideProbe,
+                          mpp: float) -> tuple[np.ndarray, float] | None:
+    """The scanner's stored thumbnail (Aperio, …) when it shows the whole of level 0 (same aspect
+    ratio) at no coarser than 2 × ``mpp``: decoding it is far cheaper than level 0."""
+    try:
+        image = slide.associated_images.get("thumbnail")
+    except openslide.OpenSlideError:
+        return None
+    if image is None:
+        return None
+    w, h = image.size
+    if w < 2 or h < 2 or abs((w / h) / (probe.width / probe.height) - 1) > 0.01:
+        return None
+    scale = probe.width / w
+    if probe.mpp * scale > 2 * mpp:
+        return None
+    rgb = rgba_to_rgb(np.asarray(image.convert("RGBA")))
+    shrink = mpp / (probe.mpp * scale)
+    if shrink > 1.5:  # finer than needed: bring it to the mask resolution
+        size = (max(1, round(w / shrink)), max(1, round(h / shrink)))
+        rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.BOX))
+        scale = probe.width / size[0]
+    return np.ascontiguousarray(rgb), scale
+
+
 def read_low_res(slide: openslide.AbstractSlide, probe: SlideProbe, mpp: float) -> tuple[np.ndarray, float]:
-    """An RGB view of the whole slide at about ``mpp`` µm/px, and its level-0 scale factor."""
+    """An RGB view of the whole slide at about ``mpp`` µm/px, and its level-0 scale factor.
+
+    From the coarsest pyramid level no coarser than ``mpp``; when that level is still much finer
+    (single-level scans), from the scanner's thumbnail if it has one, else from the level read in
+    blocks and shrunk on the fly.
+    """
     level = coarsest_level_within(probe, mpp)
+    if probe.level_mpp(level) < mpp / 2:
+        stored = _associated_thumbnail(slide, probe, mpp)
+        if stored is not None:
+            return stored
     down = probe.level_downsamples[level]
     lw, lh = probe.level_dimensions[level]
     shrink = max(1.0, mpp / probe.level_mpp(level))
@@ -117,11 +163,12 @@ def read_low_res(slide: openslide.AbstractSlide, probe: SlideProbe, mpp: float) 
         for lx in range(0, lw, step):
             bw, bh = min(step, lw - lx), min(step, lh - ly)
             region = slide.read_region((round(lx * down), round(ly * down)), level, (bw, bh))
-            block = rgba_to_rgb(np.asarray(region))
+            block = region_to_rgb(region)
             x0, y0 = round(lx / shrink), round(ly / shrink)
             x1, y1 = round((lx + bw) / shrink), round((ly + bh) / shrink)
             if x1 > x0 and y1 > y0:
-                small = Image.fromarray(block).resize((x1 - x0, y1 - y0), Image.BOX)
+                small = Image.fromarray(np.ascontiguousarray(block)).resize((x1 - x0, y1 - y0),
+                                                                            Image.BOX)
                 out[y0:y1, x0:x1] = np.asarray(small)
     return out, probe.width / out_w
 
@@ -137,7 +184,6 @@ def background_fraction(tiles: np.ndarray, white_level: int, black_level: int,
 
     Every ``stride``-th pixel is inspected: a quarter of the work, the same answer to ±1 %.
     """
-    sample = tiles[:, ::stride, ::stride]
-    white = sample.min(axis=-1) >= white_level
-    black = sample.max(axis=-1) <= black_level
-    return (white | black).reshape(len(tiles), -1).mean(axis=1)
+    lo, hi = _channel_min_max(tiles[:, ::stride, ::stride])
+    background = (lo >= white_level) | (hi <= black_level)
+    return background.reshape(len(tiles), -1).mean(axis=1)

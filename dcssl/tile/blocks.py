@@ -1,7 +1,8 @@
 """Read one block of tiles, drop background tiles, encode the rest — the unit of parallel work.
 
-A block is one ``read_region`` (e.g. 8×8 tiles) at the chosen level, resized once when the level's
-resolution differs from the target, sliced into tiles in numpy. When a read fails (a corrupt JPEG
+A block (e.g. 8×8 grid cells) is read with one ``read_region`` per tile row, each spanning only
+that row's candidate tiles, at the chosen level; resized once per row when the level's resolution
+differs from the target; sliced into tiles in numpy. When a read fails (a corrupt JPEG
 or JPEG 2000 tile inside the slide), the block is retried tile by tile on a freshly opened slide
 (openslide handles stay broken after an error), so only the unreadable tiles are lost — and
 counted.
@@ -18,7 +19,7 @@ import openslide
 from PIL import Image
 
 from dcssl.slides.grid import Block, TileGrid
-from dcssl.slides.tissue import background_fraction, rgba_to_rgb
+from dcssl.slides.tissue import background_fraction, region_to_rgb
 from dcssl.tile.config import TileConfig
 
 __all__ = ["BlockResult", "BlockReader"]
@@ -47,20 +48,23 @@ def _encode(tile: np.ndarray, quality: int) -> bytes:
 class BlockReader:
     """Holds an open slide (reopened after errors) and turns blocks into kept, encoded tiles."""
 
-    def __init__(self, path: str, grid: TileGrid, cfg: TileConfig):
+    def __init__(self, path: str, grid: TileGrid, cfg: TileConfig,
+                 slide: openslide.OpenSlide | None = None):
         self.path = path
         self.grid = grid
         self.cfg = cfg
-        self.slide = openslide.OpenSlide(path)
+        self.slide = slide if slide is not None else openslide.OpenSlide(path)
+        self._owned = slide is None  # a handle passed in is closed by whoever opened it
 
     def close(self) -> None:
-        self.slide.close()
+        if self._owned:
+            self.slide.close()
 
     def _reopen(self) -> None:
-        try:
+        if self._owned:
             self.slide.close()
-        finally:
-            self.slide = openslide.OpenSlide(self.path)
+        self.slide = openslide.OpenSlide(self.path)
+        self._owned = True
 
     def _read(self, i0: int, j0: int, ni: int, nj: int) -> np.ndarray:
         """Pixels of grid cells [i0, i0+ni) × [j0, j0+nj) at the output resolution (RGB)."""
@@ -68,21 +72,29 @@ class BlockReader:
         span_w, span_h = ni * g.read_size, nj * g.read_size
         region = self.slide.read_region((i0 * g.step0, j0 * g.step0), g.level,
                                         (math.ceil(span_w), math.ceil(span_h)))
-        rgb = rgba_to_rgb(np.asarray(region))
+        rgb = region_to_rgb(region)
         if not g.needs_resize:
             return rgb[: nj * size, : ni * size]
-        image = Image.fromarray(rgb).resize((ni * size, nj * size), Image.BILINEAR,
-                                            box=(0, 0, span_w, span_h))
+        image = Image.fromarray(np.ascontiguousarray(rgb))
+        image = image.resize((ni * size, nj * size), Image.BILINEAR, box=(0, 0, span_w, span_h))
         return np.asarray(image)
 
     def _tiles_from_block(self, block: Block) -> tuple[np.ndarray, np.ndarray]:
+        """One read per tile row of the block, spanning only that row's candidates: the bounding
+        box of a block at a tissue edge is mostly glass, and decoding is the cost."""
         size = self.grid.tile_size
-        pixels = self._read(block.i0, block.j0, block.ni, block.nj)
         k = len(block.tiles)
         tiles = np.empty((k, size, size, 3), dtype=np.uint8)
-        for n, (i, j) in enumerate(block.tiles):
-            x, y = (i - block.i0) * size, (j - block.j0) * size
-            tiles[n] = pixels[y:y + size, x:x + size]
+        rows: dict[int, list[int]] = {}
+        for n, j in enumerate(block.tiles[:, 1]):
+            rows.setdefault(int(j), []).append(n)
+        for j, members in rows.items():
+            columns = block.tiles[members, 0]
+            i_lo = int(columns.min())
+            strip = self._read(i_lo, j, int(columns.max()) - i_lo + 1, 1)
+            for n, i in zip(members, columns):
+                x = (int(i) - i_lo) * size
+                tiles[n] = strip[:size, x:x + size]
         return tiles, np.ones(k, dtype=bool)
 
     def _tiles_one_by_one(self, block: Block) -> tuple[np.ndarray, np.ndarray]:

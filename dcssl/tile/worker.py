@@ -111,9 +111,9 @@ def plan_slide(slide: openslide.OpenSlide, cfg: TileConfig) -> tuple[SlideProbe,
     return probe, grid, group_blocks(grid, candidates, cfg.block_tiles)
 
 
-def _results_inline(path: str, grid: TileGrid, cfg: TileConfig,
-                    blocks: list[Block]) -> Iterator[BlockResult]:
-    reader = BlockReader(path, grid, cfg)
+def _results_inline(path: str, grid: TileGrid, cfg: TileConfig, blocks: list[Block],
+                    slide: openslide.OpenSlide) -> Iterator[BlockResult]:
+    reader = BlockReader(path, grid, cfg, slide)  # reuses the planning handle: no second open
     try:
         for block in blocks:
             yield reader.process(block)
@@ -158,9 +158,23 @@ def tile_slide(path: str | Path, shard_path: str | Path, slide_id: str, cfg: Til
     path = str(path)
     slide = _open(path)
     try:
-        probe, grid, blocks = plan_slide(slide, cfg)
+        return _tile_open_slide(slide, path, Path(shard_path), slide_id, cfg, source_md5,
+                                workers, start)
     finally:
         slide.close()
+
+
+def _note(grid: TileGrid, total: int, errors: int) -> str:
+    if errors:
+        return f"{errors} unreadable tiles skipped"
+    if grid.nx * grid.ny == 0:
+        return "slide is smaller than one tile"
+    return "no tissue found" if total == 0 else ""
+
+
+def _tile_open_slide(slide: openslide.OpenSlide, path: str, shard_path: Path, slide_id: str,
+                     cfg: TileConfig, source_md5: str, workers: int, start: float) -> SlideResult:
+    probe, grid, blocks = plan_slide(slide, cfg)
     total = sum(len(b.tiles) for b in blocks)
     log.info("%s: %dx%d px, %.3f µm/px (%s), level %d, %d candidate tiles in %d blocks",
              slide_id, probe.width, probe.height, probe.mpp, probe.mpp_source, grid.level,
@@ -176,7 +190,7 @@ def tile_slide(path: str | Path, shard_path: str | Path, slide_id: str, cfg: Til
             # a pool costs ~1 s of process start-up: worth it only with blocks to share out
             pooled = workers > 1 and len(blocks) >= 2 * workers
             results = (_results_pooled(path, grid, cfg, blocks, workers) if pooled
-                       else _results_inline(path, grid, cfg, blocks))
+                       else _results_inline(path, grid, cfg, blocks, slide))
             for result in results:
                 writer.append(result.tiles, result.coords, result.tissue)
                 errors += result.errors
@@ -196,14 +210,7 @@ def tile_slide(path: str | Path, shard_path: str | Path, slide_id: str, cfg: Til
                            "decoder or out of memory); try tile.workers=1") from None
     except OSError as err:
         raise SlideFailure("write", f"cannot write {shard_path}: {err}") from None
-    note = ""
-    if grid.nx * grid.ny == 0:
-        note = "slide is smaller than one tile"
-    elif total == 0:
-        note = "no tissue found"
-    if errors:
-        note = f"{errors} unreadable tiles skipped"
-    _share_like_umask(Path(shard_path))
+    _share_like_umask(shard_path)
     return SlideResult(slide_id=slide_id, tiles=written, candidates=total, errors=errors,
                        level=grid.level, mpp=probe.mpp, mpp_source=probe.mpp_source,
-                       seconds=time.monotonic() - start, note=note)
+                       seconds=time.monotonic() - start, note=_note(grid, total, errors))
