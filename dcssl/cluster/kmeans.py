@@ -24,13 +24,15 @@ log = logging.getLogger(__name__)
 
 # Scores of one block against one chunk of centroids stay under this many bytes (cache-friendly,
 # and k = 100 k never allocates a block × k matrix).
-_SCORE_BYTES = 32 << 20
+_SCORE_BYTES = 8 << 20
 # faiss's split factor: the two halves of a split cluster move ±1/1024 apart.
 _SPLIT_EPS = 1.0 / 1024
 
 
 # Rows per matrix-product tile inside a block (cache-sized; a block is the alignment unit).
-_TILE = 4096
+_TILE = 1024
+# Rows whose per-cluster sums are formed in float32 by one sparse product (then added in float64).
+_GROUP = 8192
 
 
 def _matmul_fn(backend: str) -> Callable:
@@ -63,13 +65,19 @@ class _Assigner:
             self.half = 0.5 * (self.c * self.c).sum(1)
             return
         self.chunk = max(1, min(self.k, _SCORE_BYTES // (4 * tile)))
-        self.c_t = [np.ascontiguousarray(c[j:j + self.chunk].T) for j in range(0, self.k, self.chunk)]
-        self.halves = [0.5 * np.einsum("ij,ij->i", ct.T, ct.T) for ct in self.c_t]
+        # ‖c‖²/2 rides along as an extra coordinate (x gets a constant −1), so one matrix product
+        # gives the scores directly, without another pass over the tile × chunk matrix.
+        self.c_t = [np.ascontiguousarray(np.concatenate(
+            [c[j:j + self.chunk], 0.5 * np.einsum("ij,ij->i", c[j:j + self.chunk],
+                                                  c[j:j + self.chunk])[:, None]], axis=1).T)
+            for j in range(0, self.k, self.chunk)]
         self.matmul = _matmul_fn(backend)
         self.buf = np.empty((tile, self.chunk), dtype=np.float32)
+        self.xa = np.full((tile, c.shape[1] + 1), -1.0, dtype=np.float32)
 
     def __call__(self, xb: np.ndarray, xxb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(labels int64, squared distances float32) of one tile of ≤ ``tile`` rows."""
+        m = len(xb)
         if self.backend == "cuda":
             import torch
 
@@ -77,14 +85,12 @@ class _Assigner:
             val, idx = torch.addmm(self.half, xt, self.c.T, beta=-1.0).max(dim=1)
             labels, best = idx.cpu().numpy(), val.cpu().numpy()
         else:
-            m = len(xb)
+            xa = self.xa[:m]
+            xa[:, :-1] = xb
             rows = np.arange(m)
-            labels = np.zeros(m, dtype=np.int64)
-            best = np.full(m, -np.inf, dtype=np.float32)
-            for j, (ct, half) in enumerate(zip(self.c_t, self.halves)):
+            for j, ct in enumerate(self.c_t):
                 score = self.buf[:m, : ct.shape[1]]
-                self.matmul(xb, ct, score)
-                score -= half
+                self.matmul(xa, ct, score)
                 idx = score.argmax(axis=1)
                 val = score[rows, idx]
                 if j == 0:
@@ -242,10 +248,27 @@ class KMeansState:
     """Stopped on the tolerance (a resumed run goes straight to the final assignment)."""
 
 
+def _add_rows(acc: np.ndarray, labels: np.ndarray, xb: np.ndarray) -> np.ndarray:
+    """acc[labels[i]] += xb[i] via a sparse one-hot product (float32 within the tile); counts."""
+    m, k = len(labels), len(acc)
+    counts = np.bincount(labels, minlength=k)
+    order = np.argsort(labels, kind="stable").astype(np.int32)
+    if k <= 4 * m:  # small k: the k × d product output is cheap, skip finding the used rows
+        indptr = np.zeros(k + 1, dtype=np.int32)
+        np.cumsum(counts, out=indptr[1:])
+        acc += sp.csr_matrix((np.ones(m, np.float32), order, indptr), shape=(k, m)) @ xb
+        return counts
+    used = np.flatnonzero(counts)
+    indptr = np.zeros(len(used) + 1, dtype=np.int32)
+    np.cumsum(counts[used], out=indptr[1:])
+    acc[used] += sp.csr_matrix((np.ones(m, np.float32), order, indptr), shape=(len(used), m)) @ xb
+    return counts
+
+
 def _lloyd_pass(x_local, xx, centroids, block, backend, bounds, comm, labels_out=None):
     """One pass: assign every row, and reduce exact global per-cluster sums, counts, inertia.
 
-    Sums go float32 (one tile, sparse one-hot product) → float64 (one block, fixed order) →
+    Sums go float32 (a group of rows, sparse one-hot product) → float64 (one block, fixed order) →
     int64 fixed point (across blocks and ranks, exact), so the result is rank-count independent.
     """
     k, d = centroids.shape
@@ -257,18 +280,19 @@ def _lloyd_pass(x_local, xx, centroids, block, backend, bounds, comm, labels_out
     for b0, b1 in blocks(0, len(x_local), block):
         acc[:] = 0.0
         block_inertia = 0.0
-        for t0, t1 in blocks(0, b1 - b0, finder.tile):  # tiles relative to the block: same on any rank
-            lo, hi = b0 + t0, b0 + t1
-            xb = np.ascontiguousarray(x_local[lo:hi], dtype=np.float32)
-            lab, dist = finder(xb, xx[lo:hi])
+        # Groups of rows (laid out relative to the block: the same on any rank) share one sparse
+        # one-hot product; tiles inside a group share one cache-sized score buffer.
+        for g0, g1 in blocks(0, b1 - b0, _GROUP):
+            lab = np.empty(g1 - g0, dtype=np.int64)
+            for t0, t1 in blocks(0, g1 - g0, finder.tile):
+                lo, hi = b0 + g0 + t0, b0 + g0 + t1
+                xb = np.ascontiguousarray(x_local[lo:hi], dtype=np.float32)
+                lab[t0:t1], dist = finder(xb, xx[lo:hi])
+                block_inertia += float(dist.sum(dtype=np.float64))
             if labels_out is not None:
-                labels_out[lo:hi] = lab
-            used, inverse = np.unique(lab, return_inverse=True)
-            onehot = sp.csr_matrix((np.ones(hi - lo, np.float32), (inverse, np.arange(hi - lo))),
-                                   shape=(len(used), hi - lo))
-            acc[used] += onehot @ xb
-            counts += np.bincount(lab, minlength=k)
-            block_inertia += float(dist.sum(dtype=np.float64))
+                labels_out[b0 + g0:b0 + g1] = lab
+            rows = np.ascontiguousarray(x_local[b0 + g0:b0 + g1], dtype=np.float32)
+            counts += _add_rows(acc, lab, rows)
         sums.add(acc)
         inertia.add(np.array([block_inertia]))
     from hpc.mpi import allreduce_
@@ -353,7 +377,7 @@ def _bounds(x_local, n, comm) -> dict:
     """Global bounds that fix the fixed-point grids (same on every rank)."""
     local = np.zeros(2)
     if len(x_local):
-        for lo, hi in blocks(0, len(x_local), 65536):
+        for lo, hi in blocks(0, len(x_local), _TILE):
             xb = np.asarray(x_local[lo:hi], dtype=np.float32)
             local[0] = max(local[0], float(np.abs(xb).max()))
             local[1] = max(local[1], float(np.einsum("ij,ij->i", xb, xb).max()))
