@@ -31,8 +31,7 @@ def epoch_summary(records: list[dict], epoch: int) -> dict:
     """Join epoch's train and cluster records into one ``epoch`` record."""
     train, cluster = _last(records, "train_epoch", epoch), _last(records, "cluster", epoch)
     cluster_seconds = cluster.get("seconds") or {}
-    total_cluster = (sum(v for v in cluster_seconds.values() if isinstance(v, (int, float)))
-                     if isinstance(cluster_seconds, dict) else cluster_seconds)
+    total_cluster = cluster_seconds.get("total") if isinstance(cluster_seconds, dict) else None
     return {
         "kind": "epoch", "epoch": epoch,
         "loss": train.get("loss"),
