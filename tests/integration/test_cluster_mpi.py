@@ -1,0 +1,171 @@
+"""The cluster job with real MPI ranks: rank-count invariance, kill -9 and preemption resume, SLURM.
+
+Runs ``python -m dcssl.cluster`` alone, under ``mpiexec -n R`` (the PyPI mpich wheel) and under
+``srun --mpi=pmi2 -n 2`` on the live cluster; compares labels byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import normalized_mutual_info_score
+
+from dcssl.cluster.store import checkpoints
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+pytestmark = pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec (mpich)")
+
+
+def _features(run: Path, epoch: int, x: np.ndarray) -> None:
+    folder = run / "features" / f"epoch-{epoch:04d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    x.astype(np.float16).tofile(folder / "embeddings.f16")
+    (folder / "meta.json").write_text(json.dumps({"n": len(x), "dim": x.shape[1], "dtype": "float16"}))
+    (folder / "COMPLETE").write_text("")
+
+
+def _cmd(run: Path, epoch: int, ranks: int, overrides: list[str]) -> list[str]:
+    base = [sys.executable, "-m", "dcssl.cluster", str(run), "--epoch", str(epoch), *overrides]
+    return base if ranks == 0 else ["mpiexec", "-n", str(ranks), *base]
+
+
+def _run(run: Path, epoch: int, ranks: int, overrides: list[str]) -> dict:
+    proc = subprocess.run(_cmd(run, epoch, ranks, overrides), env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((run / "labels" / f"epoch-{epoch:04d}" / "stats.json").read_text())
+
+
+def _labels(run: Path, epoch: int = 0) -> np.ndarray:
+    return np.fromfile(run / "labels" / f"epoch-{epoch:04d}" / "labels.i32", dtype="<i4")
+
+
+def _centroids(run: Path, epoch: int = 0) -> np.ndarray:
+    return np.load(run / "labels" / f"epoch-{epoch:04d}" / "centroids.npy")
+
+
+SMALL = ["k=16", "pca_dim=12", "block_rows=1000", "iterations=8", "init_trials=2"]
+
+
+def test_1_2_4_ranks_give_identical_labels_and_nmi(tmp_path):
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((16, 24)) * 3
+    x = centers[rng.integers(0, 16, 20_000)] + rng.standard_normal((20_000, 24))
+    x_next = x + 0.5 * rng.standard_normal(x.shape)
+    runs = {r: tmp_path / f"r{r}" for r in (0, 2, 4)}  # 0: plain python, no mpiexec
+    for ranks, run in runs.items():
+        _features(run, 0, x)
+        _features(run, 1, x_next)
+        stats = _run(run, 0, ranks, SMALL)
+        assert stats["ranks"] == max(ranks, 1)
+        _run(run, 1, ranks, SMALL)
+    ref = runs[0]
+    for run in (runs[2], runs[4]):
+        assert np.array_equal(_labels(ref), _labels(run))
+        assert np.array_equal(_labels(ref, 1), _labels(run, 1))
+        assert np.array_equal(_centroids(ref), _centroids(run))
+    stats = [json.loads((run / "labels/epoch-0001/stats.json").read_text()) for run in runs.values()]
+    assert len({s["inertia"] for s in stats}) == 1 and len({s["iterations"] for s in stats}) == 1
+    dense = normalized_mutual_info_score(_labels(ref, 0), _labels(ref, 1))
+    for s in stats:
+        assert s["nmi_prev"] == pytest.approx(dense, abs=1e-12)
+
+
+SLOW = ["k=200", "pca_dim=0", "block_rows=4096", "iterations=60", "tol=0", "init=random",
+        "keep_checkpoints_after=true"]
+
+
+@pytest.fixture(scope="module")
+def slow_reference(tmp_path_factory):
+    """Features that take ~60 iterations, and the labels of an uninterrupted 1-rank run."""
+    x = np.random.default_rng(1).standard_normal((60_000, 32))
+    run = tmp_path_factory.mktemp("reference")
+    _features(run, 0, x)
+    stats = _run(run, 0, 0, SLOW)
+    assert stats["iterations"] > 10
+    return x, _labels(run), _centroids(run)
+
+
+def _start_and_kill(run: Path, ranks: int, at_least: int, sig: int = signal.SIGKILL) -> subprocess.Popen:
+    proc = subprocess.Popen(_cmd(run, 0, ranks, SLOW), env=ENV, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpt = checkpoints(run, 0, 2)
+    deadline = time.monotonic() + 120
+    while not any(s >= at_least for s in ckpt.steps()):
+        assert proc.poll() is None, f"job ended before iteration {at_least}: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    if sig == signal.SIGKILL:
+        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and every rank, mid-iteration
+    else:
+        os.kill(proc.pid, sig)
+    proc.wait(timeout=120)
+    return proc
+
+
+@pytest.mark.parametrize("first,second", [(2, 2), (0, 4), (4, 1)])
+def test_kill9_mid_run_resumes_with_same_or_other_rank_count(tmp_path, slow_reference, first, second):
+    x, ref_labels, ref_centroids = slow_reference
+    _features(tmp_path, 0, x)
+    _start_and_kill(tmp_path, first, at_least=3)
+    assert not (tmp_path / "labels/epoch-0000/COMPLETE").exists()
+    resume_at = checkpoints(tmp_path, 0, 2).steps()[-1]
+    stats = _run(tmp_path, 0, second, SLOW)
+    assert stats["resumed_from"] == resume_at >= 3
+    assert np.array_equal(_labels(tmp_path), ref_labels)
+    assert np.array_equal(_centroids(tmp_path), ref_centroids)
+
+
+def test_preemption_signal_checkpoints_exits_and_resumes(tmp_path, slow_reference):
+    x, ref_labels, _ = slow_reference
+    _features(tmp_path, 0, x)
+    proc = _start_and_kill(tmp_path, 0, at_least=2, sig=signal.SIGUSR2)
+    assert proc.returncode == 75, proc.stderr.read()  # outside SLURM: "try again" exit
+    saved = checkpoints(tmp_path, 0, 2).steps()[-1]
+    stats = _run(tmp_path, 0, 2, SLOW)
+    assert stats["resumed_from"] == saved
+    assert np.array_equal(_labels(tmp_path), ref_labels)
+
+
+def test_finished_epoch_rerun_is_a_no_op(tmp_path):
+    _features(tmp_path, 0, np.random.default_rng(2).standard_normal((3000, 8)))
+    _run(tmp_path, 0, 2, SMALL)
+    before = (tmp_path / "labels/epoch-0000/labels.i32").stat().st_mtime_ns
+    proc = subprocess.run(_cmd(tmp_path, 0, 2, SMALL), env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "nothing to do" in proc.stderr
+    assert (tmp_path / "labels/epoch-0000/labels.i32").stat().st_mtime_ns == before
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["kind"] for m in metrics] == ["cluster"]
+
+
+@pytest.mark.slurm
+def test_srun_pmi2_two_ranks_match_one_rank(slurm_cluster, tmp_path):
+    from slurm_helpers import run_sbatch_and_wait
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((12_000, 16)) + 4 * rng.standard_normal((12, 16))[rng.integers(0, 12, 12_000)]
+    one, two = tmp_path / "one", tmp_path / "two"
+    for run in (one, two):
+        _features(run, 0, x)
+    _run(one, 0, 0, SMALL)
+    script = (REPO / "slurm" / "cluster.sbatch").read_text()
+    result = run_sbatch_and_wait(
+        script, tmp_path / "job", timeout=240,
+        args=["--ntasks=2", f"--partition={slurm_cluster.partition}",
+              f"--export=ALL,PYTHONPATH={REPO},DCSSL_PYTHON={sys.executable}",
+              str(two), "0", *SMALL])
+    assert result.state == "COMPLETED", result.stderr[-3000:]
+    stats = json.loads((two / "labels/epoch-0000/stats.json").read_text())
+    assert stats["ranks"] == 2  # a real 2-rank world, not two 1-rank worlds
+    assert np.array_equal(_labels(one), _labels(two))
