@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import openslide
 
 from dcssl.slides.grid import Block, TileGrid, group_blocks, make_grid
