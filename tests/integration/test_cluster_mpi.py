@@ -151,7 +151,7 @@ def test_finished_epoch_rerun_is_a_no_op(tmp_path):
 
 @pytest.mark.slurm
 def test_srun_pmi2_two_ranks_match_one_rank(slurm_cluster, tmp_path):
-    from slurm_helpers import run_sbatch_and_wait
+    from slurm_helpers import wait_for_job_end
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((12_000, 16)) + 4 * rng.standard_normal((12, 16))[rng.integers(0, 12, 12_000)]
@@ -159,13 +159,15 @@ def test_srun_pmi2_two_ranks_match_one_rank(slurm_cluster, tmp_path):
     for run in (one, two):
         _features(run, 0, x)
     _run(one, 0, 0, SMALL)
-    script = (REPO / "slurm" / "cluster.sbatch").read_text()
-    result = run_sbatch_and_wait(
-        script, tmp_path / "job", timeout=240,
-        args=["--ntasks=2", f"--partition={slurm_cluster.partition}",
-              f"--export=ALL,PYTHONPATH={REPO},DCSSL_PYTHON={sys.executable}",
-              str(two), "0", *SMALL])
-    assert result.state == "COMPLETED", result.stderr[-3000:]
+    log = tmp_path / "job.log"
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--ntasks=2", f"--partition={slurm_cluster.partition}",
+         f"--output={log}", f"--export=ALL,PYTHONPATH={REPO},DCSSL_PYTHON={sys.executable}",
+         str(REPO / "slurm" / "cluster.sbatch"), str(two), "0", *SMALL],
+        capture_output=True, text=True, timeout=60)
+    assert submit.returncode == 0, submit.stderr
+    state = wait_for_job_end(submit.stdout.strip().split(";")[0], timeout=240)
+    assert state == "COMPLETED", log.read_text()[-3000:] if log.exists() else state
     stats = json.loads((two / "labels/epoch-0000/stats.json").read_text())
     assert stats["ranks"] == 2  # a real 2-rank world, not two 1-rank worlds
     assert np.array_equal(_labels(one), _labels(two))
