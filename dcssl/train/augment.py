@@ -31,6 +31,7 @@ _MASK = (1 << 64) - 1
 _RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
+_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -72,19 +73,22 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
-def _normalise(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return (x - m) / s
+def _normalise(x: torch.Tensor, mean: list[float], std: list[float],
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    scale = 1.0 / torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    shift = -torch.tensor(mean, device=x.device).view(1, 3, 1, 1) * scale
+    return torch.addcmul(shift, x, scale, out=out)  # (x - mean) / std in one pass
 
 
-def eval_transform(images: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
-    """Extraction view: the whole tile resized to ``cfg.size``, normalised (no randomness)."""
+def eval_transform(images: torch.Tensor, cfg: AugmentConfig,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """Extraction view: the whole tile resized to ``cfg.size``, normalised (no randomness).
+    ``out``: where to write the result (e.g. a shared-memory batch in a loader worker)."""
     x = to_float(images)
     if x.shape[-1] != cfg.size or x.shape[-2] != cfg.size:
         x = F.interpolate(x, size=(cfg.size, cfg.size), mode="bilinear", antialias=True,
                           align_corners=False)
-    return _normalise(x, cfg.mean, cfg.std)
+    return _normalise(x, cfg.mean, cfg.std, out)
 
 
 class BatchAugment:
@@ -93,15 +97,23 @@ class BatchAugment:
     def __init__(self, cfg: AugmentConfig):
         self.cfg = cfg
 
-    def __call__(self, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, u: torch.Tensor,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
         u = u.to(images.device, torch.float32)
         x = self._geometry(to_float(images), u)
+        # Colour jitter and grayscale are linear per pixel: each tile's chain folds into one 3×3
+        # matrix and offset, applied in a single pass (HED jitter, being non-linear, splits it).
+        matrix, offset = _identity(len(x), x.device)
         if self.cfg.color in ("jitter", "both"):
-            x = self._jitter(x, u)
+            matrix, offset = self._jitter(x, u)
         if self.cfg.color in ("hed", "both"):
-            x = self._hed(x, u)
-        x = self._grayscale(x, u)
-        return _normalise(x.clamp_(0.0, 1.0), self.cfg.mean, self.cfg.std)
+            x = self._hed(_apply(x, matrix, offset).clamp_(0.0, 1.0), u)
+            matrix, offset = _identity(len(x), x.device)
+        if self.cfg.grayscale_p > 0:
+            gray = self._grayscale(u)
+            matrix, offset = gray @ matrix, (gray @ offset[..., None])[..., 0]
+        x = _apply(x, matrix, offset).clamp_(0.0, 1.0)
+        return _normalise(x, self.cfg.mean, self.cfg.std, out)
 
     # ---------------------------------------------------------------- geometry: u[:, 0:7]
     def _geometry(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -129,53 +141,67 @@ class BatchAugment:
                              align_corners=False)
 
     # ---------------------------------------------------------------- colour: u[:, 7:12]
-    def _jitter(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def _jitter(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Brightness b, contrast c, saturation s, hue h as one affine map per tile:
+        x ↦ H·S·(c·b·x + (1 - c)·m·1), m = the tile's mean luma after brightness."""
         c = self.cfg
-        on = (u[:, 7] < c.jitter_p).float().view(-1, 1, 1, 1)
+        on = u[:, 7] < c.jitter_p
 
         def factor(col: int, amount: float) -> torch.Tensor:
-            f = 1 + amount * (2 * u[:, col] - 1)
-            return (on * f.view(-1, 1, 1, 1) + (1 - on))
+            return torch.where(on, 1 + amount * (2 * u[:, col] - 1), torch.ones_like(u[:, col]))
 
-        x = x * factor(8, c.brightness)
-        gray = (x * _LUMA.to(x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        mean = gray.mean(dim=(2, 3), keepdim=True)
-        x = (x - mean) * factor(9, c.contrast) + mean
-        gray = (x * _LUMA.to(x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        x = (x - gray) * factor(10, c.saturation) + gray
-        if c.hue > 0:
-            x = self._hue(x, (2 * u[:, 11] - 1) * c.hue * on.view(-1))
-        return x.clamp(0.0, 1.0)
-
-    @staticmethod
-    def _hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-        """Rotate chroma in YIQ space by ``turns`` (a linear map per tile, cheap on any device)."""
-        to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
-                               [0.211, -0.523, 0.312]], device=x.device)
-        from_yiq = torch.linalg.inv(to_yiq)
-        a = turns * 2 * math.pi
-        rot = torch.zeros(len(x), 3, 3, device=x.device)
-        rot[:, 0, 0] = 1
-        rot[:, 1, 1], rot[:, 1, 2] = torch.cos(a), -torch.sin(a)
-        rot[:, 2, 1], rot[:, 2, 2] = torch.sin(a), torch.cos(a)
-        m = from_yiq @ rot @ to_yiq  # N×3×3
-        return torch.einsum("nij,njhw->nihw", m, x)
+        b, k, s = factor(8, c.brightness), factor(9, c.contrast), factor(10, c.saturation)
+        luma = _LUMA.to(x.device)
+        mean = b * (x.mean(dim=(2, 3)) @ luma)  # N
+        eye = torch.eye(3, device=x.device)
+        sat = s.view(-1, 1, 1) * eye + (1 - s).view(-1, 1, 1) * torch.outer(
+            torch.ones(3, device=x.device), luma)
+        turns = torch.where(on, (2 * u[:, 11] - 1) * c.hue, torch.zeros_like(u[:, 11]))
+        hs = _hue_matrix(turns) @ sat  # N×3×3
+        matrix = (k * b).view(-1, 1, 1) * hs
+        offset = ((1 - k) * mean).view(-1, 1) * hs.sum(dim=2)  # H·S·1 scaled
+        return matrix, offset
 
     # ---------------------------------------------------------------- stains: u[:, 12:18]
     def _hed(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Scale and shift each stain's concentration: linear in optical density (OD) space,
+        od' = R·(α ⊙ (H·od) + β) with H = RGB→HED and R = HED→RGB, applied as one matrix."""
         c = self.cfg
         alpha = 1 + c.hed_sigma * (2 * u[:, 12:15] - 1)  # N×3
         beta = c.hed_bias * (2 * u[:, 15:18] - 1)
-        od = -torch.log(x.clamp(min=1e-6))
-        hed = torch.einsum("nchw,cd->ndhw", od, _HED_FROM_RGB.to(x.device))
-        hed = hed * alpha.view(-1, 3, 1, 1) + beta.view(-1, 3, 1, 1)
-        od = torch.einsum("ndhw,dc->nchw", hed, _RGB_FROM_HED.to(x.device))
-        return torch.exp(-od).clamp(0.0, 1.0)
+        to_hed = _HED_FROM_RGB.t().to(x.device)  # rows: H, E, DAB
+        to_rgb = _RGB_FROM_HED.t().to(x.device)
+        matrix = to_rgb @ (alpha[..., None] * to_hed)  # N×3×3
+        offset = beta @ to_rgb.t()  # N×3
+        od = torch.log(x.clamp(min=1e-6)).neg_()
+        return torch.exp(_apply(od, matrix, offset).neg_()).clamp_(0.0, 1.0)
 
     # ---------------------------------------------------------------- gray: u[:, 18]
-    def _grayscale(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        if self.cfg.grayscale_p <= 0:
-            return x
-        gray = (x * _LUMA.to(x.device).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(x)
-        on = (u[:, 18] < self.cfg.grayscale_p).view(-1, 1, 1, 1)
-        return torch.where(on, gray, x)
+    def _grayscale(self, u: torch.Tensor) -> torch.Tensor:
+        """Per tile: the luma projection 1·L where grayscale applies, else the identity."""
+        luma = _LUMA.to(u.device)
+        gray = torch.outer(torch.ones(3, device=u.device), luma)
+        on = (u[:, 18] < self.cfg.grayscale_p).view(-1, 1, 1)
+        return torch.where(on, gray, torch.eye(3, device=u.device))
+
+
+def _identity(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.eye(3, device=device).expand(n, 3, 3), torch.zeros(n, 3, device=device)
+
+
+def _apply(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Per-tile colour map x ↦ M·x + o over all pixels (one batched matmul)."""
+    n, ch, h, w = x.shape
+    out = torch.baddbmm(offset[..., None], matrix, x.reshape(n, ch, h * w))
+    return out.view(n, ch, h, w)
+
+
+def _hue_matrix(turns: torch.Tensor) -> torch.Tensor:
+    """Rotation of chroma in YIQ space by ``turns`` per tile, as RGB 3×3 matrices."""
+    to_yiq = _TO_YIQ.to(turns.device)
+    a = turns * 2 * math.pi
+    rot = torch.zeros(len(turns), 3, 3, device=turns.device)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2] = torch.cos(a), -torch.sin(a)
+    rot[:, 2, 1], rot[:, 2, 2] = torch.sin(a), torch.cos(a)
+    return torch.linalg.inv(to_yiq) @ rot @ to_yiq

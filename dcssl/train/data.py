@@ -22,13 +22,13 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from dcssl.store import Store, decode_tile, open_h5
 from dcssl.train.augment import BatchAugment, eval_transform, uniforms
 from dcssl.train.config import AugmentConfig
 
-__all__ = ["TileDataset", "make_loader", "decode_batch"]
+__all__ = ["TileDataset", "make_loader", "decode_batch", "new_batch"]
 
 from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -47,7 +47,20 @@ def decode_batch(encoded: Sequence[np.ndarray], size: int) -> torch.Tensor:
             images = decode_jpeg([torch.from_numpy(np.asarray(t, dtype=np.uint8)) for t in encoded],
                                  mode=ImageReadMode.RGB)
     images = [_fit(im, size) for im in images]
-    return torch.stack(images)
+    return torch.stack(images, out=new_batch((len(images), 3, size, size), torch.uint8))
+
+
+def new_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """In a loader worker, an empty tensor in shared memory (else None: allocate as usual).
+
+    A worker's batch crosses to the training process through shared memory; building it there
+    in the first place saves a copy of every batch (torch's default_collate does the same).
+    """
+    if get_worker_info() is None:
+        return None
+    numel = int(np.prod(shape))
+    storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
 def _fit(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -158,7 +171,10 @@ class TileDataset(Dataset):
         batch = {"index": torch.from_numpy(index), "owner": owner}
         u = torch.from_numpy(uniforms(seeds)) if train else None
         if self.transform_in_worker:
-            images = self.augment(images, u) if train else eval_transform(images, self.augment_cfg)
+            size = self.augment_cfg.size
+            out = new_batch((len(keys), 3, size, size), torch.float32)
+            images = (self.augment(images, u, out) if train
+                      else eval_transform(images, self.augment_cfg, out))
         elif train:
             batch["u"] = u
         batch["images"] = images

@@ -98,3 +98,18 @@ def test_colour_operations():
     u[:, 7] = 0.99  # jitter_p 0.8 → these tiles are left alone
     quiet = _plain(color="jitter")
     assert torch.allclose(BatchAugment(quiet)(images, u), eval_transform(images, quiet), atol=1e-5)
+
+
+def test_fused_colour_jitter_matches_torchvision_step_by_step():
+    import torchvision.transforms.v2.functional as TF
+
+    x = torch.rand(5, 3, 16, 16) * 0.4 + 0.3  # mid-range: no clipping between the steps
+    u = torch.from_numpy(uniforms(sample_seeds(2, 0, np.arange(5))))
+    u[:, 7] = 0.0  # jitter on for every tile
+    cfg = _plain(size=16, color="jitter", brightness=0.2, contrast=0.2, saturation=0.2, hue=0.0,
+                 mean=[0, 0, 0], std=[1, 1, 1])
+    out = BatchAugment(cfg)(x, u)
+    for i in range(5):
+        b, c, s = (1 + 0.2 * (2 * u[i, col].item() - 1) for col in (8, 9, 10))
+        expected = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(x[i], b), c), s)
+        assert torch.allclose(out[i], expected, atol=2e-3)

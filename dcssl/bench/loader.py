@@ -1,0 +1,194 @@
+"""``python -m dcssl.bench loader``: tiles/s per core delivered as batch tensors, side by side.
+
+The same real H&E tiles (random 224 px crops of a shipped slide, JPEG q85, as the tile stage
+writes them) are read in the same random order, in batches, by one process on one core:
+
+- store:       the training dataset over the HDF5 tile store (batched HDF5 reads + decode_jpeg),
+               uint8 N×3×H×W batches — read + decode, no augmentation;
+- decode:      pure in-memory JPEG decode of the same bytes into the same batches (the floor);
+- imagefolder: torchvision ImageFolder of the same tiles as .jpg files (PIL) + default collate;
+- augmented:   the store with the default CPU augmentations (crop, flips, rotations, colour
+               jitter, grayscale, normalisation) on whole batches;
+- gpu augment: the same augmentations as one batch op on the GPU, when there is one.
+
+Each figure is the best of ``--rounds`` rounds of at least ``--seconds`` of work (other jobs
+share this machine). Targets: store ≥ 80 % of decode and ≥ 1.2 × imagefolder. The last line is
+one JSON object with tiles_per_s_per_core, ratio_vs_decode and ratio_vs_imagefolder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["main", "bench_tiles", "write_store", "write_image_folder"]
+
+DEFAULT_SLIDE = Path(__file__).resolve().parents[2] / "tests" / "data" / "cmu-1-small-region.svs"
+
+
+def bench_tiles(slide: Path, n: int, size: int, seed: int = 0) -> list[bytes]:
+    """``n`` JPEG tiles: random size×size crops of level 0 of ``slide`` (synthetic if absent)."""
+    from dcssl.store import encode_jpeg
+
+    rng = np.random.default_rng(seed)
+    if slide.is_file():
+        import openslide
+
+        with openslide.OpenSlide(str(slide)) as handle:
+            image = np.asarray(handle.read_region((0, 0), 0, handle.dimensions).convert("RGB"))
+        crops = [image[y:y + size, x:x + size] for y, x in zip(
+            rng.integers(0, image.shape[0] - size, n), rng.integers(0, image.shape[1] - size, n))]
+    else:
+        from dcssl.train.synthetic import synthetic_tile
+
+        print(f"{slide} not found: using synthetic tiles", flush=True)
+        crops = [synthetic_tile(rng, i % 8, size, 8) for i in range(n)]
+    return [encode_jpeg(np.ascontiguousarray(c), 85) for c in crops]
+
+
+def write_store(root: Path, tiles: list[bytes], size: int, shards: int = 4) -> None:
+    from dcssl.store import ShardWriter, build_manifest
+
+    for s, part in enumerate(np.array_split(np.arange(len(tiles)), shards)):
+        with ShardWriter(root / "shards" / f"bench-{s}.h5", slide_id=f"bench-{s}",
+                         tile_size=size, with_labels=True) as writer:
+            writer.append([tiles[i] for i in part], np.zeros((len(part), 2)),
+                          np.ones(len(part)), part % 4)
+    build_manifest(root)
+
+
+def write_image_folder(root: Path, tiles: list[bytes]) -> None:
+    for i, data in enumerate(tiles):
+        folder = root / f"class{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"tile{i:06d}.jpg").write_bytes(data)
+
+
+def _rate(one_pass: Callable[[], int], seconds: float) -> float:
+    """Tiles/s of repeated passes lasting at least ``seconds`` (after one warm-up pass)."""
+    one_pass()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        done += one_pass()
+    return done / (time.perf_counter() - start)
+
+
+def _passes(tiles: list[bytes], store: Path, folder: Path, order: np.ndarray, batch: int):
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms import PILToTensor
+
+    from dcssl.train.augment import sample_seeds
+    from dcssl.train.config import AugmentConfig
+    from dcssl.train.data import TileDataset, make_loader
+
+    batches = [order[i:i + batch].tolist() for i in range(0, len(order) - batch + 1, batch)]
+    plain = TileDataset(store, AugmentConfig(), transform_in_worker=False)
+    augmented = TileDataset(store, AugmentConfig(size=224, device="cpu"))
+    seeds = sample_seeds(0, 1, np.arange(len(order)))
+    train_batches = [[(t, int(seeds[i + j]), True) for j, t in enumerate(b)]
+                     for i, b in zip(range(0, len(order), batch), batches)]
+    encoded = [torch.frombuffer(bytearray(t), dtype=torch.uint8) for t in tiles]
+    images = ImageFolder(str(folder), transform=PILToTensor())
+    # ImageFolder sorts by class then name; map tile i to its position so the order is the same
+    position = {int(Path(p).stem[4:]): k for k, (p, _) in enumerate(images.samples)}
+
+    def count(loader) -> int:
+        return sum(len(b["index"] if isinstance(b, dict) else b[0]) for b in loader)
+
+    def decode() -> int:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return sum(len(torch.stack(decode_jpeg([encoded[i] for i in b],
+                                                   mode=ImageReadMode.RGB))) for b in batches)
+
+    return {
+        "decode": decode,
+        "store": lambda: count(make_loader(plain, batch_sampler=batches)),
+        "imagefolder": lambda: count(DataLoader(
+            images, batch_sampler=[[position[i] for i in b] for b in batches])),
+        "augmented": lambda: count(make_loader(augmented, batch_sampler=train_batches)),
+    }
+
+
+def _gpu_augment_rate(tiles: int, batch: int, seconds: float) -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    from dcssl.train.augment import BatchAugment, uniforms
+    from dcssl.train.config import AugmentConfig
+
+    aug = BatchAugment(AugmentConfig(size=224))
+    x = torch.randint(0, 255, (batch, 3, 224, 224), dtype=torch.uint8, device="cuda")
+    u = torch.from_numpy(uniforms(np.arange(batch))).cuda()
+
+    def one() -> int:
+        aug(x, u)
+        torch.cuda.synchronize()
+        return batch
+
+    return _rate(one, seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dcssl.bench loader",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--slide", type=Path, default=DEFAULT_SLIDE, help="slide to cut tiles from")
+    p.add_argument("--tiles", type=int, default=2048, help="distinct tiles")
+    p.add_argument("--tile-px", type=int, default=224, help="tile side in pixels")
+    p.add_argument("--batch", type=int, default=64, help="tiles per batch")
+    p.add_argument("--seconds", type=float, default=5.0, help="work per measured figure")
+    p.add_argument("--rounds", type=int, default=2, help="rounds; the best of them is reported")
+    args = p.parse_args(argv)
+    if args.tiles < args.batch:
+        print("error: --tiles must be at least --batch", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)  # per core: one process, one thread
+    tiles = bench_tiles(args.slide, args.tiles, args.tile_px)
+    order = np.random.default_rng(1).permutation(args.tiles)
+    print(f"{args.tiles} tiles of {args.tile_px} px, JPEG q85, mean "
+          f"{np.mean([len(t) for t in tiles]) / 1024:.1f} KiB, batches of {args.batch}, "
+          f"random order, one core", flush=True)
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
+        write_store(Path(tmp) / "store", tiles, args.tile_px)
+        write_image_folder(Path(tmp) / "folder", tiles)
+        passes = _passes(tiles, Path(tmp) / "store", Path(tmp) / "folder", order, args.batch)
+        for r in range(args.rounds):
+            for name, one_pass in passes.items():
+                rate = _rate(one_pass, args.seconds)
+                best[name] = max(best.get(name, 0.0), rate)
+                print(f"round {r + 1} {name:12s} {rate:8.0f} tiles/s", flush=True)
+    gpu = _gpu_augment_rate(args.tiles, 256, args.seconds)
+    store, decode, folder = best["store"], best["decode"], best["imagefolder"]
+    print(f"store loader   {store:8.0f} tiles/s per core  = {store / decode:.2f} × pure decode "
+          f"(target ≥ 0.80), {store / folder:.2f} × ImageFolder (target ≥ 1.20)")
+    print(f"pure decode    {decode:8.0f} tiles/s per core")
+    print(f"ImageFolder    {folder:8.0f} tiles/s per core")
+    print(f"augmented      {best['augmented']:8.0f} tiles/s per core (default CPU augmentations)")
+    print(f"GPU augment    {gpu:8.0f} tiles/s" if gpu else "GPU augment    (no GPU here)")
+    result = {
+        "bench": "loader", "tiles": args.tiles, "tile_px": args.tile_px, "batch": args.batch,
+        "tiles_per_s_per_core": round(store, 1), "decode_tiles_per_s": round(decode, 1),
+        "imagefolder_tiles_per_s": round(folder, 1),
+        "augmented_tiles_per_s_per_core": round(best["augmented"], 1),
+        "gpu_augment_tiles_per_s": round(gpu, 1) if gpu else None,
+        "ratio_vs_decode": round(store / decode, 3), "ratio_vs_imagefolder": round(store / folder, 3),
+        "meets_targets": store / decode >= 0.8 and store / folder >= 1.2,
+        "load_average": round(os.getloadavg()[0], 2)}
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
