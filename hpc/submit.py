@@ -51,13 +51,17 @@ class ExecutorConfig:
     """How many times a job may be requeued after timeouts/preemption before giving up."""
     array_parallelism: int = 32
     """At most this many array elements run at once (sbatch --array=…%N): be kind to the cluster."""
+    max_array_size: int = 1000
+    """Largest array one sbatch may hold (below the cluster's MaxArraySize, 1001 by default);
+    more elements become several arrays run one after another."""
     srun_args: list[str] = field(default_factory=list)
     """Extra srun arguments, e.g. ["--mpi=pmi2"] for MPI jobs."""
     setup: list[str] = field(default_factory=list)
     """Shell lines run before the job (module load …, conda activate …). Written verbatim."""
 
     def __post_init__(self) -> None:
-        for name in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min", "array_parallelism"):
+        for name in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min", "array_parallelism",
+                     "max_array_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.gpus_per_node < 0:
@@ -99,19 +103,31 @@ def make_executor(cfg: ExecutorConfig, folder: str | Path, job_name: str = "dcss
 
 
 def submit_array(executor: submitit.Executor, fn: Callable[..., Any], items: Sequence[Any],
-                 parallelism: int) -> list[submitit.Job]:
+                 parallelism: int, max_array_size: int = 1000) -> list[submitit.Job]:
     """Submit ``fn(item)`` for every item, at most ``parallelism`` running at once.
 
-    On SLURM this is one ``sbatch --array=0-(n-1)%parallelism`` and returns at once. Locally there
+    On SLURM this is ``sbatch --array=0-(n-1)%parallelism`` and returns at once; more items than
+    the cluster's MaxArraySize (1001 by default) become several arrays, each starting after the
+    previous one ended (``afterany``), so the throttle still holds over all of them. Locally there
     is no scheduler to hold elements back, so elements are started as earlier ones finish and
     this call returns when all have ended.
     """
     if not items:
         return []
-    if isinstance(executor, submitit.SlurmExecutor):
-        executor.update_parameters(array_parallelism=parallelism)
-        return executor.map_array(fn, items)
-    return _local_throttled(executor, fn, list(items), parallelism)
+    if not isinstance(executor, submitit.SlurmExecutor):
+        return _local_throttled(executor, fn, list(items), parallelism)
+    jobs: list[submitit.Job] = []
+    previous = None
+    for start in range(0, len(items), max_array_size):
+        params: dict[str, Any] = {"array_parallelism": parallelism}
+        if previous:
+            params["dependency"] = f"afterany:{previous}"
+        executor.update_parameters(**params)
+        chunk = executor.map_array(fn, list(items[start:start + max_array_size]))
+        previous = chunk[0].job_id.split("_")[0]
+        jobs.extend(chunk)
+    executor.parameters.pop("dependency", None)
+    return jobs
 
 
 def _local_throttled(executor: submitit.Executor, fn: Callable[..., Any], items: list,

@@ -86,10 +86,10 @@ def run(args: argparse.Namespace) -> int:
         return _report(paths)
     submitit_executor = make_executor(executor, paths.logs, job_name="dcssl-tile")
     jobs = submit_array(submitit_executor, TileTask(paths.run_dir, args.config, args.overrides),
-                        pending, executor.array_parallelism)
+                        pending, executor.array_parallelism, executor.max_array_size)
     if executor.kind == "slurm" and not args.wait:
-        array_id = str(jobs[0].job_id).split("_")[0]
-        print(f"submitted array job {array_id}: {len(pending)} elements, at most "
+        arrays = sorted({str(job.job_id).split("_")[0] for job in jobs}, key=int)
+        print(f"submitted array job(s) {', '.join(arrays)}: {len(pending)} elements, at most "
               f"{executor.array_parallelism} at once; logs in {paths.logs}")
         print(f"follow it with: python -m dcssl.launch status {paths.run_dir}")
         return 0
