@@ -15,6 +15,8 @@ from pathlib import Path
 
 from dcssl.jsonl import read_jsonl
 from dcssl.launch.common import add_run_arguments, existing_run_dir
+from dcssl.pipeline.progress import loop_progress
+from dcssl.pipeline.report import epoch_table
 from dcssl.store import Store
 from dcssl.tile.run import Summary, TilePaths, summarize
 
@@ -38,7 +40,8 @@ def collect(run_dir: Path) -> dict:
     manifest = paths.store / "manifest.json"
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     return {**asdict(summary), "manifest": str(manifest) if manifest.is_file() else None,
-            "metrics": metrics[-1] if metrics else None}
+            "metrics": metrics[-1] if metrics else None, "loop": loop_progress(run_dir),
+            "epochs": [r for r in metrics if r.get("kind") == "epoch"]}
 
 
 def _print_human(report: dict) -> None:
@@ -49,7 +52,17 @@ def _print_human(report: dict) -> None:
     for item in report["notes"]:
         print(f"  note    {item['slide']}  {item['reason']}")
     print(f"manifest: {report['manifest'] or 'not yet (written when every slide was attempted)'}")
-    if report["metrics"]:
+    if report["loop"]["steps"]:
+        print(f"\nDeepCluster loop: {report['loop']['done']} of {len(report['loop']['steps'])} "
+              "steps done")
+        for step in report["loop"]["steps"]:
+            where = f"job {step['job_id']}" if step.get("job_id") else ""
+            log_hint = f"  log: {step['log']}" if step["status"] == "failed" else ""
+            print(f"  {step['name']:<13} {step['status']:<10} {where}{log_hint}")
+    if report["epochs"]:
+        print()
+        print("\n".join(epoch_table(report["epochs"])))
+    elif report["metrics"]:
         latest = {k: v for k, v in report["metrics"].items() if k != "time"}
         print("latest metrics: " + "  ".join(f"{k}={v}" for k, v in latest.items()))
 

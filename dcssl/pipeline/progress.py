@@ -1,0 +1,49 @@
+"""Where the loop stands: each planned step's state, from markers, state.json and the queue."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from dcssl.config import LoopConfig, load_section
+from dcssl.paths import RunPaths
+from dcssl.pipeline.state import RunState
+from dcssl.pipeline.steps import is_done, plan
+
+__all__ = ["loop_progress"]
+
+
+def _queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    from dcssl.pipeline.slurm import live_jobs
+
+    return live_jobs(job_ids)
+
+
+def loop_progress(run_dir: Path) -> dict:
+    """``{"steps": [{"name", "status", "job_id", "log"}], "done": n}``; status is one of
+    done | running | pending | blocked (behind a failed job) | failed | not started."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.state.is_file():
+        return {"steps": [], "done": 0}
+    epochs = load_section(LoopConfig, "loop", run_dir).epochs
+    state = RunState(paths)
+    recorded = {s.name: state.step(s.name) for s in plan(epochs)}
+    live = _queue_states([r["job_id"] for r in recorded.values() if r.get("job_id")])
+    steps = []
+    for step in plan(epochs):
+        record = recorded[step.name]
+        queued = live.get(record.get("job_id", ""))
+        if is_done(paths, step):
+            status = "done"
+        elif queued:
+            status = ("blocked" if queued[1] == "DependencyNeverSatisfied"
+                      else "running" if queued[0] == "RUNNING" else "pending")
+        elif record.get("status") in ("failed", "submitted", "running"):
+            status = "failed"  # left the queue (or its process) without finishing
+        else:
+            status = "not started"
+        steps.append({"name": step.name, "status": status, "job_id": record.get("job_id"),
+                      "log": record.get("log")})
+    return {"steps": steps, "done": sum(s["status"] == "done" for s in steps)}
