@@ -1,0 +1,46 @@
+"""``launch cluster RUN_DIR --epoch E``: cluster one epoch's features on its own (e.g. to try
+another k or RCC on a finished run), with the same executors as the loop."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from dataclasses import replace
+
+from dcssl.config import load_run_config
+from dcssl.launch.common import UsageError, add_run_arguments, existing_run_dir
+from dcssl.paths import RunPaths
+from dcssl.pipeline.local import StepFailed, run_local
+from dcssl.pipeline.slurm import submit_chain, wait_chain
+from dcssl.pipeline.state import RunState
+from dcssl.pipeline.steps import Step
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+    parser.add_argument("--epoch", type=int, required=True, help="whose features to cluster")
+    parser.add_argument("--executor", choices=["local", "slurm"], default=None,
+                        help="override executor_cluster.kind")
+    parser.add_argument("--redo", action="store_true",
+                        help="delete this epoch's labels first and cluster again")
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = RunPaths(existing_run_dir(args.run_dir))
+    if not paths.features_complete(args.epoch):
+        raise UsageError(f"{paths.features(args.epoch)}: no complete features for epoch "
+                         f"{args.epoch}; run `launch train` first")
+    cfg = load_run_config(paths.root, args.config, args.overrides)
+    executor = replace(cfg.executor_cluster, kind=args.executor or cfg.executor_cluster.kind)
+    if args.redo:
+        shutil.rmtree(paths.labels(args.epoch), ignore_errors=True)
+    step, state = Step("cluster", args.epoch), RunState(paths)
+    if executor.kind == "local":
+        try:
+            run_local([step], paths, {"cluster": executor}, state)
+        except StepFailed as err:
+            print(f"error: {err}")
+            return 1
+        return 0
+    submit_chain([step], paths, {"cluster": executor}, state)
+    return 0 if wait_chain([step], paths, state) else 1
