@@ -7,7 +7,7 @@ import argparse
 import shutil
 from dataclasses import replace
 
-from dcssl.config import load_run_config
+from dcssl.config import load_run_config, save_run_config
 from dcssl.launch.common import UsageError, add_run_arguments, existing_run_dir
 from dcssl.paths import RunPaths
 from dcssl.pipeline.local import StepFailed, run_local
@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
                          f"{args.epoch}; run `launch train` first")
     cfg = load_run_config(paths.root, args.config, args.overrides)
     executor = replace(cfg.executor_cluster, kind=args.executor or cfg.executor_cluster.kind)
+    save_run_config(paths.root, cfg)  # the job reads the run's config: overrides are kept
     if args.redo:
         shutil.rmtree(paths.labels(args.epoch), ignore_errors=True)
     step, state = Step("cluster", args.epoch), RunState(paths)
