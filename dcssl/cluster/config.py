@@ -10,7 +10,11 @@ __all__ = ["ClusterConfig", "RCCConfig"]
 
 @dataclass
 class RCCConfig:
-    """Robust Continuous Clustering (Shah & Koltun 2017), used when ``method: rcc``."""
+    """Robust Continuous Clustering (Shah & Koltun 2017), used when ``method: rcc``.
+
+    RCC reads distances on a kNN graph, so set ``whiten: false`` with it: whitening lifts
+    noise-only PCA directions to unit variance and splits clusters into fragments.
+    """
 
     sample: int = 100_000
     """Points RCC optimises (a seeded global sample); every point is then assigned to the nearest
