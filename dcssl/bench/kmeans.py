@@ -23,6 +23,9 @@ import numpy as np
 
 __all__ = ["main"]
 
+# Rows per block: the shard alignment that makes the 1-rank and R-rank results bit-identical.
+_BLOCK = 65536
+
 
 def _rss_mb() -> float:
     with open("/proc/self/status") as handle:
@@ -59,7 +62,8 @@ def _ours(x, init, iters, min_s, backend, comm=None, row0=0) -> tuple[float, np.
     while spent < min_s or not per_iter:
         t0 = time.monotonic()
         cent, _, stats = kmeans(x, len(init), comm, iterations=iters, tol=0.0, backend=backend,
-                                state=KMeansState(init.copy()), row0=row0, log_every=0)
+                                state=KMeansState(init.copy()), row0=row0, log_every=0,
+                                block=_BLOCK)
         spent += time.monotonic() - t0
         per_iter.extend(stats["seconds_per_iteration"])
         if comm is not None:  # every rank must agree on whether to repeat
@@ -117,7 +121,11 @@ def _worker(args) -> int:
 
     threadpool_limits(meta["threads_per_rank"])
     init = np.load(folder / "init.npy")
-    start, stop = shard_rows(n, comm.Get_rank(), comm.Get_size(), 4096)
+    start, stop = shard_rows(n, comm.Get_rank(), comm.Get_size(), _BLOCK)
+    # Baseline after the BLAS libraries have set up their thread buffers (a fixed cost per
+    # process, not per row): touch sgemm/dgemm once.
+    np.ones((256, 256), np.float32) @ np.ones((256, 256), np.float32)
+    np.ones((256, 256)) @ np.ones((256, 256))
     base = _rss_mb()
     x = np.fromfile(folder / "x.f32", dtype=np.float32, count=(stop - start) * d,
                     offset=start * d * 4).reshape(-1, d)
@@ -183,10 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dcssl {args.ranks} ranks:  {s_two:.3f} s/iter  {flop / s_two / 1e9:6.1f} GFLOP/s  "
           f"({s_faiss / s_two:.2f}× faiss)", flush=True)
     inertia = {"faiss": _inertia(x, c_faiss), "one": _inertia(x, c_one), "ranks": _inertia(x, c_ranks)}
-    rel = max(abs(inertia["one"] - inertia["faiss"]), abs(inertia["ranks"] - inertia["faiss"])) \
-        / inertia["faiss"]
+    # Signed: negative means lower (better) inertia than faiss. The runs share their start;
+    # they part ways when a cluster empties (faiss splits a random cluster, this job the largest).
+    rel = (inertia["ranks"] - inertia["faiss"]) / inertia["faiss"]
     print(f"final inertia: faiss {inertia['faiss']:.6g}, 1 rank {inertia['one']:.6g}, "
-          f"{args.ranks} ranks {inertia['ranks']:.6g} (max rel diff {rel:.2e}); 1 rank and "
+          f"{args.ranks} ranks {inertia['ranks']:.6g} ({rel:+.2%} vs faiss); 1 rank and "
           f"{args.ranks} ranks identical centroids: {bool(np.array_equal(c_one, c_ranks))}")
     kd_mb = args.k * args.d * 4 / 2**20
     worst = max(ranks, key=lambda r: r["peak_growth_mb"] / r["shard_mb"])
