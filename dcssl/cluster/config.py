@@ -79,9 +79,10 @@ class ClusterConfig:
     """Base seed; the epoch is added, so every epoch draws a new initialisation (as DeepCluster)."""
     seed_per_epoch: bool = True
     """Add the epoch to the seed. Off: every epoch uses ``seed`` unchanged."""
-    block_rows: int = 65536
+    block_rows: int = 8192
     """Rows per block: shards are whole blocks and sums are made exact per block, which is what
-    makes results bit-identical for any rank count (ranks differ by ≤ one block of work)."""
+    makes results bit-identical for any rank count (ranks differ by ≤ one block of work). Part
+    of the checkpoint's fingerprint: changing it restarts an unfinished epoch."""
     backend: Literal["auto", "numpy", "torch", "cuda"] = "auto"
     """Assignment matrix products: numpy (OpenBLAS), torch (MKL), cuda (GPU); auto: cuda if a GPU
     is visible, else numpy. Labels are identical across rank counts for a fixed backend."""

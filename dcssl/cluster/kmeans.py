@@ -117,7 +117,7 @@ def _tiles(x_local: np.ndarray, block: int, tile: int):
             yield b0 + t0, b0 + t1, np.ascontiguousarray(x_local[b0 + t0:b0 + t1], dtype=np.float32)
 
 
-def assign(x_local: np.ndarray, centroids: np.ndarray, *, block: int = 65536,
+def assign(x_local: np.ndarray, centroids: np.ndarray, *, block: int = 8192,
            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of every row: (labels int64, squared distances float32).
 
@@ -303,7 +303,7 @@ def _lloyd_pass(x_local, xx, centroids, block, backend, bounds, comm, labels_out
 
 
 def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol: float = 1e-4,
-           init: str = "kmeans++", init_sample: int = 0, seed: int = 0, block: int = 65536,
+           init: str = "kmeans++", init_sample: int = 0, seed: int = 0, block: int = 8192,
            backend: str = "numpy", row0: int = 0, state: KMeansState | None = None,
            on_iteration: Callable[[KMeansState], None] | None = None, init_trials: int = 5,
            init_refine: int = 20, log_every: int = 1) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -361,7 +361,7 @@ def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol:
     return state.centroids, labels, stats
 
 
-def assign_all(x_local: np.ndarray, centroids: np.ndarray, comm=None, *, block: int = 65536,
+def assign_all(x_local: np.ndarray, centroids: np.ndarray, comm=None, *, block: int = 8192,
                backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, float]:
     """Sharded assignment to fixed centroids → (labels_local int32, global counts, inertia)."""
     comm = as_comm(comm)

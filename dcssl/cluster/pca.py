@@ -69,7 +69,7 @@ def _progress(name: str, done: int, total: int, t0: float, last: list[float]) ->
 
 
 def pca_fit(x_local: np.ndarray, d_out: int, comm=None, *, whiten: bool = True,
-            block: int = 65536) -> PCA:
+            block: int = 8192) -> PCA:
     """Fit PCA (optionally whitening) on the rows of all ranks; every rank gets the same result.
 
     ``x_local`` is this rank's rows (any float dtype, a memmap is fine), taken from a shard of
@@ -135,7 +135,7 @@ def _eigh_rank0(cov: np.ndarray, comm) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pca_transform(x_local: np.ndarray, pca: PCA | None, *, l2_normalize: bool = True,
-                  block: int = 65536) -> np.ndarray:
+                  block: int = 8192) -> np.ndarray:
     """Project (and whiten) rows, then L2-normalise them; float32, shape (n_local, d_out).
 
     With ``pca=None`` the rows are only converted (and normalised).
