@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import h5py
+from h5py import h5s, h5t
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -81,14 +83,16 @@ class TileDataset(Dataset):
     """
 
     def __init__(self, store_root: str | os.PathLike, augment: AugmentConfig, *,
-                 locking: bool | None = None, transform_in_worker: bool = True):
+                 locking: bool | None = None, transform_in_worker: bool = True,
+                 max_open: int = 256):
         self.store = Store(store_root, locking=locking)
         self.augment_cfg = augment
         self.transform_in_worker = transform_in_worker
         self.augment = BatchAugment(augment)
         self.tile_size = self._probe_tile_size()
         self.labels: np.ndarray | None = None
-        self._files: dict[int, h5py.File] = {}
+        self.max_open = max_open
+        self._files: OrderedDict[int, _ShardReader] = OrderedDict()
         self._pid = os.getpid()
 
     def _probe_tile_size(self) -> int:
@@ -106,13 +110,13 @@ class TileDataset(Dataset):
     def close(self) -> None:
         """Close this process's HDF5 handles (they reopen on the next read)."""
         if os.getpid() == self._pid:
-            for handle in self._files.values():
-                handle.close()
-        self._files = {}
+            for reader in self._files.values():
+                reader.close()
+        self._files = OrderedDict()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_files"] = {}  # open HDF5 handles never travel to another process
+        state["_files"] = OrderedDict()  # open HDF5 handles never travel to another process
         return state
 
     # ------------------------------------------------------------------ labels (main process)
@@ -128,28 +132,32 @@ class TileDataset(Dataset):
         return torch.from_numpy(self.labels[index.numpy()].astype(np.int64))
 
     # ------------------------------------------------------------------ reading
-    def _file(self, shard: int) -> h5py.File:
+    def _reader(self, shard: int) -> "_ShardReader":
         if os.getpid() != self._pid:  # forked since the handles were opened: start afresh
-            self._files, self._pid = {}, os.getpid()
-        handle = self._files.get(shard)
-        if handle is None:
-            handle = self._files[shard] = self.store.open_shard(shard)
-        return handle
+            self._files, self._pid = OrderedDict(), os.getpid()
+        reader = self._files.get(shard)
+        if reader is None:
+            if len(self._files) >= self.max_open:  # bounded: file descriptors and HDF5 caches
+                self._files.popitem(last=False)[1].close()
+            reader = self._files[shard] = _ShardReader(self.store.open_shard(shard))
+        else:
+            self._files.move_to_end(shard)
+        return reader
 
     def read_encoded(self, index: np.ndarray) -> list[np.ndarray]:
         """Stored tiles (JPEG byte vectors or raw arrays) for global indices, in the given order."""
         index = np.asarray(index, dtype=np.int64)
         out: list[Any] = [None] * index.size
         shards, rows = self.store.locate(index)
-        for shard in np.unique(shards):
-            where = np.flatnonzero(shards == shard)
-            uniq, inverse = np.unique(rows[where], return_inverse=True)
-            tiles = self._file(int(shard))["tiles"]
-            if uniq[-1] - uniq[0] + 1 == uniq.size:  # consecutive rows: one slice read
-                data = tiles[int(uniq[0]):int(uniq[-1]) + 1]
-            else:
-                data = tiles[uniq]
-            for slot, k in zip(where.tolist(), inverse.tolist()):
+        order = np.lexsort((rows, shards))  # by shard, then row: HDF5 wants increasing rows
+        shards, rows = shards[order], rows[order]
+        bounds = np.flatnonzero(np.diff(shards)) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, index.size]):
+            part = rows[lo:hi]
+            uniq, inverse = (np.unique(part, return_inverse=True)
+                             if (np.diff(part) == 0).any() else (part, np.arange(part.size)))
+            data = self._reader(int(shards[lo])).read(uniq)
+            for slot, k in zip(order[lo:hi].tolist(), inverse.tolist()):
                 out[slot] = data[k]
         return out
 
@@ -182,6 +190,36 @@ class TileDataset(Dataset):
 
     def __getitem__(self, key) -> dict[str, torch.Tensor]:
         return {name: value[0] for name, value in self.__getitems__([key]).items()}
+
+
+class _ShardReader:
+    """One open shard: its tiles dataset looked up once, vlen rows read through h5py's low-level
+    API (the high-level indexing costs more than the read itself for a few rows)."""
+
+    def __init__(self, handle: h5py.File):
+        self.handle = handle
+        self.tiles = handle["tiles"]
+        self.vlen = h5py.check_vlen_dtype(self.tiles.dtype) is not None
+        self.mtype = h5t.py_create(self.tiles.dtype) if self.vlen else None
+
+    def read(self, rows: np.ndarray) -> Sequence[np.ndarray]:
+        """Rows (increasing, unique) as JPEG byte vectors, or an N×H×W×3 array for raw tiles."""
+        if rows[-1] - rows[0] + 1 == rows.size:  # consecutive rows (extraction): one slice
+            if not self.vlen:
+                return self.tiles[int(rows[0]):int(rows[-1]) + 1]
+            space = self.tiles.id.get_space()
+            space.select_hyperslab((int(rows[0]),), (rows.size,))
+        elif not self.vlen:
+            return self.tiles[rows]
+        else:
+            space = self.tiles.id.get_space()
+            space.select_elements(rows.astype(np.uint64).reshape(-1, 1))
+        out = np.empty(rows.size, dtype=self.tiles.dtype)
+        self.tiles.id.read(h5s.create_simple((rows.size,)), space, out, self.mtype)
+        return out
+
+    def close(self) -> None:
+        self.handle.close()
 
 
 def _passthrough(batch: dict) -> dict:

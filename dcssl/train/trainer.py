@@ -71,7 +71,8 @@ class Trainer:
         where = cfg.augment.device
         self.augment_on_device = where == "gpu" or (where == "auto" and device.type == "cuda")
         self.dataset = TileDataset(Path(run_dir) / "store", cfg.augment, locking=cfg.data.locking,
-                                   transform_in_worker=not self.augment_on_device)
+                                   transform_in_worker=not self.augment_on_device,
+                                   max_open=cfg.data.max_open_shards)
         self.device_augment = BatchAugment(cfg.augment)
         torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed alone
         self.model = DeepClusterNet(cfg.model, k).to(device)

@@ -44,6 +44,18 @@ def test_tiles_come_back_in_request_order_across_shards(raw_store):
                        torch.from_numpy(raw_store.read_tile(45)).permute(2, 0, 1))
 
 
+def test_jpeg_bytes_come_back_in_request_order_with_few_open_files(jpeg_store):
+    ds = _uint8_view(jpeg_store, max_open=1)
+    index = [99, 3, 3, 50, 49, 4, 5, 6, 0]  # shard edge, repeats, a consecutive run
+    got = ds.read_encoded(np.array(index))
+    assert len(ds._files) == 1  # least recently used shards are closed
+    for i, data in zip(index, got):
+        shard, row = jpeg_store.locate(i)
+        with jpeg_store.open_shard(int(shard)) as f:
+            assert np.array_equal(data, f["tiles"][int(row)])
+    ds.close()
+
+
 def test_jpeg_tiles_decode_like_the_store(jpeg_store):
     ds = _uint8_view(jpeg_store)
     batch = ds.__getitems__([3, 77])
@@ -58,13 +70,13 @@ def test_hdf5_files_open_lazily_per_process_with_the_locking_switch(jpeg_store):
     assert ds._files == {}  # nothing open at construction: safe to fork workers
     ds.__getitems__([0, 60])
     assert set(ds._files) == {0, 1}
-    assert ds._files[0].id.get_access_plist().get_file_locking()[0] == 0
+    assert ds._files[0].handle.id.get_access_plist().get_file_locking()[0] == 0
     assert pickle.loads(pickle.dumps(ds))._files == {}  # handles never travel
     ds.close()  # HDF5 refuses one file open twice in a process with different locking flags
     assert ds._files == {}
     locked = _uint8_view(jpeg_store, locking=True)
     locked.__getitems__([0])
-    assert locked._files[0].id.get_access_plist().get_file_locking()[0] == 1
+    assert locked._files[0].handle.id.get_access_plist().get_file_locking()[0] == 1
     locked.close()
 
 
