@@ -181,7 +181,7 @@ def curate_run(run_dir: str | Path, cfg: CurateConfig) -> dict:
         "n_tiles": int(len(index)), "n_clusters": int(np.count_nonzero(sizes)),
         "shards": [{"name": store.shards[int(s)].name, "slide_id": store.shards[int(s)].slide_id,
                     "rows": row[shard == s].tolist()} for s in np.unique(shard)],
-        "clusters": [{"cluster": c, "size": int(sizes[c]), "picked": int(picked[c])}
+        "clusters": [{"cluster": int(c), "size": int(sizes[c]), "picked": int(picked[c])}
                      for c in np.flatnonzero(sizes)],
         "store": "store" if cfg.copy_tiles else None, "settings": settings,
     }

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 def preprocess(tiles: list[np.ndarray], augment: AugmentConfig, size: int) -> torch.Tensor:
     """The training run's extraction view: whole tile resized to ``size``, normalised."""
+    tiles = [t if t.flags.writeable else t.copy() for t in tiles]  # torch refuses read-only views
     return eval_transform(decode_batch(tiles, size), replace(augment, size=size))
 
 
