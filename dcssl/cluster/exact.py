@@ -13,7 +13,6 @@ make every result here bit-identical for any number of ranks:
 
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import numpy as np
@@ -143,6 +142,3 @@ def broadcast(array: np.ndarray, comm, root: int = 0) -> np.ndarray:
     comm = as_comm(comm)
     return bcast_(np.ascontiguousarray(array), comm, root)
 
-
-def log2_ceil(x: float) -> int:
-    return int(math.ceil(math.log2(max(x, 1.0))))
