@@ -1,14 +1,14 @@
-"""``launch plot RUN_DIR``: redraw charts/progress.png from metrics.jsonl."""
+"""``launch plot RUN_DIR``: summarise any clustered epoch not yet in metrics.jsonl (runs driven by
+plain sbatch scripts) and redraw charts/progress.png."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from dcssl.jsonl import read_jsonl
 from dcssl.launch.common import UsageError, existing_run_dir
 from dcssl.paths import RunPaths
-from dcssl.pipeline.report import draw_progress
+from dcssl.pipeline.report import publish_missing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     paths = RunPaths(existing_run_dir(args.run_dir))
-    chart = draw_progress(paths, read_jsonl(paths.metrics))
+    chart = publish_missing(paths)
     if chart is None:
         raise UsageError(f"{paths.metrics}: no metrics yet; run `launch train` first")
     print(chart)

@@ -17,7 +17,7 @@ from dcssl.jsonl import append_jsonl, read_jsonl
 from dcssl.paths import RunPaths
 from hpc.checkpoint import atomic_path
 
-__all__ = ["epoch_summary", "publish_epoch", "draw_progress", "epoch_table"]
+__all__ = ["epoch_summary", "publish_epoch", "publish_missing", "draw_progress", "epoch_table"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,18 @@ def publish_epoch(paths: RunPaths, epoch: int) -> dict:
     log.info("epoch %d: loss %s, NMI(t-1,t) %s, clusters used %s", epoch, summary.get("loss"),
              summary.get("nmi_prev"), summary.get("clusters_used"))
     return summary
+
+
+def publish_missing(paths: RunPaths) -> Path | None:
+    """Summarise every clustered epoch that has no ``epoch`` record yet (e.g. after a chain of
+    plain sbatch jobs), then redraw the chart; returns its path (None: nothing to draw)."""
+    done = {r.get("epoch") for r in read_jsonl(paths.metrics) if r.get("kind") == "epoch"}
+    clustered = sorted(int(p.name.split("-")[1]) for p in (paths.root / "labels").glob("epoch-*")
+                       if (p / "COMPLETE").is_file()) if (paths.root / "labels").is_dir() else []
+    for epoch in clustered:
+        if epoch not in done:
+            publish_epoch(paths, epoch)
+    return draw_progress(paths, read_jsonl(paths.metrics))
 
 
 def epoch_table(records: list[dict]) -> list[str]:
