@@ -27,6 +27,8 @@ from dcssl.train.augment import mix_seed, sample_seeds
 
 __all__ = ["UniformClusterSampler", "epoch_plan", "labels_digest"]
 
+_CHUNK = 1 << 16  # positions turned into Python tuples at a time
+
 
 def labels_digest(labels: np.ndarray) -> str:
     """A short fingerprint of a label array (resuming on other labels is refused)."""
@@ -47,10 +49,10 @@ def epoch_plan(labels: np.ndarray, seed: int, epoch: int, n_samples: int = 0) ->
     if valid.size == 0:
         raise ValueError("every tile is unassigned (label -1): nothing to train on")
     rng = np.random.default_rng(mix_seed(seed, epoch, 0x5A3))
-    lab = labels[valid]
-    order = np.lexsort((rng.random(valid.size), lab))  # by cluster, random within each
-    members = valid[order]
-    _, starts, counts = np.unique(lab[order], return_index=True, return_counts=True)
+    shuffled = valid[rng.permutation(valid.size)]
+    # a stable sort by cluster of a random permutation: grouped by cluster, random within each
+    members = shuffled[np.argsort(labels[shuffled], kind="stable")]
+    _, starts, counts = np.unique(labels[members], return_index=True, return_counts=True)
     n = int(n_samples) or int(valid.size)
     quota = -(-n // len(counts))
     take = np.minimum(counts, quota)
@@ -107,9 +109,10 @@ class UniformClusterSampler(Sampler):
         """(global tile list, first-occurrence mask) of the current epoch, cached."""
         if self._plan is None:
             order = epoch_plan(self.labels, self.seed, self.epoch, self.samples_per_epoch)
-            first = np.zeros(order.size, dtype=bool)
-            first[np.unique(order, return_index=True)[1]] = True
-            self._plan = (order, first)
+            positions = np.arange(order.size, dtype=np.int64)
+            first_at = np.full(self.labels.size, order.size, dtype=np.int64)
+            np.minimum.at(first_at, order, positions)  # O(n), no sort
+            self._plan = (order, first_at[order] == positions)
         return self._plan
 
     @property
@@ -122,11 +125,12 @@ class UniformClusterSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int, bool]]:
         order, first = self.plan()
-        positions = np.arange(self.start, self.local_len, dtype=np.int64) * self.world_size + self.rank
-        seeds = sample_seeds(self.seed, self.epoch, positions)
-        tiles, owners = order[positions], first[positions]
-        for tile, seed, owner in zip(tiles.tolist(), seeds.tolist(), owners.tolist()):
-            yield tile, seed, owner
+        for lo in range(self.start, self.local_len, _CHUNK):  # bounded memory at 10⁷ tiles
+            local = np.arange(lo, min(lo + _CHUNK, self.local_len), dtype=np.int64)
+            positions = local * self.world_size + self.rank
+            seeds = sample_seeds(self.seed, self.epoch, positions)
+            tiles, owners = order[positions], first[positions]
+            yield from zip(tiles.tolist(), seeds.tolist(), owners.tolist())
 
     def visited(self, local_consumed: int) -> int:
         """Distinct tiles among the first ``local_consumed`` samples of every rank."""

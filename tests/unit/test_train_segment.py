@@ -202,7 +202,9 @@ def test_bad_input_is_named_with_its_fix(booted, tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # no SLURM variables: inside an allocation a step budget would requeue the caller's job
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["OMP_NUM_THREADS"] = "1"
     return subprocess.run([sys.executable, "-m", "dcssl.train", *args], capture_output=True,
                           text=True, timeout=120, env=env)
 
