@@ -1,7 +1,7 @@
 """``launch demo [--out DIR]``: the README's first command, end to end on this machine's CPU.
 
 Tiles the shipped real slide (CMU-1, Aperio svs), runs a few DeepCluster epochs with the local
-executor (a thin ResNet-18 at 64 px so it takes minutes), exports the encoder, and prints where
+executor (a torchvision ResNet-18 on 64 px crops, so it takes minutes), exports the encoder, and prints where
 the chart, the metrics and the encoder are. Every setting is an ordinary override, so
 ``demo loop.epochs=5 cluster.k=16`` works, and re-running resumes like any run.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 DEMO_OVERRIDES = [
     "tile.tile_size=96",            # ≈240 tissue tiles from the small slide instead of ≈45 at 224 px
-    "train.model.arch=resnet18", "train.model.width=16", "train.model.proj_dim=64",
+    "train.model.arch=resnet18", "train.model.proj_dim=64",  # torchvision resnet18, exportable
     "train.augment.size=64", "train.data.batch_size=32", "train.data.workers=0",
     "cluster.k=8", "cluster.pca_dim=32",
     "loop.epochs=3",
