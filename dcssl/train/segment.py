@@ -136,9 +136,15 @@ class _Segment:
     def run(self) -> dict:
         if self.epoch == 0:
             return self._bootstrap()
+        started = time.monotonic()
         labels, k = load_labels(self.run_dir, self.epoch - 1, self.n_tiles)
+        loaded = time.monotonic()
         trainer = Trainer(self.run_dir, self.cfg, self.env, self.device, k)
+        entered = time.monotonic()
         phase = self._enter(trainer, labels, k)
+        # relabelling = reading the new labels + swapping them into the sampler + resetting the
+        # head in place; building the trainer is a once-per-job cost, not a per-epoch one
+        self.stats.setdefault("relabel_s", (loaded - started) + (time.monotonic() - entered))
         if phase == "train":
             if self.cfg.feature_source == "train":
                 self._prepare_bank(init_from=self._previous_bank())
@@ -248,8 +254,10 @@ class _Segment:
 
     def _extract(self, trainer: Trainer) -> None:
         path = self._prepare_bank(init_from=None)
+        started = time.monotonic()
         self.rows_written += extract_pass(trainer, self.run_dir, self.epoch, path, self.flag)
         barrier()
+        self.stats["extract_s"] = self.stats.get("extract_s", 0.0) + time.monotonic() - started
         self._save(trainer, "done")
 
     # ------------------------------------------------------------------ training
@@ -354,7 +362,8 @@ class _Segment:
                 "images_per_s": s["images"] / s["train_seconds"] if s["train_seconds"] else None,
                 "stale_fraction": self._stale_fraction(trainer),
                 "feature_source": "extract" if self.epoch == 0 else self.cfg.feature_source,
-                "k": trainer.model.k if self.epoch else None, "world_size": self.env.world_size}
+                "k": trainer.model.k if self.epoch else None, "world_size": self.env.world_size,
+                "relabel_s": s.get("relabel_s"), "extract_s": round(s.get("extract_s", 0.0), 3)}
 
     def _finish(self, trainer: Trainer) -> dict:
         summary = self._summary(trainer, complete=True)
@@ -367,7 +376,8 @@ class _Segment:
                           summary["feature_source"], summary["stale_fraction"])
             append_jsonl(self.run_dir / "metrics.jsonl", {
                 "kind": "train_epoch", **{k: summary[k] for k in (
-                    "epoch", "loss", "steps", "seconds", "images_per_s", "stale_fraction")}})
+                    "epoch", "loss", "steps", "seconds", "images_per_s", "stale_fraction",
+                    "relabel_s", "extract_s")}})
             atomic_write_text(done_path(self.run_dir, self.epoch), json.dumps(summary, indent=1))
             log.info("train segment %d done: %s", self.epoch, summary)
         barrier()
