@@ -162,7 +162,7 @@ def test_srun_pmi2_two_ranks_match_one_rank(slurm_cluster, tmp_path):
     log = tmp_path / "job.log"
     submit = subprocess.run(
         ["sbatch", "--parsable", "--ntasks=2", f"--partition={slurm_cluster.partition}",
-         f"--output={log}", f"--export=ALL,PYTHONPATH={REPO},DCSSL_PYTHON={sys.executable}",
+         f"--output={log}", f"--export=ALL,PYTHONPATH={REPO},PYTHON={sys.executable}",
          str(REPO / "slurm" / "cluster.sbatch"), str(two), "0", *SMALL],
         capture_output=True, text=True, timeout=60)
     assert submit.returncode == 0, submit.stderr
