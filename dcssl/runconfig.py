@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from dcssl.cluster.config import ClusterConfig
 from dcssl.config import LoopConfig
+from dcssl.evaluate.config import CurateConfig, EmbedConfig, EvalConfig
 from dcssl.tile.config import TileConfig
 from dcssl.train.config import TrainConfig
 from hpc.submit import ExecutorConfig
@@ -25,6 +26,12 @@ class RunConfig:
     """PCA-whitening and k-means / RCC on each epoch's features."""
     loop: LoopConfig = field(default_factory=LoopConfig)
     """How many epochs, what to keep."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """k-NN and linear-probe evaluation against random init."""
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    """Writing encoder features for a store."""
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    """Diverse per-cluster selection of tiles."""
     executor_tile: ExecutorConfig = field(default_factory=ExecutorConfig)
     """Where tiling array elements run (one slide per element)."""
     executor_train: ExecutorConfig = field(default_factory=ExecutorConfig)
