@@ -14,8 +14,11 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
-__all__ = ["PreemptionFlag", "Preempted", "requeue_and_exit"]
+import submitit
+
+__all__ = ["PreemptionFlag", "Preempted", "requeue_and_exit", "RequeueableJob"]
 
 log = logging.getLogger(__name__)
 
@@ -69,3 +72,24 @@ def requeue_and_exit(is_main: bool = True, job_id: str | None = None, code: int 
         subprocess.run(["scontrol", "requeue", str(job_id)], check=True, timeout=60)
         log.warning("requeued job %s", job_id)
     sys.exit(code)
+
+
+class RequeueableJob(submitit.helpers.Checkpointable):
+    """Base for long submitit jobs that survive preemption and time limits.
+
+    Subclasses implement ``run(flag, *args, **kwargs)``: do the work in units, check
+    ``flag.is_set()`` between them, and when it is set save state (e.g. with
+    ``hpc.checkpoint.CheckpointManager``) and raise ``Preempted``. The base then requeues the job
+    from one rank and exits; the requeued job calls ``run`` again, which resumes from the saved
+    state. If the signal comes before ``run`` starts, submitit's own handler resubmits the job.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from hpc.env import detect_env
+
+        flag = PreemptionFlag().install()
+        try:
+            return self.run(flag, *args, **kwargs)
+        except Preempted:
+            requeue_and_exit(is_main=detect_env().is_main)
+

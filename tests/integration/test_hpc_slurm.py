@@ -1,14 +1,20 @@
 """hpc.submit on the live cluster: arrays larger than MaxArraySize are split and chained."""
 
+import json
+import os
 import subprocess
 import sys
+import time
 from datetime import datetime
+from pathlib import Path
 
 import cloudpickle
 import pytest
 
+from hpc.checkpoint import CheckpointManager
+from hpc.preemption import Preempted, RequeueableJob
 from hpc.submit import ExecutorConfig, make_executor, submit_array, wait_all
-from slurm_helpers import wait_until
+from slurm_helpers import scancel, wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -38,3 +44,45 @@ def _spans(array_id: str) -> list[tuple[datetime, datetime]] | None:
     if not rows or any("Unknown" in r or "None" in r for row in rows for r in row):
         return None
     return [(datetime.fromisoformat(a), datetime.fromisoformat(b)) for a, b in rows]
+
+
+class _CountTo(RequeueableJob):
+    """Adds 1..n, one number per 0.2 s, saving its progress whenever it is preempted."""
+
+    def __init__(self, folder, n):
+        self.folder, self.n = folder, n
+
+    def run(self, flag, *, progress_file):
+        manager = CheckpointManager(self.folder, save_fn=_save_json, load_fn=_load_json)
+        latest = manager.load_latest()
+        i, total = latest[1] if latest else (0, 0)
+        while i < self.n:
+            if flag.is_set():
+                manager.save([i, total], i)
+                raise Preempted
+            i, total = i + 1, total + i + 1
+            Path(progress_file).write_text(str(i))
+            time.sleep(0.2)
+        return total, int(os.environ.get("SLURM_RESTART_COUNT", 0))
+
+
+def _save_json(obj, path):
+    Path(path).write_text(json.dumps(obj))
+
+
+def _load_json(path):
+    return json.loads(Path(path).read_text())
+
+
+@pytest.mark.slurm
+def test_requeueable_job_checkpoints_on_usr2_and_resumes(slurm_cluster, submitit_folder, tmp_path):
+    executor = make_executor(ExecutorConfig(kind="slurm", partition=slurm_cluster.partition,
+                                            timeout_min=10), submitit_folder / "%j")
+    progress = tmp_path / "progress"
+    job = executor.submit(_CountTo(tmp_path / "ckpt", 60), progress_file=str(progress))
+    wait_until(lambda: progress.is_file() and int(progress.read_text() or 0) >= 10, 120, 0.2,
+               "the job's progress")
+    scancel(job.job_id, signal="USR2")
+    total, restarts = job.result()
+    assert total == sum(range(61)) and restarts == 1
+    assert CheckpointManager(tmp_path / "ckpt", load_fn=_load_json).steps()  # it did checkpoint
