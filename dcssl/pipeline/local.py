@@ -64,7 +64,16 @@ def _run_step(step: Step, paths: RunPaths, executor: ExecutorConfig, state: RunS
 
 def run_local(steps: list[Step], paths: RunPaths, executors: dict[str, ExecutorConfig],
               state: RunState) -> None:
-    """Run the pending steps in order; stop at the first failure (re-running resumes there)."""
-    for i, step in enumerate(steps, 1):
-        log.info("step %d/%d: %s", i, len(steps), step.name)
-        _run_step(step, paths, executors[step.kind], state)
+    """Run the pending steps in order; stop at the first failure (re-running resumes there).
+
+    A progress bar (steps done, elapsed, ETA) goes to stderr; each step's own progress lines
+    (loss, images/s, ETA within the epoch) are in its log under RUN/logs/.
+    """
+    from tqdm import tqdm
+
+    with tqdm(total=len(steps), unit="step", desc="DeepCluster loop", dynamic_ncols=True) as bar:
+        for i, step in enumerate(steps, 1):
+            bar.set_postfix_str(f"{step.name} (log: {RunState.log_path(paths, step.name)})")
+            log.info("step %d/%d: %s", i, len(steps), step.name)
+            _run_step(step, paths, executors[step.kind], state)
+            bar.update()
