@@ -86,7 +86,7 @@ def test_submitit_array_throttled(slurm_cluster, tmp_path):
                    "executor_tile.array_parallelism=1", "executor_tile.timeout_min=10",
                    "tile.workers=1")
     assert proc.returncode == 0, proc.stderr
-    array_id = re.search(r"submitted array job (\d+)", proc.stdout).group(1)
+    array_id = re.search(r"submitted array job\(s\) (\d+)", proc.stdout).group(1)
     assert _throttle(array_id) == "1"
     _wait_attempted(run)
     _check_outcome(run)
