@@ -46,7 +46,7 @@ RECIPE = [
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dcssl.bench quality", description=__doc__)
     parser.add_argument("--npz", type=Path, required=True, help="MedMNIST-style .npz")
-    parser.add_argument("--epochs", type=int, default=12, help="DeepCluster epochs (loop.epochs)")
+    parser.add_argument("--epochs", type=int, default=8, help="DeepCluster epochs (loop.epochs)")
     parser.add_argument("--run", type=Path, default=None,
                         help="run directory (default: a fresh temporary one; an existing run "
                              "resumes, and its minutes then count only this invocation)")
