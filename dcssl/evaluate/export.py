@@ -3,8 +3,9 @@
 ``torchvision.models.resnet18()`` (or ``resnet50()``) loads the file with ``strict=True``: the
 trunk's keys are torchvision's, and ``fc`` — which DeepCluster never trains — is written as a
 fresh 1000-class layer drawn like torchvision's (so nothing is missing; replace it for your task).
-A thin trunk (``train.model.width`` ≠ 64) or a Sobel input has other shapes than torchvision's
-network; it is still exported, and the JSON says how to rebuild it (``dcssl.train.model``).
+A thin trunk (``train.model.width`` ≠ 64), a Sobel input or the small stem
+(``train.model.stem=small``) has other shapes or another forward than torchvision's network; it is
+still exported, and the JSON says how to rebuild it (``dcssl.train.model``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ def _clusters(run_dir: Path, run_config: dict) -> int | None:
     return k if isinstance(k, int) else None
 
 
+def _rebuild_instructions(cfg: TrainConfig) -> str:
+    args = f"{cfg.model.arch!r}, width={cfg.model.width}"
+    if cfg.model.sobel:
+        args += ", in_channels=2"
+    if cfg.model.stem != "imagenet":
+        args += f", stem={cfg.model.stem!r}"
+    how = (f"dcssl.train.model.build_trunk({args}) then load_state_dict(strict=False) "
+           f"(fc is an Identity there)")
+    return how + ("; inputs go through dcssl.train.model.Sobel first" if cfg.model.sobel else "")
+
+
 def export_encoder(run_dir: str | Path, cfg: TrainConfig, out: str | Path | None = None) -> dict:
     """Write the state_dict (``out``, default RUN/export/encoder.pt) and ``out``.json; return the
     JSON document."""
@@ -66,19 +78,15 @@ def export_encoder(run_dir: str | Path, cfg: TrainConfig, out: str | Path | None
     out = Path(out) if out is not None else default_export_path(run_dir)
     loaded = trained_encoder(run_dir, cfg)
     trunk = loaded.net.trunk
-    compatible = cfg.model.width == 64 and not cfg.model.sobel
+    # The small stem has torchvision's keys but a 3×3 conv1 and no max-pool: the file would not
+    # load (width 64) or would compute something else, so it is never called compatible.
+    compatible = cfg.model.width == 64 and not cfg.model.sobel and cfg.model.stem == "imagenet"
     run_config = _run_config(run_dir)
     how = (f"torchvision.models.{cfg.model.arch}().load_state_dict(torch.load(PATH))"
-           if compatible else
-           f"dcssl.train.model.build_trunk({cfg.model.arch!r}, width={cfg.model.width}, "
-           f"in_channels={2 if cfg.model.sobel else 3}) then load_state_dict(strict=False) "
-           f"(fc is an Identity there); inputs go through dcssl.train.model.Sobel first"
-           if cfg.model.sobel else
-           f"dcssl.train.model.build_trunk({cfg.model.arch!r}, width={cfg.model.width}) then "
-           f"load_state_dict(strict=False) (fc is an Identity there)")
+           if compatible else _rebuild_instructions(cfg))
     document = {
         "file": out.name, "arch": cfg.model.arch, "width": cfg.model.width,
-        "sobel": cfg.model.sobel, "feature_dim": trunk.out_dim,
+        "stem": cfg.model.stem, "sobel": cfg.model.sobel, "feature_dim": trunk.out_dim,
         "torchvision_compatible": compatible, "load": how,
         "fc": "fresh nn.Linear init (seed 0): DeepCluster trains no fc; replace it",
         "input": {"size": cfg.augment.size, "mean": cfg.augment.mean, "std": cfg.augment.std,

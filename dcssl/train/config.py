@@ -37,6 +37,10 @@ class ModelConfig:
     """Dimension d of the L2-normalised embedding written to the feature bank and clustered."""
     proj_hidden: int = 0
     """Hidden width of a 2-layer MLP projection (Linear-BN-ReLU-Linear); 0 = one linear layer."""
+    stem: Literal["imagenet", "small"] = "imagenet"
+    """The trunk's first layers: imagenet = torchvision's 7×7 stride-2 conv + 3×3 max-pool (÷4);
+    small = one 3×3 stride-1 conv and no max-pool, for tiles ≤ 64 px such as MedMNIST (at 32 px
+    the imagenet stem leaves a 1×1 final feature map). small is not torchvision-compatible."""
     sobel: bool = False
     """DeepCluster's fixed Sobel input: grayscale → two gradient channels feed the trunk."""
     temperature: float = 0.1
@@ -49,6 +53,8 @@ class ModelConfig:
         _positive(self, "width", "proj_dim", "temperature", "head_init_std")
         if self.width % 8:
             raise ValueError(f"width must be a multiple of 8, got {self.width}")
+        if self.stem not in ("imagenet", "small"):
+            raise ValueError(f"stem must be 'imagenet' or 'small', got {self.stem!r}")
         if self.proj_hidden < 0:
             raise ValueError(f"proj_hidden must be ≥ 0, got {self.proj_hidden}")
 

@@ -31,29 +31,41 @@ class _ScaledResNet(ResNet):
     """torchvision's ResNet with every stage's channels × width/64 (64 = torchvision's exactly).
 
     The stem is rebuilt when the first stage is made, before torchvision's own initialisation
-    loop runs, so every layer gets torchvision's init.
+    loop runs, so every layer gets torchvision's init. ``stem="small"`` (CIFAR-style: a 3×3
+    stride-1 conv, no max-pool) keeps 4× more resolution for tiles ≤ 64 px: at 32 px the
+    ImageNet stem leaves the last stage a 1×1 map, the small one 4×4.
     """
 
-    def __init__(self, block, layers, width: int, in_channels: int):
+    def __init__(self, block, layers, width: int, in_channels: int, stem: str = "imagenet"):
+        if stem not in ("imagenet", "small"):
+            raise ValueError(f"stem must be 'imagenet' or 'small', got {stem!r}")
         object.__setattr__(self, "_width", width)
         object.__setattr__(self, "_in_channels", in_channels)
+        object.__setattr__(self, "_stem", stem)
         super().__init__(block, layers)
+        if stem == "small":
+            self.maxpool = nn.Identity()  # no parameters: torchvision's init is unaffected
         self.out_dim = self.fc.in_features * width // 64
         self.fc = nn.Identity()
 
     def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
-        if planes == 64 and (self._width != 64 or self._in_channels != 3):
+        if planes == 64 and (self._width != 64 or self._in_channels != 3
+                             or self._stem != "imagenet"):
             self.inplanes = self._width
-            self.conv1 = nn.Conv2d(self._in_channels, self._width, kernel_size=7, stride=2,
-                                   padding=3, bias=False)
+            kernel, step, pad = (3, 1, 1) if self._stem == "small" else (7, 2, 3)
+            self.conv1 = nn.Conv2d(self._in_channels, self._width, kernel_size=kernel,
+                                   stride=step, padding=pad, bias=False)
             self.bn1 = self._norm_layer(self._width)
         return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
 
 
-def build_trunk(arch: str, width: int = 64, in_channels: int = 3) -> _ScaledResNet:
-    """A torchvision ResNet without its classifier; ``.out_dim`` is its feature size."""
+def build_trunk(arch: str, width: int = 64, in_channels: int = 3,
+                stem: str = "imagenet") -> _ScaledResNet:
+    """A torchvision ResNet without its classifier; ``.out_dim`` is its feature size.
+
+    ``stem``: "imagenet" (torchvision's) or "small" (3×3 stride-1 conv, no max-pool)."""
     block, layers = _LAYERS[arch]
-    return _ScaledResNet(block, layers, width, in_channels)
+    return _ScaledResNet(block, layers, width, in_channels, stem)
 
 
 class Sobel(nn.Module):
@@ -79,7 +91,7 @@ class DeepClusterNet(nn.Module):
             raise ValueError(f"k must be ≥ 1, got {k}")
         self.cfg = cfg
         self.sobel = Sobel() if cfg.sobel else None
-        self.trunk = build_trunk(cfg.arch, cfg.width, 2 if cfg.sobel else 3)
+        self.trunk = build_trunk(cfg.arch, cfg.width, 2 if cfg.sobel else 3, cfg.stem)
         feat = self.trunk.out_dim
         if cfg.proj_hidden:
             self.projection: nn.Module = nn.Sequential(

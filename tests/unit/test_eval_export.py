@@ -88,3 +88,12 @@ def test_export_without_a_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert launch(["export", str(tmp_path / "run"), "trian.model.width=8"]) == 2
     assert "trian.model.width=8" in capsys.readouterr().err
     assert not (tmp_path / "run" / "export").exists()
+
+
+def test_small_stem_is_not_called_torchvision_compatible(tmp_path):
+    # Width 64 gives torchvision's keys, but a 3×3 conv1 and no max-pool: not torchvision's net.
+    model = ModelConfig(arch="resnet18", width=64, proj_dim=32, stem="small")
+    run_dir, cfg = _trained_run(tmp_path / "small", model)
+    document = export_encoder(run_dir, cfg)
+    assert document["torchvision_compatible"] is False and document["stem"] == "small"
+    assert "build_trunk('resnet18', width=64, stem='small')" in document["load"]

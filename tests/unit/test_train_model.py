@@ -96,3 +96,30 @@ def test_larger_k_grows_the_head_inside_the_same_optimizer():
     assert optimizer.state[model.head.weight]["momentum_buffer"].shape == (7, 16)
     with pytest.raises(ValueError, match="k must be"):
         model.reset_head(0)
+
+
+def test_small_stem_keeps_resolution_and_head_reset_still_works():
+    x = torch.randn(2, 3, 32, 32)
+    maps = {}
+    for stem in ("imagenet", "small"):
+        trunk = build_trunk("resnet18", width=8, stem=stem)
+        body = torch.nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool,
+                                   trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4)
+        maps[stem] = body(x).shape[-2:]
+        assert trunk(x).shape == (2, trunk.out_dim) == (2, 64)
+    assert maps == {"imagenet": (1, 1), "small": (4, 4)}  # the ImageNet stem collapses 32 px
+    small = build_trunk("resnet18", width=64, stem="small")
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, torch.nn.Identity)
+    assert list(small.state_dict()) == list(build_trunk("resnet18").state_dict())  # same keys
+
+    model = DeepClusterNet(ModelConfig(arch="resnet18", width=8, proj_dim=16, stem="small"), k=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _step(model, optimizer, 4)
+    weight = model.head.weight
+    assert model.reset_head(3, optimizer) is False and model.head.weight is weight
+    logits = _step(model, optimizer, 3)
+    assert torch.isinf(logits[:, 3:]).all() and torch.isfinite(logits[:, :3]).all()
+    assert model.reset_head(6, optimizer) is True and model.head.weight.shape == (6, 16)
+    with pytest.raises(ValueError, match="stem"):
+        ModelConfig(stem="cifar")
