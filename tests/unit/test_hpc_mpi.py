@@ -42,7 +42,9 @@ def test_allreduce_and_bcast_on_two_ranks(tmp_path):
         top = allreduce_(np.array([rank], dtype=np.int64), comm, op="max")
         seed = bcast_(np.array([42 if rank == 0 else -1], dtype=np.int64), comm)
         counts = gather_counts(rank * 5 + 1, comm)
-        print(rank, total.tolist(), int(top[0]), int(seed[0]), counts.tolist(), flush=True)
+        lines = comm.gather(f"{rank} {total.tolist()} {int(top[0])} {int(seed[0])} {counts.tolist()}")
+        if rank == 0:  # one writer: two ranks printing at once can interleave their lines
+            print("\\n".join(lines), flush=True)
     """)
     out = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", script],
                          capture_output=True, text=True, timeout=120)
