@@ -6,9 +6,20 @@ by callers that need bit-identical results regardless of the rank count.
 
 from __future__ import annotations
 
+import shutil
+import sys
+from pathlib import Path
+
 import numpy as np
 
-__all__ = ["world", "shard_range", "allreduce_", "allreduce", "bcast_", "gather_counts"]
+__all__ = ["mpiexec", "world", "shard_range", "allreduce_", "allreduce", "bcast_", "gather_counts"]
+
+
+def mpiexec() -> str:
+    """The mpiexec that matches this Python's mpi4py: the one beside the interpreter (the PyPI
+    mpich wheel puts it there, not always on PATH), else the first on PATH."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else (shutil.which("mpiexec") or "mpiexec")
 
 
 def world():

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hpc.mpi import mpiexec
+
 __all__ = ["main"]
 
 # Rows per block: the shard alignment that makes the 1-rank and R-rank results bit-identical.
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "backend": args.backend, "threads_per_rank": per_rank}))
         env = {**os.environ, "OMP_NUM_THREADS": str(per_rank), "OPENBLAS_NUM_THREADS": str(per_rank),
                "MKL_NUM_THREADS": str(per_rank)}
-        cmd = ["mpiexec", "-n", str(args.ranks), sys.executable, "-m", "dcssl.bench.kmeans",
+        cmd = [mpiexec(), "-n", str(args.ranks), sys.executable, "-m", "dcssl.bench.kmeans",
                "--worker", str(folder)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:

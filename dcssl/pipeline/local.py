@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from dcssl.paths import RunPaths
 from dcssl.pipeline.state import RunState
 from dcssl.pipeline.steps import Step, is_done
+from hpc.mpi import mpiexec
 from hpc.submit import ExecutorConfig
 
 __all__ = ["StepFailed", "step_command", "run_local"]
@@ -29,11 +29,6 @@ class StepFailed(RuntimeError):
     """A step's processes exited non-zero; the message names the log."""
 
 
-def _mpiexec() -> str:
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.exists() else (shutil.which("mpiexec") or "mpiexec")
-
-
 def step_command(step: Step, run_dir: Path, executor: ExecutorConfig) -> list[str]:
     """The argv that runs ``step`` with ``executor.tasks_per_node`` processes."""
     task = ["-m", "dcssl.pipeline.steps", step.kind, str(run_dir), str(step.epoch)]
@@ -43,7 +38,7 @@ def step_command(step: Step, run_dir: Path, executor: ExecutorConfig) -> list[st
     if step.kind == "train":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={procs}", *task]
-    return [_mpiexec(), "-n", str(procs), sys.executable, *task]
+    return [mpiexec(), "-n", str(procs), sys.executable, *task]
 
 
 def _run_step(step: Step, paths: RunPaths, executor: ExecutorConfig, state: RunState) -> None:

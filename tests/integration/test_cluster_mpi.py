@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,10 +19,10 @@ import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
 from dcssl.cluster.store import checkpoints
+from hpc.mpi import mpiexec
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-pytestmark = pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec (mpich)")
 
 
 def _features(run: Path, epoch: int, x: np.ndarray) -> None:
@@ -36,7 +35,7 @@ def _features(run: Path, epoch: int, x: np.ndarray) -> None:
 
 def _cmd(run: Path, epoch: int, ranks: int, overrides: list[str]) -> list[str]:
     base = [sys.executable, "-m", "dcssl.cluster", str(run), "--epoch", str(epoch), *overrides]
-    return base if ranks == 0 else ["mpiexec", "-n", str(ranks), *base]
+    return base if ranks == 0 else [mpiexec(), "-n", str(ranks), *base]
 
 
 def _run(run: Path, epoch: int, ranks: int, overrides: list[str]) -> dict:

@@ -1,6 +1,5 @@
 """hpc.mpi: shard ranges and collectives on real MPI ranks (mpiexec from the PyPI mpich wheel)."""
 
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -8,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from hpc.mpi import allreduce_, shard_range
+from hpc.mpi import allreduce_, mpiexec, shard_range
 
 
 @pytest.mark.parametrize("n, size", [(10, 3), (3, 5), (0, 2), (1_000_003, 7)])
@@ -31,7 +30,6 @@ def test_single_rank_collectives_are_identity():
 
 
 def test_allreduce_and_bcast_on_two_ranks(tmp_path):
-    mpiexec = shutil.which("mpiexec") or str(__import__("pathlib").Path(sys.executable).parent / "mpiexec")
     script = textwrap.dedent("""
         import numpy as np
         from hpc.mpi import allreduce_, bcast_, gather_counts, world
@@ -46,7 +44,7 @@ def test_allreduce_and_bcast_on_two_ranks(tmp_path):
         if rank == 0:  # one writer: two ranks printing at once can interleave their lines
             print("\\n".join(lines), flush=True)
     """)
-    out = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", script],
+    out = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-c", script],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = sorted(out.stdout.strip().splitlines())
