@@ -16,90 +16,17 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
+from .assigner import TILE, Assigner
 from .exact import FixedSum, as_comm, blocks, broadcast, gather_rows, global_count, global_max
 
 __all__ = ["assign", "assign_all", "kmeans", "KMeansState", "init_centroids", "split_empty", "sample_index"]
 
 log = logging.getLogger(__name__)
 
-# Scores of one block against one chunk of centroids stay under this many bytes (cache-friendly,
-# and k = 100 k never allocates a block × k matrix).
-_SCORE_BYTES = 8 << 20
 # faiss's split factor: the two halves of a split cluster move ±1/1024 apart.
 _SPLIT_EPS = 1.0 / 1024
-
-
-# Rows per matrix-product tile inside a block (cache-sized; a block is the alignment unit).
-_TILE = 1024
 # Rows whose per-cluster sums are formed in float32 by one sparse product (then added in float64).
 _GROUP = 8192
-
-
-def _matmul_fn(backend: str) -> Callable:
-    if backend == "numpy":
-        return lambda a, b, out: np.matmul(a, b, out=out)
-    import torch
-
-    if backend == "torch":
-        return lambda a, b, out: torch.mm(torch.from_numpy(a), torch.from_numpy(b),
-                                          out=torch.from_numpy(out))
-    raise ValueError(f"backend {backend!r}: choose numpy, torch or cuda")
-
-
-class _Assigner:
-    """Nearest-centroid search for tiles of rows against fixed centroids.
-
-    argmin ‖x−c‖² = argmax (x·c − ‖c‖²/2): one float32 matrix product per tile and chunk of
-    centroids, ties to the lowest index.
-    """
-
-    def __init__(self, centroids: np.ndarray, backend: str = "numpy", tile: int = _TILE):
-        c = np.ascontiguousarray(centroids, dtype=np.float32)
-        if len(c) == 0:
-            raise ValueError("assign needs at least one centroid")
-        self.k, self.backend, self.tile = len(c), backend, tile
-        if backend == "cuda":
-            import torch
-
-            self.c = torch.from_numpy(c).cuda()
-            self.half = 0.5 * (self.c * self.c).sum(1)
-            return
-        self.chunk = max(1, min(self.k, _SCORE_BYTES // (4 * tile)))
-        # ‖c‖²/2 rides along as an extra coordinate (x gets a constant −1), so one matrix product
-        # gives the scores directly, without another pass over the tile × chunk matrix.
-        self.c_t = [np.ascontiguousarray(np.concatenate(
-            [c[j:j + self.chunk], 0.5 * np.einsum("ij,ij->i", c[j:j + self.chunk],
-                                                  c[j:j + self.chunk])[:, None]], axis=1).T)
-            for j in range(0, self.k, self.chunk)]
-        self.matmul = _matmul_fn(backend)
-        self.buf = np.empty((tile, self.chunk), dtype=np.float32)
-        self.xa = np.full((tile, c.shape[1] + 1), -1.0, dtype=np.float32)
-
-    def __call__(self, xb: np.ndarray, xxb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(labels int64, squared distances float32) of one tile of ≤ ``tile`` rows."""
-        m = len(xb)
-        if self.backend == "cuda":
-            import torch
-
-            xt = torch.from_numpy(xb).to(self.c.device)
-            val, idx = torch.addmm(self.half, xt, self.c.T, beta=-1.0).max(dim=1)
-            labels, best = idx.cpu().numpy(), val.cpu().numpy()
-        else:
-            xa = self.xa[:m]
-            xa[:, :-1] = xb
-            rows = np.arange(m)
-            for j, ct in enumerate(self.c_t):
-                score = self.buf[:m, : ct.shape[1]]
-                self.matmul(xa, ct, score)
-                idx = score.argmax(axis=1)
-                val = score[rows, idx]
-                if j == 0:
-                    labels, best = idx, val
-                    continue
-                better = val > best  # strict: on a tie the earlier (lower) index stays
-                labels[better] = idx[better] + j * self.chunk
-                best[better] = val[better]
-        return labels, np.maximum(xxb - 2.0 * best, 0.0).astype(np.float32)
 
 
 def _row_norms(x_local: np.ndarray, block: int) -> np.ndarray:
@@ -124,7 +51,7 @@ def assign(x_local: np.ndarray, centroids: np.ndarray, *, block: int = 8192,
     ``backend``: numpy (OpenBLAS), torch (MKL) or cuda. Sharded use: each rank calls it on its rows.
     """
     x_local = np.asarray(x_local)
-    finder = _Assigner(centroids, backend, min(_TILE, block))
+    finder = Assigner(centroids, backend, min(TILE, block))
     labels = np.empty(len(x_local), dtype=np.int64)
     dist = np.empty(len(x_local), dtype=np.float32)
     xx = _row_norms(x_local, block)
@@ -248,6 +175,29 @@ class KMeansState:
     """Stopped on the tolerance (a resumed run goes straight to the final assignment)."""
 
 
+@dataclass
+class _Bounds:
+    """Per-row pruning state between passes: label and a lower bound on the distance to every
+    other centroid. Not checkpointed (8 bytes a row): a resumed run starts with a full scan,
+    which gives the same labels, since a row is only skipped when its label provably holds."""
+
+    labels: np.ndarray
+    lower: np.ndarray
+    valid: bool = False
+    scanned: int = 0
+
+    @classmethod
+    def for_rows(cls, n: int) -> "_Bounds":
+        return cls(np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.float32))
+
+    def shift(self, old: np.ndarray, new: np.ndarray) -> None:
+        """Centroids moved old → new: no distance to a centroid shrinks by more than the
+        largest move (Hamerly's single lower bound)."""
+        move = float(np.sqrt(((new.astype(np.float64) - old) ** 2).sum(axis=1)).max())
+        np.subtract(self.lower, np.float32(move * (1 + 1e-6)), out=self.lower)
+        np.maximum(self.lower, 0.0, out=self.lower)
+
+
 def _add_rows(acc: np.ndarray, labels: np.ndarray, xb: np.ndarray) -> np.ndarray:
     """acc[labels[i]] += xb[i] via a sparse one-hot product (float32 within the tile); counts."""
     m, k = len(labels), len(acc)
@@ -265,14 +215,17 @@ def _add_rows(acc: np.ndarray, labels: np.ndarray, xb: np.ndarray) -> np.ndarray
     return counts
 
 
-def _lloyd_pass(x_local, xx, centroids, block, backend, bounds, comm, labels_out=None):
+def _lloyd_pass(x_local, xx, finder: Assigner, block, bounds, comm, labels_out=None,
+                prune: _Bounds | None = None):
     """One pass: assign every row, and reduce exact global per-cluster sums, counts, inertia.
+
+    ``prune``: per-row bounds from the previous pass (updated in place), so rows whose label
+    cannot have changed skip the scan over all centroids.
 
     Sums go float32 (a group of rows, sparse one-hot product) → float64 (one block, fixed order) →
     int64 fixed point (across blocks and ranks, exact), so the result is rank-count independent.
     """
-    k, d = centroids.shape
-    finder = _Assigner(centroids, backend, min(_TILE, block))
+    k, d = finder.c.shape
     sums, inertia = FixedSum((k, d), bounds["sum"]), FixedSum(1, bounds["inertia"])
     counts = np.zeros(k, dtype=np.int64)
     acc = np.zeros((k, d))
@@ -287,7 +240,7 @@ def _lloyd_pass(x_local, xx, centroids, block, backend, bounds, comm, labels_out
             for t0, t1 in blocks(0, g1 - g0, finder.tile):
                 lo, hi = b0 + g0 + t0, b0 + g0 + t1
                 xb = np.ascontiguousarray(x_local[lo:hi], dtype=np.float32)
-                lab[t0:t1], dist = finder(xb, xx[lo:hi])
+                lab[t0:t1], dist = _search(finder, xb, xx[lo:hi], lo, hi, prune)
                 block_inertia += float(dist.sum(dtype=np.float64))
             if labels_out is not None:
                 labels_out[b0 + g0:b0 + g1] = lab
@@ -295,11 +248,24 @@ def _lloyd_pass(x_local, xx, centroids, block, backend, bounds, comm, labels_out
             counts += _add_rows(acc, lab, rows)
         sums.add(acc)
         inertia.add(np.array([block_inertia]))
+    if prune is not None:
+        prune.valid, prune.scanned = finder.backend != "cuda", finder.scanned
     from hpc.mpi import allreduce_
 
     if comm.Get_size() > 1:
         allreduce_(counts, comm)
     return sums.result(comm), counts, float(inertia.result(comm)[0])
+
+
+def _search(finder: Assigner, xb, xxb, lo: int, hi: int, prune: _Bounds | None):
+    if prune is None:
+        return finder(xb, xxb)
+    known = prune.valid
+    labels, dist, lower = finder.search(xb, xxb, prune.labels[lo:hi] if known else None,
+                                        prune.lower[lo:hi] if known else None, want_lower=True)
+    if lower is not None:
+        prune.labels[lo:hi], prune.lower[lo:hi] = labels, lower
+    return labels, dist
 
 
 def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol: float = 1e-4,
@@ -328,14 +294,22 @@ def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol:
         init_s = 0.0
     bounds = _bounds(x_local, n, comm)
     xx = _row_norms(x_local, block)
+    prune = _Bounds.for_rows(len(x_local))
+    finder = Assigner(state.centroids, backend, min(TILE, block))
+    scanned = []  # share of this rank's rows scanned against all centroids, per iteration
     while state.iteration < iterations and not state.converged:
         t0 = time.monotonic()
-        sums, counts, inertia = _lloyd_pass(x_local, xx, state.centroids, block, backend,
-                                            _with_centroids(bounds, state.centroids, n), comm)
+        finder.set_centroids(state.centroids)
+        sums, counts, inertia = _lloyd_pass(x_local, xx, finder, block,
+                                            _with_centroids(bounds, state.centroids, n), comm,
+                                            prune=prune)
+        scanned.append(prune.scanned / max(len(x_local), 1))
         new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
                        state.centroids).astype(np.float32)
         new, _, n_split = split_empty(new, counts)
-        state.centroids = broadcast(new, comm)  # identical everywhere already; guards mixed CPUs
+        new = broadcast(new, comm)  # identical everywhere already; guards mixed CPUs
+        prune.shift(state.centroids, new)
+        state.centroids = new
         prev = state.inertia[-1] if state.inertia else None
         state.inertia.append(inertia)
         state.empty_split.append(n_split)
@@ -343,19 +317,22 @@ def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol:
         state.converged = prev is not None and (prev - inertia) <= tol * max(inertia, 1e-300)
         state.seconds.append(time.monotonic() - t0)
         if comm.Get_rank() == 0 and log_every and state.iteration % log_every == 0:
-            _log_iteration(state, iterations, n_split)
+            _log_iteration(state, iterations, n_split, scanned[-1])
         if on_iteration is not None:
             on_iteration(state)
     t0 = time.monotonic()
     labels = np.empty(len(x_local), dtype=np.int32)
-    _, counts, inertia = _lloyd_pass(x_local, xx, state.centroids, block, backend,
-                                     _with_centroids(bounds, state.centroids, n), comm, labels)
+    finder.set_centroids(state.centroids)
+    _, counts, inertia = _lloyd_pass(x_local, xx, finder, block,
+                                     _with_centroids(bounds, state.centroids, n), comm, labels,
+                                     prune)
     stats = {
         "k": k, "n": n, "dim": d, "iterations": state.iteration, "converged": state.converged,
         "inertia_history": state.inertia, "inertia": inertia, "empty_split": int(sum(state.empty_split)),
         "empty_split_per_iteration": state.empty_split, "sizes": counts.tolist(),
         "clusters_used": int((counts > 0).sum()), "largest_share": float(counts.max() / n),
         "seconds_per_iteration": state.seconds, "seconds_init": init_s,
+        "rescanned_fraction_per_iteration": [round(f, 4) for f in scanned],
         "seconds_final_assign": time.monotonic() - t0,
     }
     return state.centroids, labels, stats
@@ -367,8 +344,9 @@ def assign_all(x_local: np.ndarray, centroids: np.ndarray, comm=None, *, block: 
     comm = as_comm(comm)
     n = global_count(len(x_local), comm)
     labels = np.empty(len(x_local), dtype=np.int32)
-    _, counts, inertia = _lloyd_pass(x_local, _row_norms(x_local, block), centroids, block,
-                                     backend, _with_centroids(_bounds(x_local, n, comm), centroids, n),
+    finder = Assigner(centroids, backend, min(TILE, block))
+    bounds = _with_centroids(_bounds(x_local, n, comm), centroids, n)
+    _, counts, inertia = _lloyd_pass(x_local, _row_norms(x_local, block), finder, block, bounds,
                                      comm, labels)
     return labels, counts, inertia
 
@@ -377,7 +355,7 @@ def _bounds(x_local, n, comm) -> dict:
     """Global bounds that fix the fixed-point grids (same on every rank)."""
     local = np.zeros(2)
     if len(x_local):
-        for lo, hi in blocks(0, len(x_local), _TILE):
+        for lo, hi in blocks(0, len(x_local), TILE):
             xb = np.asarray(x_local[lo:hi], dtype=np.float32)
             local[0] = max(local[0], float(np.abs(xb).max()))
             local[1] = max(local[1], float(np.einsum("ij,ij->i", xb, xb).max()))
@@ -391,9 +369,10 @@ def _with_centroids(bounds: dict, centroids: np.ndarray, n: int) -> dict:
             "inertia": n * 2.0 * (bounds["maxsq"] + csq) * 1.01 + 1e-30}
 
 
-def _log_iteration(state: KMeansState, iterations: int, n_split: int) -> None:
+def _log_iteration(state: KMeansState, iterations: int, n_split: int, scanned: float) -> None:
     s = state.seconds[-1]
     left = iterations - state.iteration
-    log.info("k-means iteration %d/%d: inertia %.6g, %.2f s/iter, ETA %.0f s%s", state.iteration,
-             iterations, state.inertia[-1], s, left * s,
+    log.info("k-means iteration %d/%d: inertia %.6g, %.2f s/iter, %.0f%% of rows rescanned, "
+             "ETA ≤ %.0f s%s", state.iteration, iterations, state.inertia[-1], s, 100 * scanned,
+             left * s,
              f", {n_split} empty clusters split" if n_split else "")

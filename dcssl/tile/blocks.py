@@ -19,6 +19,7 @@ import openslide
 from PIL import Image
 
 from dcssl.slides.grid import Block, TileGrid
+from dcssl.slides.tiffjpeg import TiffJpegLevel0
 from dcssl.slides.tissue import background_fraction, region_to_rgb
 from dcssl.tile.config import TileConfig
 
@@ -55,8 +56,12 @@ class BlockReader:
         self.cfg = cfg
         self.slide = slide if slide is not None else openslide.OpenSlide(path)
         self._owned = slide is None  # a handle passed in is closed by whoever opened it
+        self.direct = (TiffJpegLevel0.open(path, self.slide)
+                       if cfg.direct_jpeg and grid.level == 0 else None)
 
     def close(self) -> None:
+        if self.direct is not None:
+            self.direct.close()
         if self._owned:
             self.slide.close()
 
@@ -70,14 +75,20 @@ class BlockReader:
         """Pixels of grid cells [i0, i0+ni) × [j0, j0+nj) at the output resolution (RGB)."""
         g, size = self.grid, self.grid.tile_size
         span_w, span_h = ni * g.read_size, nj * g.read_size
-        region = self.slide.read_region((i0 * g.step0, j0 * g.step0), g.level,
-                                        (math.ceil(span_w), math.ceil(span_h)))
-        rgb = region_to_rgb(region)
+        rgb = self._region(i0 * g.step0, j0 * g.step0, math.ceil(span_w), math.ceil(span_h))
         if not g.needs_resize:
             return rgb[: nj * size, : ni * size]
         image = Image.fromarray(np.ascontiguousarray(rgb))
         image = image.resize((ni * size, nj * size), Image.BILINEAR, box=(0, 0, span_w, span_h))
         return np.asarray(image)
+
+    def _region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        if self.direct is not None:
+            try:
+                return self.direct.read(x, y, w, h)
+            except Exception:  # noqa: BLE001 — a tile the direct decoder refuses: openslide decides
+                pass
+        return region_to_rgb(self.slide.read_region((x, y), self.grid.level, (w, h)))
 
     def _tiles_from_block(self, block: Block) -> tuple[np.ndarray, np.ndarray]:
         """One read per tile row of the block, spanning only that row's candidates: the bounding

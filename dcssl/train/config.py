@@ -186,9 +186,10 @@ class TrainConfig:
     """Seeds the initial weights, every epoch's sample order and every tile's augmentation: the
     same seed gives the same weights, with or without preemptions in between."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """auto: bf16 autocast on GPUs that support it, fp32 on the CPU."""
+    """auto: bf16 autocast on GPUs that support it and on CPUs with native bf16 (AVX512-BF16 /
+    AMX), fp32 otherwise."""
     channels_last: bool = True
-    """channels_last memory format on the GPU (faster convolutions with bf16)."""
+    """channels_last memory format (faster convolutions, on GPUs and with oneDNN on CPUs)."""
     feature_source: Literal["train", "extract"] = "train"
     """train: record embeddings while training (DeepCluster-v2 memory bank; unvisited tiles keep
     their last embedding); extract: an eval-mode pass over all tiles after the epoch (exact v1)."""

@@ -33,12 +33,23 @@ log = logging.getLogger(__name__)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = plain fp32): bf16 only on GPUs that support it."""
-    if device.type != "cuda" or precision == "fp32":
+    """The autocast dtype (None = plain fp32).
+
+    auto: bf16 on GPUs that support it, and on CPUs with native bf16 (AVX512-BF16/AMX, where
+    oneDNN runs bf16 convolutions ~1.5-2x faster than fp32); fp32 elsewhere.
+    """
+    if precision == "fp32":
         return None
-    if precision == "bf16" or torch.cuda.is_bf16_supported():
+    if precision == "bf16" or _native_bf16(device):
         return torch.bfloat16
     return None
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private, hence the guard
+    return bool(probe and probe())
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -67,7 +78,7 @@ class Trainer:
                  k: int = 1):
         self.cfg, self.env, self.device = cfg, env, device
         self.amp_dtype = resolve_precision(cfg.precision, device)
-        self.channels_last = cfg.channels_last and device.type == "cuda"
+        self.channels_last = cfg.channels_last
         where = cfg.augment.device
         self.augment_on_device = where == "gpu" or (where == "auto" and device.type == "cuda")
         self.dataset = TileDataset(Path(run_dir) / "store", cfg.augment, locking=cfg.data.locking,

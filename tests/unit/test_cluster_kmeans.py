@@ -41,13 +41,13 @@ def test_assign_matches_brute_force_and_breaks_ties_low():
 
 
 def test_chunked_centroids_give_the_same_labels(monkeypatch):
-    km = importlib.import_module("dcssl.cluster.kmeans")  # the module (the package exports a function)
+    km = importlib.import_module("dcssl.cluster.assigner")
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1000, 8)).astype(np.float32)
     c = rng.standard_normal((500, 8)).astype(np.float32)
     whole = assign(x, c, block=256)[0]
-    monkeypatch.setattr(km, "_SCORE_BYTES", 256 * 4 * 64)  # 64 centroids per chunk
+    monkeypatch.setattr(km, "SCORE_BYTES", 256 * 4 * 64)  # 64 centroids per chunk
     assert (assign(x, c, block=256)[0] == whole).all()
 
 
@@ -113,3 +113,16 @@ def test_nmi_matches_sklearn(ka, kb, n):
     a = rng.integers(0, ka, n)
     b = np.where(rng.random(n) < 0.6, a % kb, rng.integers(0, kb, n))
     assert nmi(a, b) == pytest.approx(normalized_mutual_info_score(a, b), abs=1e-12)
+
+
+def test_pruning_skips_rows_without_changing_any_result(monkeypatch):
+    x, _ = _blobs(6000)
+    pruned = kmeans(x, 20, iterations=15, tol=0.0, seed=2, block=512)  # 20 > 12 blobs: near-ties
+    assert min(pruned[2]["rescanned_fraction_per_iteration"]) < 0.2  # the bounds do skip rows
+    km = importlib.import_module("dcssl.cluster.kmeans")
+    monkeypatch.setattr(km._Bounds, "shift", lambda self, old, new: self.lower.fill(0.0))
+    full = kmeans(x, 20, iterations=15, tol=0.0, seed=2, block=512)
+    assert min(full[2]["rescanned_fraction_per_iteration"]) == 1.0
+    np.testing.assert_array_equal(pruned[0], full[0])
+    np.testing.assert_array_equal(pruned[1], full[1])
+    assert pruned[2]["inertia_history"] == full[2]["inertia_history"]

@@ -1,0 +1,160 @@
+"""Nearest-centroid search for tiles of rows against fixed centroids, with Hamerly pruning.
+
+argmin ‖x−c‖² = argmax (x·c − ‖c‖²/2): one float32 matrix product per tile and chunk of
+centroids, ties to the lowest index. ``‖c‖²/2`` rides along as an extra coordinate (x gets a
+constant −1), so the product gives the scores directly. Backends: ``numpy`` (OpenBLAS sgemm),
+``torch`` (MKL), ``cuda`` (GPU).
+
+Between Lloyd passes most rows keep their label. ``search`` takes each row's previous label and a
+lower bound on its distance to every other centroid (from the runner-up score of its last scan,
+minus how far any centroid has moved since, as in Hamerly 2010) and skips the scan when the
+row's distance to its own centroid is below it — the label then provably still holds, so pruning
+never changes a result. The bounds carry float32 error margins.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["Assigner", "TILE"]
+
+# Rows per matrix-product tile (cache-sized; a tile never straddles a block).
+TILE = 1024
+# Scores of one tile against one chunk of centroids stay under this many bytes (cache-friendly,
+# and k = 100 k never allocates a tile × k matrix).
+SCORE_BYTES = 8 << 20
+
+
+def _matmul_fn(backend: str) -> Callable:
+    if backend == "numpy":
+        return lambda a, b, out: np.matmul(a, b, out=out)
+    import torch
+
+    if backend == "torch":
+        return lambda a, b, out: torch.mm(torch.from_numpy(a), torch.from_numpy(b),
+                                          out=torch.from_numpy(out))
+    raise ValueError(f"backend {backend!r}: choose numpy, torch or cuda")
+
+
+class Assigner:
+    """``assigner(x_tile, row_norms²) → (labels int64, squared distances float32)``."""
+
+    def __init__(self, centroids: np.ndarray, backend: str = "numpy", tile: int = TILE):
+        self.backend, self.tile = backend, tile
+        self.matmul = None if backend == "cuda" else _matmul_fn(backend)
+        self.buf = self.xa = None
+        self.set_centroids(centroids)
+
+    def set_centroids(self, centroids: np.ndarray) -> None:
+        """Search against new centroids, reusing the work buffers (no heap growth per pass)."""
+        c = np.ascontiguousarray(centroids, dtype=np.float32)
+        if len(c) == 0:
+            raise ValueError("assign needs at least one centroid")
+        self.k, self.c = len(c), c
+        self.scanned = 0
+        """Rows that needed a scan over all centroids (the rest were proven unchanged)."""
+        if self.backend == "cuda":
+            self._init_cuda(c)
+            return
+        self.chunk = max(1, min(self.k, SCORE_BYTES // (4 * self.tile)))
+        half = 0.5 * np.einsum("ij,ij->i", c, c)
+        self.c_t = [np.ascontiguousarray(np.concatenate(
+            [c[j:j + self.chunk], half[j:j + self.chunk, None]], axis=1).T)
+            for j in range(0, self.k, self.chunk)]
+        if self.buf is None or self.buf.shape[1] != self.chunk or self.xa.shape[1] != c.shape[1] + 1:
+            self.buf = np.empty((self.tile, self.chunk), dtype=np.float32)
+            self.xa = np.full((self.tile, c.shape[1] + 1), -1.0, dtype=np.float32)
+        c64 = c.astype(np.float64)
+        self.half_max = float(0.5 * np.einsum("ij,ij->i", c64, c64).max())
+        self.c_norm_max = float(np.sqrt(2.0 * self.half_max))
+        # Relative float32 score error (d+1 products accumulated, doubled), and slack for float32
+        # row sums (norms, distances) in the bound tests.
+        self.fp32_err = (c.shape[1] + 1) * 2.0 ** -23
+        self.rel = 1e-5 + (c.shape[1] + 1) * 2.0 ** -22
+
+    def _init_cuda(self, c: np.ndarray) -> None:
+        import torch
+
+        self.c_gpu = torch.from_numpy(c).cuda()
+        self.half_gpu = 0.5 * (self.c_gpu * self.c_gpu).sum(1)
+
+    def __call__(self, xb: np.ndarray, xxb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels, dist, _ = self.search(xb, xxb)
+        return labels, dist
+
+    def search(self, xb: np.ndarray, xxb: np.ndarray, labels: np.ndarray | None = None,
+               lower: np.ndarray | None = None, want_lower: bool = False):
+        """Nearest centroids of a tile, skipping rows whose bounds prove their label unchanged.
+
+        ``labels``/``lower``: each row's previous label and a lower bound on its distance to
+        every *other* centroid (already shifted by how far the centroids moved since). A row is
+        skipped when its distance to its label is below that bound (Hamerly's test) by more than
+        float32 error, so its label provably still is what a full scan would return. Returns (labels int64, squared distances float32, lower
+        bounds float32 — None on cuda or when neither ``lower`` nor ``want_lower`` is given).
+        """
+        if self.backend == "cuda":
+            return (*self._cuda(xb, xxb), None)
+        if labels is None:
+            return self._full(xb, xxb, want_lower)
+        labels = labels.astype(np.int64)
+        diff = xb - self.c[labels]
+        dist = np.einsum("ij,ij->i", diff, diff)
+        # Skip only with room for float32 error on both scores: a full scan would agree.
+        scan = np.flatnonzero(dist * (1 + self.rel) + 2.0 * self._margin(xxb) >= lower * lower)
+        lower = lower.copy()
+        if len(scan):
+            labels[scan], dist[scan], lower[scan] = self._full(xb[scan], xxb[scan], True)
+        return labels, dist, lower
+
+    def _full(self, xb: np.ndarray, xxb: np.ndarray, want_lower: bool):
+        m = len(xb)
+        self.scanned += m
+        self.xa[:m, :-1] = xb
+        labels, best, second = self._scan(self.xa[:m], want_lower)
+        if not want_lower:
+            return labels, np.maximum(xxb - 2.0 * best, 0.0).astype(np.float32), None
+        diff = xb - self.c[labels]
+        dist = np.einsum("ij,ij->i", diff, diff)
+        # Every other centroid scores ≤ second + margin/2: its squared distance is at least
+        # xx − 2·second − margin.
+        margin = self._margin(xxb)
+        lower = np.sqrt(np.maximum(xxb - 2.0 * second - margin, 0.0)) * (1 - self.rel)
+        return labels, dist, lower.astype(np.float32)
+
+    def _margin(self, xxb: np.ndarray) -> np.ndarray:
+        """Twice the bound on a float32 score's error, plus slack for float32 norms."""
+        return 2.0 * self.fp32_err * (np.sqrt(xxb) * self.c_norm_max + self.half_max) + self.rel * xxb
+
+    def _cuda(self, xb: np.ndarray, xxb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        xt = torch.from_numpy(xb).to(self.c_gpu.device)
+        val, idx = torch.addmm(self.half_gpu, xt, self.c_gpu.T, beta=-1.0).max(dim=1)
+        best = val.cpu().numpy()
+        return idx.cpu().numpy(), np.maximum(xxb - 2.0 * best, 0.0).astype(np.float32)
+
+    def _scan(self, xa: np.ndarray, second: bool):
+        """Best label and score of every row over all chunks (and the runner-up score)."""
+        m = len(xa)
+        rows = np.arange(m)
+        labels = best = runner_up = None
+        for j, ct in enumerate(self.c_t):
+            score = self.buf[:m, : ct.shape[1]]
+            self.matmul(xa, ct, score)
+            idx = score.argmax(axis=1)
+            val = score[rows, idx]
+            if second:
+                score[rows, idx] = -np.inf
+                chunk_second = score.max(axis=1)
+            if j == 0:
+                labels, best = idx, val
+                runner_up = chunk_second if second else None
+                continue
+            if second:
+                runner_up = np.maximum(np.maximum(runner_up, chunk_second), np.minimum(best, val))
+            better = val > best  # strict: on a tie the earlier (lower) index stays
+            labels[better] = idx[better] + j * self.chunk
+            best[better] = val[better]
+        return labels, best, runner_up
