@@ -85,14 +85,17 @@ class Assigner:
         return labels, dist
 
     def search(self, xb: np.ndarray, xxb: np.ndarray, labels: np.ndarray | None = None,
-               lower: np.ndarray | None = None, want_lower: bool = False):
+               lower: np.ndarray | None = None, want_lower: bool = False,
+               movers: np.ndarray | None = None):
         """Nearest centroids of a tile, skipping rows whose bounds prove their label unchanged.
 
         ``labels``/``lower``: each row's previous label and a lower bound on its distance to
-        every *other* centroid (already shifted by how far the centroids moved since). A row is
+        every *other* centroid (already shifted by how far the centroids moved since), except the
+        ``movers``, whose distances are measured here and folded into the bound. A row is
         skipped when its distance to its label is below that bound (Hamerly's test) by more than
-        float32 error, so its label provably still is what a full scan would return. Returns (labels int64, squared distances float32, lower
-        bounds float32 — None on cuda or when neither ``lower`` nor ``want_lower`` is given).
+        float32 error, so its label provably still is what a full scan would return. Returns
+        (labels int64, squared distances float32, lower bounds float32 — None on cuda or when
+        neither ``lower`` nor ``want_lower`` is given).
         """
         if self.backend == "cuda":
             return (*self._cuda(xb, xxb), None)
@@ -101,6 +104,8 @@ class Assigner:
         labels = labels.astype(np.int64)
         diff = xb - self.c[labels]
         dist = np.einsum("ij,ij->i", diff, diff)
+        if movers is not None and len(movers):
+            lower = np.minimum(lower, self._lower_from(xb, xxb, labels, movers))
         # Skip only with room for float32 error on both scores: a full scan would agree.
         scan = np.flatnonzero(dist * (1 + self.rel) + 2.0 * self._margin(xxb) >= lower * lower)
         lower = lower.copy()
@@ -122,6 +127,14 @@ class Assigner:
         margin = self._margin(xxb)
         lower = np.sqrt(np.maximum(xxb - 2.0 * second - margin, 0.0)) * (1 - self.rel)
         return labels, dist, lower.astype(np.float32)
+
+    def _lower_from(self, xb, xxb, labels, movers) -> np.ndarray:
+        """Lower bound on each row's distance to the movers other than its own centroid."""
+        cm = self.c[movers]
+        sq = xxb[:, None] - 2.0 * (xb @ cm.T) + np.einsum("ij,ij->i", cm, cm)[None, :]
+        sq[movers[None, :] == labels[:, None]] = np.inf
+        closest = sq.min(axis=1) - self._margin(xxb)
+        return (np.sqrt(np.maximum(closest, 0.0)) * (1 - self.rel)).astype(np.float32)
 
     def _margin(self, xxb: np.ndarray) -> np.ndarray:
         """Twice the bound on a float32 score's error, plus slack for float32 norms."""

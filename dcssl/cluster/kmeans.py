@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 # faiss's split factor: the two halves of a split cluster move ±1/1024 apart.
 _SPLIT_EPS = 1.0 / 1024
+# Centroids at most set aside as "movers" per iteration (see _Bounds.shift): each costs every row
+# one distance in the next pass, so a few dozen is cheap next to k.
+_MOVERS = 128
 # Rows whose per-cluster sums are formed in float32 by one sparse product (then added in float64).
 _GROUP = 8192
 
@@ -185,16 +188,29 @@ class _Bounds:
     lower: np.ndarray
     valid: bool = False
     scanned: int = 0
+    movers: np.ndarray | None = None
+    """Centroids whose distances the next pass measures instead of bounding (see ``shift``)."""
 
     @classmethod
     def for_rows(cls, n: int) -> "_Bounds":
         return cls(np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.float32))
 
     def shift(self, old: np.ndarray, new: np.ndarray) -> None:
-        """Centroids moved old → new: no distance to a centroid shrinks by more than the
-        largest move (Hamerly's single lower bound)."""
-        move = float(np.sqrt(((new.astype(np.float64) - old) ** 2).sum(axis=1)).max())
-        np.subtract(self.lower, np.float32(move * (1 + 1e-6)), out=self.lower)
+        """Centroids moved old → new: no distance to a centroid shrinks by more than its move.
+
+        Hamerly's single bound drops by the largest move. Early on a few centroids (empty-cluster
+        splits, merged clusters pulling apart) move far more than the rest: those "movers" are
+        set aside and the next pass measures each row's distance to them directly, so the bound
+        only drops by the largest move among the others.
+        """
+        moves = np.sqrt(((new.astype(np.float64) - old) ** 2).sum(axis=1))
+        order = np.argsort(moves)[::-1]
+        movers = order[:min(_MOVERS, len(order) // 8)]
+        residual = float(moves[order[len(movers)]]) if len(movers) < len(order) else 0.0
+        if len(movers) == 0 or moves[order[0]] <= 2 * residual:
+            movers, residual = order[:0], float(moves[order[0]])
+        self.movers = np.sort(movers)
+        np.subtract(self.lower, np.float32(residual * (1 + 1e-6)), out=self.lower)
         np.maximum(self.lower, 0.0, out=self.lower)
 
 
@@ -262,7 +278,8 @@ def _search(finder: Assigner, xb, xxb, lo: int, hi: int, prune: _Bounds | None):
         return finder(xb, xxb)
     known = prune.valid
     labels, dist, lower = finder.search(xb, xxb, prune.labels[lo:hi] if known else None,
-                                        prune.lower[lo:hi] if known else None, want_lower=True)
+                                        prune.lower[lo:hi] if known else None, want_lower=True,
+                                        movers=prune.movers)
     if lower is not None:
         prune.labels[lo:hi], prune.lower[lo:hi] = labels, lower
     return labels, dist
