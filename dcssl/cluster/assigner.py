@@ -81,37 +81,54 @@ class Assigner:
         self.half_gpu = 0.5 * (self.c_gpu * self.c_gpu).sum(1)
 
     def __call__(self, xb: np.ndarray, xxb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        labels, dist, _ = self.search(xb, xxb)
+        if self.backend == "cuda":
+            return self._cuda(xb, xxb)
+        labels, dist, _ = self._full(xb, xxb, False)
         return labels, dist
 
     def search(self, xb: np.ndarray, xxb: np.ndarray, labels: np.ndarray | None = None,
-               lower: np.ndarray | None = None, want_lower: bool = False,
-               movers: np.ndarray | None = None):
+               lower: np.ndarray | None = None, upper: np.ndarray | None = None,
+               movers: np.ndarray | None = None, movers_extra: float = 0.0):
         """Nearest centroids of a tile, skipping rows whose bounds prove their label unchanged.
 
-        ``labels``/``lower``: each row's previous label and a lower bound on its distance to
-        every *other* centroid (already shifted by how far the centroids moved since), except the
-        ``movers``, whose distances are measured here and folded into the bound. A row is
-        skipped when its distance to its label is below that bound (Hamerly's test) by more than
-        float32 error, so its label provably still is what a full scan would return. Returns
-        (labels int64, squared distances float32, lower bounds float32 — None on cuda or when
-        neither ``lower`` nor ``want_lower`` is given).
+        ``labels``/``lower``/``upper``: each row's previous label, a lower bound on its distance
+        to every *other* centroid and an upper bound on the distance to its own (both already
+        moved with the centroids) — except the ``movers``, which moved up to ``movers_extra``
+        further than ``lower`` allows for. A row is skipped when upper < lower by more than
+        float32 error (Hamerly's test): first with ``lower − movers_extra``; where that fails,
+        with the movers' distances measured; then with ``upper`` tightened to the exact
+        distance. A skipped row's label provably is what a full scan would return. Returns
+        (labels int64, lower, upper) — bounds float32, None on cuda; without previous labels
+        every row is scanned.
         """
         if self.backend == "cuda":
-            return (*self._cuda(xb, xxb), None)
+            return self._cuda(xb, xxb)[0], None, None
         if labels is None:
-            return self._full(xb, xxb, want_lower)
-        labels = labels.astype(np.int64)
-        diff = xb - self.c[labels]
-        dist = np.einsum("ij,ij->i", diff, diff)
-        if movers is not None and len(movers):
-            lower = np.minimum(lower, self._lower_from(xb, xxb, labels, movers))
-        # Skip only with room for float32 error on both scores: a full scan would agree.
-        scan = np.flatnonzero(dist * (1 + self.rel) + 2.0 * self._margin(xxb) >= lower * lower)
-        lower = lower.copy()
-        if len(scan):
-            labels[scan], dist[scan], lower[scan] = self._full(xb[scan], xxb[scan], True)
-        return labels, dist, lower
+            labels, dist, lower = self._full(xb, xxb, True)
+            return labels, lower, self._upper(dist)
+        labels, upper = labels.astype(np.int64), upper.copy()
+        slack = 2.0 * self._margin(xxb)  # room for float32 error on both scores
+        has_movers = movers is not None and len(movers) > 0
+        bound = np.maximum(lower - np.float32(movers_extra), 0.0) if has_movers else lower.copy()
+        check = np.flatnonzero(self._unsure(upper, bound, slack))
+        if has_movers and len(check):  # only rows the movers could unsettle measure them
+            bound[check] = np.minimum(lower[check], self._lower_from(
+                xb[check], xxb[check], labels[check], movers))
+            check = check[self._unsure(upper[check], bound[check], slack[check])]
+        if len(check):  # tighten: the exact distance to the row's own centroid
+            diff = xb[check] - self.c[labels[check]]
+            upper[check] = self._upper(np.einsum("ij,ij->i", diff, diff))
+            scan = check[self._unsure(upper[check], bound[check], slack[check])]
+            if len(scan):
+                labels[scan], dist, bound[scan] = self._full(xb[scan], xxb[scan], True)
+                upper[scan] = self._upper(dist)
+        return labels, bound, upper
+
+    def _unsure(self, upper: np.ndarray, lower: np.ndarray, slack: np.ndarray) -> np.ndarray:
+        return upper * upper * (1 + self.rel) + slack >= lower * lower
+
+    def _upper(self, dist: np.ndarray) -> np.ndarray:
+        return (np.sqrt(dist) * (1 + self.rel)).astype(np.float32)
 
     def _full(self, xb: np.ndarray, xxb: np.ndarray, want_lower: bool):
         m = len(xb)
@@ -130,10 +147,16 @@ class Assigner:
 
     def _lower_from(self, xb, xxb, labels, movers) -> np.ndarray:
         """Lower bound on each row's distance to the movers other than its own centroid."""
+        m = len(xb)
+        xa = self.xa[:m]
+        xa[:, :-1] = xb
         cm = self.c[movers]
-        sq = xxb[:, None] - 2.0 * (xb @ cm.T) + np.einsum("ij,ij->i", cm, cm)[None, :]
-        sq[movers[None, :] == labels[:, None]] = np.inf
-        closest = sq.min(axis=1) - self._margin(xxb)
+        ct = np.concatenate([cm, 0.5 * np.einsum("ij,ij->i", cm, cm)[:, None]], axis=1).T
+        score = xa @ np.ascontiguousarray(ct)  # x·c − ‖c‖²/2 per mover
+        slot = np.minimum(np.searchsorted(movers, labels), len(movers) - 1)
+        own = np.flatnonzero(movers[slot] == labels)
+        score[own, slot[own]] = -np.inf
+        closest = xxb - 2.0 * score.max(axis=1) - self._margin(xxb)
         return (np.sqrt(np.maximum(closest, 0.0)) * (1 - self.rel)).astype(np.float32)
 
     def _margin(self, xxb: np.ndarray) -> np.ndarray:

@@ -180,37 +180,44 @@ class KMeansState:
 
 @dataclass
 class _Bounds:
-    """Per-row pruning state between passes: label and a lower bound on the distance to every
-    other centroid. Not checkpointed (8 bytes a row): a resumed run starts with a full scan,
-    which gives the same labels, since a row is only skipped when its label provably holds."""
+    """Per-row pruning state between passes: label, a lower bound on the distance to every other
+    centroid, an upper bound on the distance to its own. Not checkpointed (12 bytes a row): a
+    resumed run starts with a full scan, which gives the same labels, since a row is only
+    skipped when its label provably holds."""
 
     labels: np.ndarray
     lower: np.ndarray
+    upper: np.ndarray
     valid: bool = False
     scanned: int = 0
     movers: np.ndarray | None = None
     """Centroids whose distances the next pass measures instead of bounding (see ``shift``)."""
+    movers_extra: float = 0.0
+    """How much further than ``lower`` allows for the movers moved."""
 
     @classmethod
     def for_rows(cls, n: int) -> "_Bounds":
-        return cls(np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.float32))
+        return cls(np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.float32),
+                   np.zeros(n, dtype=np.float32))
 
     def shift(self, old: np.ndarray, new: np.ndarray) -> None:
-        """Centroids moved old → new: no distance to a centroid shrinks by more than its move.
+        """Centroids moved old → new: no distance to a centroid changes by more than its move.
 
-        Hamerly's single bound drops by the largest move. Early on a few centroids (empty-cluster
+        Hamerly's lower bound drops by the largest move. Early on a few centroids (empty-cluster
         splits, merged clusters pulling apart) move far more than the rest: those "movers" are
         set aside and the next pass measures each row's distance to them directly, so the bound
-        only drops by the largest move among the others.
+        only drops by the largest move among the others for the rows the movers could unsettle.
         """
-        moves = np.sqrt(((new.astype(np.float64) - old) ** 2).sum(axis=1))
+        moves = np.sqrt(((new.astype(np.float64) - old) ** 2).sum(axis=1)) * (1 + 1e-6)
         order = np.argsort(moves)[::-1]
         movers = order[:min(_MOVERS, len(order) // 8)]
+        largest = float(moves[order[0]])
         residual = float(moves[order[len(movers)]]) if len(movers) < len(order) else 0.0
-        if len(movers) == 0 or moves[order[0]] <= 2 * residual:
-            movers, residual = order[:0], float(moves[order[0]])
-        self.movers = np.sort(movers)
-        np.subtract(self.lower, np.float32(residual * (1 + 1e-6)), out=self.lower)
+        if len(movers) == 0 or largest <= 2 * residual:
+            movers, residual = order[:0], largest
+        self.movers, self.movers_extra = np.sort(movers), largest - residual
+        np.add(self.upper, moves[self.labels].astype(np.float32), out=self.upper)
+        np.subtract(self.lower, np.float32(residual), out=self.lower)
         np.maximum(self.lower, 0.0, out=self.lower)
 
 
@@ -242,13 +249,14 @@ def _lloyd_pass(x_local, xx, finder: Assigner, block, bounds, comm, labels_out=N
     int64 fixed point (across blocks and ranks, exact), so the result is rank-count independent.
     """
     k, d = finder.c.shape
+    c64 = finder.c.astype(np.float64)
+    c_sq = np.einsum("ij,ij->i", c64, c64)
     sums, inertia = FixedSum((k, d), bounds["sum"]), FixedSum(1, bounds["inertia"])
     counts = np.zeros(k, dtype=np.int64)
     acc = np.zeros((k, d))
-    block_inertia = 0.0
     for b0, b1 in blocks(0, len(x_local), block):
         acc[:] = 0.0
-        block_inertia = 0.0
+        block_counts = np.zeros(k, dtype=np.int64)
         # Groups of rows (laid out relative to the block: the same on any rank) share one sparse
         # one-hot product; tiles inside a group share one cache-sized score buffer.
         for g0, g1 in blocks(0, b1 - b0, _GROUP):
@@ -256,14 +264,18 @@ def _lloyd_pass(x_local, xx, finder: Assigner, block, bounds, comm, labels_out=N
             for t0, t1 in blocks(0, g1 - g0, finder.tile):
                 lo, hi = b0 + g0 + t0, b0 + g0 + t1
                 xb = np.ascontiguousarray(x_local[lo:hi], dtype=np.float32)
-                lab[t0:t1], dist = _search(finder, xb, xx[lo:hi], lo, hi, prune)
-                block_inertia += float(dist.sum(dtype=np.float64))
+                lab[t0:t1] = _search(finder, xb, xx[lo:hi], lo, hi, prune)
             if labels_out is not None:
                 labels_out[b0 + g0:b0 + g1] = lab
             rows = np.ascontiguousarray(x_local[b0 + g0:b0 + g1], dtype=np.float32)
-            counts += _add_rows(acc, lab, rows)
+            block_counts += _add_rows(acc, lab, rows)
+        counts += block_counts
         sums.add(acc)
-        inertia.add(np.array([block_inertia]))
+        # Σ‖x − c_label‖² = Σ‖x‖² − 2 Σ_j c_j·S_j + Σ_j n_j‖c_j‖²: from the sums, no per-row
+        # distances (pruned rows never compute theirs)
+        block_inertia = (float(xx[b0:b1].sum(dtype=np.float64)) + float(block_counts @ c_sq)
+                         - 2.0 * float(np.einsum("ij,ij->", c64, acc)))
+        inertia.add(np.array([max(block_inertia, 0.0)]))
     if prune is not None:
         prune.valid, prune.scanned = finder.backend != "cuda", finder.scanned
     from hpc.mpi import allreduce_
@@ -273,16 +285,16 @@ def _lloyd_pass(x_local, xx, finder: Assigner, block, bounds, comm, labels_out=N
     return sums.result(comm), counts, float(inertia.result(comm)[0])
 
 
-def _search(finder: Assigner, xb, xxb, lo: int, hi: int, prune: _Bounds | None):
+def _search(finder: Assigner, xb, xxb, lo: int, hi: int, prune: _Bounds | None) -> np.ndarray:
     if prune is None:
-        return finder(xb, xxb)
-    known = prune.valid
-    labels, dist, lower = finder.search(xb, xxb, prune.labels[lo:hi] if known else None,
-                                        prune.lower[lo:hi] if known else None, want_lower=True,
-                                        movers=prune.movers)
+        return finder(xb, xxb)[0]
+    previous = (prune.labels[lo:hi], prune.lower[lo:hi], prune.upper[lo:hi]) if prune.valid else ()
+    labels, lower, upper = finder.search(xb, xxb, *previous,
+                                         movers=prune.movers if prune.valid else None,
+                                         movers_extra=prune.movers_extra)
     if lower is not None:
-        prune.labels[lo:hi], prune.lower[lo:hi] = labels, lower
-    return labels, dist
+        prune.labels[lo:hi], prune.lower[lo:hi], prune.upper[lo:hi] = labels, lower, upper
+    return labels
 
 
 def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol: float = 1e-4,
