@@ -8,8 +8,9 @@ them with Pillow's libjpeg-turbo — keeping the stored components as they are w
 RGB, as openslide does — and copies them into the region, with a small cache of decoded tiles
 (neighbouring reads share the JPEG tiles they straddle).
 
-It serves only what it reproduces bit for bit: level 0 of a tiled, 8-bit, 3-sample JPEG TIFF
-whose first tile decodes exactly as openslide decodes it (checked when opened). Anything else
+It serves only what it reproduces bit for bit: level 0 of an Aperio or generic tiled TIFF with
+8-bit, 3-sample JPEG tiles, whose first tile decodes exactly as openslide decodes it (checked
+when opened). Anything else
 (JPEG 2000, other compressions, odd layouts) gets None from ``open`` and stays with openslide.
 """
 
@@ -27,6 +28,8 @@ from dcssl.slides.tissue import region_to_rgb
 
 __all__ = ["TiffJpegLevel0"]
 
+# Formats whose level 0 is the TIFF page's tile grid as stored (Ventana, for one, overlaps tiles).
+_PLAIN_LAYOUTS = ("aperio", "generic-tiff")
 _CACHE_TILES = 64  # ≈ 11 MB of 240 px tiles: a block row of strips re-uses what it straddles
 
 
@@ -48,6 +51,8 @@ class TiffJpegLevel0:
     @classmethod
     def open(cls, path: str, slide: openslide.AbstractSlide) -> "TiffJpegLevel0 | None":
         """A reader for ``path``'s level 0, or None where openslide must do the reading."""
+        if slide.properties.get("openslide.vendor") not in _PLAIN_LAYOUTS:
+            return None
         try:
             import tifffile
 
