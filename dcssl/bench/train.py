@@ -4,8 +4,8 @@ Both sides train the same torchvision ResNet with a k-class head by SGD on the s
 tiles (random crops of a shipped slide), batch for batch, with the same number of loader workers:
 
 - dcssl:    the train segment's step — the store dataset, batch augmentations (on the GPU when
-            there is one), bf16 autocast + channels_last on GPU, the L2-normalised projection,
-            and the feature-bank row writes;
+            there is one), bf16 autocast + channels_last (on GPUs and on CPUs with native bf16),
+            the L2-normalised projection, and the feature-bank row writes;
 - baseline: what a first script looks like — torchvision ImageFolder over the tiles as .jpg files,
             per-image torchvision transforms in the loader, a plain fp32 training loop.
 
