@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from dcssl.store import shard_name
+
 
 @dataclass(frozen=True)
 class RunPaths:
@@ -17,6 +19,22 @@ class RunPaths:
     @property
     def manifest(self) -> Path:
         return self.store / "manifest.json"
+
+    @property
+    def shards(self) -> Path:
+        return self.store / "shards"
+
+    def shard(self, slide_id: str) -> Path:
+        return self.shards / shard_name(slide_id)
+
+    @property
+    def slide_list(self) -> Path:
+        """The tile stage's resolved slide list: array element I tiles slide I."""
+        return self.root / "tile" / "slides.json"
+
+    @property
+    def tile_logs(self) -> Path:
+        return self.logs / "tile"
 
     @property
     def config(self) -> Path:

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from dcssl.jsonl import read_jsonl
 from dcssl.launch.common import add_run_arguments, existing_run_dir
+from dcssl.paths import RunPaths
 from dcssl.pipeline.progress import loop_progress
 from dcssl.pipeline.report import epoch_table
 from dcssl.store import Store
-from dcssl.tile.run import Summary, TilePaths, summarize
+from dcssl.tile.run import Summary, summarize
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,19 +27,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _store_only(paths: TilePaths) -> Summary:
+def _store_only(paths: RunPaths) -> Summary:
     """A run without a slide list (e.g. ingested tiles): what the manifest says."""
-    if not (paths.store / "manifest.json").is_file():
+    if not paths.manifest.is_file():
         return Summary()
     store = Store(paths.store)
     return Summary(slides=len(store.shards), done=len(store.shards), tiles=store.n_tiles)
 
 
 def collect(run_dir: Path) -> dict:
-    paths = TilePaths(run_dir)
-    summary = summarize(run_dir) if paths.slides.is_file() else _store_only(paths)
-    manifest = paths.store / "manifest.json"
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    paths = RunPaths(run_dir)
+    summary = summarize(run_dir) if paths.slide_list.is_file() else _store_only(paths)
+    manifest = paths.manifest
+    metrics = read_jsonl(paths.metrics)
     return {**asdict(summary), "manifest": str(manifest) if manifest.is_file() else None,
             "metrics": metrics[-1] if metrics else None, "loop": loop_progress(run_dir),
             "epochs": [r for r in metrics if r.get("kind") == "epoch"]}

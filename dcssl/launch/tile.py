@@ -14,9 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from dcssl.launch.common import UsageError, add_run_arguments
+from dcssl.paths import RunPaths
 from dcssl.slides.sources import SourceError
 from dcssl.tile.prepare import load_tile_settings, prepare_run
-from dcssl.tile.run import TilePaths, finalize, pending_indices, summarize, tile_element
+from dcssl.tile.run import finalize, pending_indices, summarize, tile_element
 from hpc.submit import make_executor, submit_array
 
 log = logging.getLogger("dcssl.launch.tile")
@@ -57,43 +58,43 @@ def _collect(jobs, indices: list[int]) -> list[str]:
     return dead
 
 
-def _report(paths: TilePaths) -> int:
-    summary = summarize(paths.run_dir)
+def _report(paths: RunPaths) -> int:
+    summary = summarize(paths.root)
     print(f"slides: {summary.slides}  done: {summary.done}  failed: {len(summary.failed)}  "
           f"pending: {summary.pending}  tiles: {summary.tiles}")
     for item in summary.failed:
         print(f"  failed  {item['slide']}  [{item['stage']}] {item['reason']}")
-    if (paths.store / "manifest.json").is_file():
-        print(f"store: {paths.store / 'manifest.json'}")
+    if (paths.manifest).is_file():
+        print(f"store: {paths.manifest}")
     return 1 if summary.failed or summary.pending else 0
 
 
 def run(args: argparse.Namespace) -> int:
-    paths = TilePaths(Path(args.run_dir))
-    _, executor = load_tile_settings(paths.run_dir, args.config, args.overrides)
+    paths = RunPaths(Path(args.run_dir))
+    _, executor = load_tile_settings(paths.root, args.config, args.overrides)
     if args.executor:
         executor = replace(executor, kind=args.executor)
     try:
-        refs = prepare_run(paths.run_dir, args.slides, args.config, args.overrides, executor)
+        refs = prepare_run(paths.root, args.slides, args.config, args.overrides, executor)
     except SourceError as err:
         raise UsageError(str(err)) from None
-    pending = pending_indices(paths.run_dir, refs)
+    pending = pending_indices(paths.root, refs)
     log.info("%d slides: %d already tiled, %d to tile (%s executor, at most %d at once)",
              len(refs), len(refs) - len(pending), len(pending), executor.kind,
              executor.array_parallelism)
     if not pending:
-        finalize(paths.run_dir, refs)
+        finalize(paths.root, refs)
         return _report(paths)
-    submitit_executor = make_executor(executor, paths.logs, job_name="dcssl-tile")
-    jobs = submit_array(submitit_executor, TileTask(paths.run_dir, args.config, args.overrides),
+    submitit_executor = make_executor(executor, paths.tile_logs, job_name="dcssl-tile")
+    jobs = submit_array(submitit_executor, TileTask(paths.root, args.config, args.overrides),
                         pending, executor.array_parallelism, executor.max_array_size)
     if executor.kind == "slurm" and not args.wait:
         arrays = sorted({str(job.job_id).split("_")[0] for job in jobs}, key=int)
         print(f"submitted array job(s) {', '.join(arrays)}: {len(pending)} elements, at most "
-              f"{executor.array_parallelism} at once; logs in {paths.logs}")
-        print(f"follow it with: python -m dcssl.launch status {paths.run_dir}")
+              f"{executor.array_parallelism} at once; logs in {paths.tile_logs}")
+        print(f"follow it with: python -m dcssl.launch status {paths.root}")
         return 0
     for line in _collect(jobs, pending):
         log.error("%s", line)
-    finalize(paths.run_dir, refs)
+    finalize(paths.root, refs)
     return _report(paths)

@@ -12,10 +12,10 @@ from pathlib import Path
 import yaml
 
 from dcssl.config import load_section
+from dcssl.paths import RunPaths
 from dcssl.slides.gdc import DownloadError, read_token
 from dcssl.slides.sources import SlideRef, SourceError, resolve_slides, save_slide_list
 from dcssl.tile.config import TileConfig
-from dcssl.tile.run import TilePaths
 from hpc.checkpoint import atomic_write_text
 from hpc.config import to_dict
 from hpc.submit import ExecutorConfig
@@ -46,15 +46,15 @@ def prepare_run(run_dir: str | Path, slides: str | None, config_path: str | Path
     Raises SourceError / ConfigError with one line naming the problem and the fix.
     """
     run_dir = Path(run_dir)
-    paths = TilePaths(run_dir)
+    paths = RunPaths(run_dir)
     config_path = Path(config_path) if config_path is not None else None
     tile, executor_cfg = load_tile_settings(run_dir, config_path, list(overrides))
     if slides is None:
-        if not paths.slides.is_file():
+        if not paths.slide_list.is_file():
             raise SourceError(f"{run_dir}: no slide list yet; pass --slides FOLDER|GLOB|MANIFEST.tsv")
         from dcssl.slides.sources import load_slide_list
 
-        refs = load_slide_list(paths.slides)
+        refs = load_slide_list(paths.slide_list)
     else:
         refs = resolve_slides(slides)
     if any(r.remote for r in refs):
@@ -64,6 +64,6 @@ def prepare_run(run_dir: str | Path, slides: str | None, config_path: str | Path
             raise SourceError(str(err)) from None
     run_dir.mkdir(parents=True, exist_ok=True)
     paths.shards.mkdir(parents=True, exist_ok=True)
-    save_slide_list(paths.slides, refs)
+    save_slide_list(paths.slide_list, refs)
     _pin_config(run_dir, tile, executor or executor_cfg)
     return refs

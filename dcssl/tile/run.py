@@ -26,40 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcssl.config import load_section
+from dcssl.paths import RunPaths
 from dcssl.slides.gdc import DownloadError, download_slide, read_token, scratch_root
 from dcssl.slides.sources import SlideRef, load_slide_list
 from dcssl.store import append_ledger, build_manifest, latest_attempts, shard_name
 from dcssl.tile.config import TileConfig
 from dcssl.tile.worker import SlideFailure, effective_workers, tile_slide
 
-__all__ = ["TilePaths", "tile_element", "pending_indices", "finalize", "Summary", "summarize",
+__all__ = ["tile_element", "pending_indices", "finalize", "Summary", "summarize",
            "file_md5"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TilePaths:
-    run_dir: Path
-
-    @property
-    def store(self) -> Path:
-        return self.run_dir / "store"
-
-    @property
-    def shards(self) -> Path:
-        return self.store / "shards"
-
-    @property
-    def slides(self) -> Path:
-        return self.run_dir / "tile" / "slides.json"
-
-    @property
-    def logs(self) -> Path:
-        return self.run_dir / "logs" / "tile"
-
-    def shard(self, ref: SlideRef) -> Path:
-        return self.shards / shard_name(ref.slide_id)
 
 
 def file_md5(path: str | Path, chunk: int = 8 << 20) -> str:
@@ -77,15 +54,15 @@ def _remove_stale_temps(shard: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _scratch_folder(cfg: TileConfig, paths: TilePaths, ref: SlideRef) -> Path:
-    run_key = hashlib.sha1(str(paths.run_dir.resolve()).encode()).hexdigest()[:10]
+def _scratch_folder(cfg: TileConfig, paths: RunPaths, ref: SlideRef) -> Path:
+    run_key = hashlib.sha1(str(paths.root.resolve()).encode()).hexdigest()[:10]
     user = os.environ.get("USER") or str(os.getuid())
     return scratch_root(cfg.download) / f"dcssl-{user}" / f"{run_key}-{shard_name(ref.slide_id)[:-3]}"
 
 
-def _tile_one(ref: SlideRef, cfg: TileConfig, paths: TilePaths) -> dict:
+def _tile_one(ref: SlideRef, cfg: TileConfig, paths: RunPaths) -> dict:
     """Tile one slide; the ledger record (without time)."""
-    shard = paths.shard(ref)
+    shard = paths.shard(ref.slide_id)
     _remove_stale_temps(shard)
     scratch = None
     try:
@@ -125,14 +102,14 @@ def tile_element(run_dir: str | Path, index: int, config_path: str | Path | None
     slide must not fail the array element's bookkeeping.
     """
     _ensure_logging()
-    paths = TilePaths(Path(run_dir))
-    cfg = load_section(TileConfig, "tile", paths.run_dir, config_path, list(overrides))
-    refs = load_slide_list(paths.slides)
+    paths = RunPaths(Path(run_dir))
+    cfg = load_section(TileConfig, "tile", paths.root, config_path, list(overrides))
+    refs = load_slide_list(paths.slide_list)
     if not 0 <= index < len(refs):
         raise IndexError(f"index {index} is outside the slide list (0..{len(refs) - 1}) of "
-                         f"{paths.slides}")
+                         f"{paths.slide_list}")
     ref = refs[index]
-    if paths.shard(ref).is_file():
+    if paths.shard(ref.slide_id).is_file():
         log.info("%s: shard exists, skipping", ref.slide_id)
         return dict(slide=ref.slide_id, index=index, status="ok", stage="done", skipped=True)
     start = time.monotonic()
@@ -152,17 +129,17 @@ def tile_element(run_dir: str | Path, index: int, config_path: str | Path | None
     log.log(level, "%s: %s %s%s (%d tiles, %.1f s)", ref.slide_id, record["status"],
             record["stage"], f": {record['reason']}" if record.get("reason") else "",
             record["tiles"], record["seconds"])
-    maybe_finalize(paths.run_dir, refs)
+    maybe_finalize(paths.root, refs)
     return record
 
 
 def pending_indices(run_dir: str | Path, refs: list[SlideRef]) -> list[int]:
     """Slides without a complete shard (never tried, failed, or killed mid-way)."""
-    paths = TilePaths(Path(run_dir))
-    return [i for i, ref in enumerate(refs) if not paths.shard(ref).is_file()]
+    paths = RunPaths(Path(run_dir))
+    return [i for i, ref in enumerate(refs) if not paths.shard(ref.slide_id).is_file()]
 
 
-def _manifest_order(paths: TilePaths, refs: list[SlideRef]) -> list[str]:
+def _manifest_order(paths: RunPaths, refs: list[SlideRef]) -> list[str]:
     """Slide-list order (stable global index), then shards not from the list (ingested)."""
     present = {p.name for p in paths.shards.glob("*.h5")} if paths.shards.is_dir() else set()
     ordered = [shard_name(r.slide_id) for r in refs if shard_name(r.slide_id) in present]
@@ -171,9 +148,9 @@ def _manifest_order(paths: TilePaths, refs: list[SlideRef]) -> list[str]:
 
 def finalize(run_dir: str | Path, refs: list[SlideRef] | None = None):
     """Write store/manifest.json over the complete shards; returns the Store."""
-    paths = TilePaths(Path(run_dir))
+    paths = RunPaths(Path(run_dir))
     if refs is None:
-        refs = load_slide_list(paths.slides) if paths.slides.is_file() else []
+        refs = load_slide_list(paths.slide_list) if paths.slide_list.is_file() else []
     paths.shards.mkdir(parents=True, exist_ok=True)
     return build_manifest(paths.store, _manifest_order(paths, refs))
 
@@ -210,17 +187,17 @@ def _shard_tiles(path: Path) -> int:
 
 def summarize(run_dir: str | Path, refs: list[SlideRef] | None = None) -> Summary:
     """Done / failed / pending over the slide list, from the shards and the ledger."""
-    paths = TilePaths(Path(run_dir))
+    paths = RunPaths(Path(run_dir))
     if refs is None:
-        refs = load_slide_list(paths.slides)
+        refs = load_slide_list(paths.slide_list)
     latest = latest_attempts(paths.store)
     summary = Summary(slides=len(refs))
     for ref in refs:
         record = latest.get(ref.slide_id, {})
-        if paths.shard(ref).is_file():
+        if paths.shard(ref.slide_id).is_file():
             summary.done += 1
             tiles = record.get("tiles") if record.get("status") == "ok" else None
-            summary.tiles += int(tiles) if tiles is not None else _shard_tiles(paths.shard(ref))
+            summary.tiles += int(tiles) if tiles is not None else _shard_tiles(paths.shard(ref.slide_id))
             if record.get("reason"):
                 summary.notes.append({"slide": ref.slide_id, "reason": record["reason"]})
         elif record.get("status") == "failed":
