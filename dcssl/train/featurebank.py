@@ -26,7 +26,7 @@ import numpy as np
 from hpc.checkpoint import atomic_path, atomic_write_text
 
 __all__ = ["bank_dir", "is_complete", "read_meta", "open_bank", "BankWriter", "prepare_bank",
-           "finalize_bank"]
+           "finalize_bank", "write_bank"]
 
 EMBEDDINGS, META, COMPLETE = "embeddings.f16", "meta.json", "COMPLETE"
 
@@ -82,6 +82,21 @@ def finalize_bank(run_dir: str | os.PathLike, epoch: int, n: int, dim: int, sour
             "stale_fraction": round(float(stale_fraction), 6)}
     atomic_write_text(folder / META, json.dumps(meta, indent=1))
     atomic_write_text(folder / COMPLETE, "")
+
+
+def write_bank(run_dir: str | os.PathLike, epoch: int, features: np.ndarray,
+               source: str = "external") -> Path:
+    """A complete bank for ``epoch`` from an in-memory n×dim array — features computed elsewhere,
+    to cluster them with ``python -m dcssl.cluster RUN --epoch E``. One process."""
+    n, dim = features.shape
+    path = prepare_bank(run_dir, epoch, n, dim, None)
+    writer = BankWriter(path, n, dim)
+    try:
+        writer.write_rows(np.arange(n), features)
+    finally:
+        writer.close()
+    finalize_bank(run_dir, epoch, n, dim, source, 0.0)
+    return path
 
 
 class BankWriter:

@@ -19,18 +19,12 @@ import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
 from dcssl.cluster.store import checkpoints
+from dcssl.train.featurebank import write_bank
 from hpc.mpi import mpiexec
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
-
-def _features(run: Path, epoch: int, x: np.ndarray) -> None:
-    folder = run / "features" / f"epoch-{epoch:04d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    x.astype(np.float16).tofile(folder / "embeddings.f16")
-    (folder / "meta.json").write_text(json.dumps({"n": len(x), "dim": x.shape[1], "dtype": "float16"}))
-    (folder / "COMPLETE").write_text("")
 
 
 def _cmd(run: Path, epoch: int, ranks: int, overrides: list[str]) -> list[str]:
@@ -63,8 +57,8 @@ def test_1_2_4_ranks_give_identical_labels_and_nmi(tmp_path):
     x_next = x + 0.5 * rng.standard_normal(x.shape)
     runs = {r: tmp_path / f"r{r}" for r in (0, 2, 4)}  # 0: plain python, no mpiexec
     for ranks, run in runs.items():
-        _features(run, 0, x)
-        _features(run, 1, x_next)
+        write_bank(run, 0, x)
+        write_bank(run, 1, x_next)
         stats = _run(run, 0, ranks, SMALL)
         assert stats["ranks"] == max(ranks, 1)
         _run(run, 1, ranks, SMALL)
@@ -89,7 +83,7 @@ def slow_reference(tmp_path_factory):
     """Features that take ~60 iterations, and the labels of an uninterrupted 1-rank run."""
     x = np.random.default_rng(1).standard_normal((60_000, 32))
     run = tmp_path_factory.mktemp("reference")
-    _features(run, 0, x)
+    write_bank(run, 0, x)
     stats = _run(run, 0, 0, SLOW)
     assert stats["iterations"] > 10
     return x, _labels(run), _centroids(run)
@@ -115,7 +109,7 @@ def _start_and_kill(run: Path, ranks: int, at_least: int, sig: int = signal.SIGK
 @pytest.mark.parametrize("first,second", [(2, 2), (0, 4), (4, 1)])
 def test_kill9_mid_run_resumes_with_same_or_other_rank_count(tmp_path, slow_reference, first, second):
     x, ref_labels, ref_centroids = slow_reference
-    _features(tmp_path, 0, x)
+    write_bank(tmp_path, 0, x)
     _start_and_kill(tmp_path, first, at_least=3)
     assert not (tmp_path / "labels/epoch-0000/COMPLETE").exists()
     resume_at = checkpoints(tmp_path, 0, 2).steps()[-1]
@@ -127,7 +121,7 @@ def test_kill9_mid_run_resumes_with_same_or_other_rank_count(tmp_path, slow_refe
 
 def test_preemption_signal_checkpoints_exits_and_resumes(tmp_path, slow_reference):
     x, ref_labels, _ = slow_reference
-    _features(tmp_path, 0, x)
+    write_bank(tmp_path, 0, x)
     proc = _start_and_kill(tmp_path, 0, at_least=2, sig=signal.SIGUSR2)
     assert proc.returncode == 75, proc.stderr.read()  # outside SLURM: "try again" exit
     saved = checkpoints(tmp_path, 0, 2).steps()[-1]
@@ -137,7 +131,7 @@ def test_preemption_signal_checkpoints_exits_and_resumes(tmp_path, slow_referenc
 
 
 def test_finished_epoch_rerun_is_a_no_op(tmp_path):
-    _features(tmp_path, 0, np.random.default_rng(2).standard_normal((3000, 8)))
+    write_bank(tmp_path, 0, np.random.default_rng(2).standard_normal((3000, 8)))
     _run(tmp_path, 0, 2, SMALL)
     before = (tmp_path / "labels/epoch-0000/labels.i32").stat().st_mtime_ns
     proc = subprocess.run(_cmd(tmp_path, 0, 2, SMALL), env=ENV, capture_output=True, text=True,
@@ -156,7 +150,7 @@ def test_srun_pmi2_two_ranks_match_one_rank(slurm_cluster, tmp_path):
     x = rng.standard_normal((12_000, 16)) + 4 * rng.standard_normal((12, 16))[rng.integers(0, 12, 12_000)]
     one, two = tmp_path / "one", tmp_path / "two"
     for run in (one, two):
-        _features(run, 0, x)
+        write_bank(run, 0, x)
     _run(one, 0, 0, SMALL)
     log = tmp_path / "job.log"
     submit = subprocess.run(

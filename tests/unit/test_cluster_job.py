@@ -16,22 +16,16 @@ from sklearn.metrics import normalized_mutual_info_score
 from dcssl.cluster import ClusterConfig, RCCConfig, kmeans, pca_fit, pca_transform, rcc
 from dcssl.cluster.exact import SingleComm
 from dcssl.cluster.job import run_cluster
+from dcssl.train.featurebank import write_bank
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bloodmnist.npz"
 
 
-def _features(run: Path, epoch: int, x: np.ndarray) -> None:
-    folder = run / "features" / f"epoch-{epoch:04d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    x.astype(np.float16).tofile(folder / "embeddings.f16")
-    (folder / "meta.json").write_text(json.dumps({"n": len(x), "dim": x.shape[1], "dtype": "float16"}))
-    (folder / "COMPLETE").write_text("")
-
 
 def test_outputs_follow_the_contract(tmp_path):
     x, y = make_blobs(5000, n_features=20, centers=8, random_state=0, cluster_std=0.8)
-    _features(tmp_path, 0, x)
-    _features(tmp_path, 1, x + 0.01)
+    write_bank(tmp_path, 0, x)
+    write_bank(tmp_path, 1, x + 0.01)
     cfg = ClusterConfig(k=8, pca_dim=10, block_rows=1024, iterations=15, init_trials=2)
     stats = run_cluster(tmp_path, 0, cfg, SingleComm())
     out = tmp_path / "labels" / "epoch-0000"
@@ -70,7 +64,7 @@ def test_cli_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip() == "error: cluster: k must be ≥ 1, got 0"
     proc = _cli(str(tmp_path), "--epoch", "0", "cluster.kk=3")
     assert proc.returncode == 2 and "cluster.kk: unknown key" in proc.stderr
-    _features(tmp_path, 0, np.ones((10, 4)))
+    write_bank(tmp_path, 0, np.ones((10, 4)))
     (tmp_path / "features/epoch-0000/meta.json").write_text('{"n": 11, "dim": 4}')
     proc = _cli(str(tmp_path), "--epoch", "0")
     assert proc.returncode == 1 and "expected n×dim×2" in proc.stderr
@@ -87,7 +81,7 @@ def test_rcc_recovers_blobs_without_k():
 def test_rcc_method_in_the_job(tmp_path):
     x, y = make_blobs(6000, n_features=16, centers=5, random_state=4, cluster_std=0.5,
                       center_box=(-10, 10))
-    _features(tmp_path, 0, x)
+    write_bank(tmp_path, 0, x)
     # Whitening lifts the noise-only directions to unit variance, which RCC's graph feels: off.
     cfg = ClusterConfig(method="rcc", pca_dim=8, whiten=False, block_rows=1024,
                         rcc=RCCConfig(sample=2000, dim=0, min_size=5))

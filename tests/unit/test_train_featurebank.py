@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dcssl.train.featurebank import (BankWriter, bank_dir, finalize_bank, is_complete, open_bank,
-                                     prepare_bank, read_meta)
+                                     prepare_bank, read_meta, write_bank)
 from hpc.mpi import shard_range
 
 N, DIM, WRITERS = 1000, 24, 3
@@ -89,3 +89,11 @@ def test_new_epoch_starts_from_the_previous_bank_once(tmp_path: Path):
     with pytest.raises(IndexError):
         writer.write_rows(np.array([N]), np.zeros((1, DIM)))
     writer.close()
+
+
+def test_write_bank_from_an_array_is_complete_and_exact(tmp_path: Path):
+    x = np.random.default_rng(0).standard_normal((300, 7)).astype(np.float16)
+    write_bank(tmp_path, 2, x)
+    assert is_complete(tmp_path, 2) and not is_complete(tmp_path, 1)
+    assert read_meta(tmp_path, 2)["n"] == 300 and read_meta(tmp_path, 2)["dim"] == 7
+    np.testing.assert_array_equal(open_bank(tmp_path, 2), x)
