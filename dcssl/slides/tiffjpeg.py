@@ -4,25 +4,26 @@ openslide decodes each JPEG tile and then composites it through cairo into premu
 which openslide-python converts back to RGBA: for a tiler that wants RGB on the level's own
 pixel grid, that costs more than the decode (≈ 19 vs ≈ 45 MP/s per core here). This reader takes
 the tiles straight from the file (tifffile gives the offsets and the shared JPEG tables), decodes
-them with Pillow's libjpeg-turbo — keeping the stored components as they are when the TIFF says
-RGB, as openslide does — and copies them into the region, with a small cache of decoded tiles
-(neighbouring reads share the JPEG tiles they straddle).
+them with libjpeg-turbo through simplejpeg — keeping the stored components as they are when the
+TIFF says RGB, as openslide does (an Adobe marker with transform 0 tells libjpeg so) — and copies
+them into the region, with a small cache of decoded tiles (neighbouring reads share the JPEG tiles
+they straddle). Decoding is strict, like openslide's: a damaged tile that libjpeg only warns
+about raises, and the caller hands the read to openslide, which then reports it.
 
 It serves only what it reproduces bit for bit: level 0 of an Aperio or generic tiled TIFF with
 8-bit, 3-sample JPEG tiles, whose first tile decodes exactly as openslide decodes it (checked
-when opened). Anything else
-(JPEG 2000, other compressions, odd layouts) gets None from ``open`` and stays with openslide.
+when opened). Anything else (JPEG 2000, other compressions, odd layouts) gets None from ``open``
+and stays with openslide.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from collections import OrderedDict
 
 import numpy as np
 import openslide
-from PIL import Image
+import simplejpeg
 
 from dcssl.slides.tissue import region_to_rgb
 
@@ -30,6 +31,8 @@ __all__ = ["TiffJpegLevel0"]
 
 # Formats whose level 0 is the TIFF page's tile grid as stored (Ventana, for one, overlaps tiles).
 _PLAIN_LAYOUTS = ("aperio", "generic-tiff")
+# APP14 "Adobe", transform 0: the three components are RGB as stored, not YCbCr to convert.
+_ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 _CACHE_TILES = 64  # ≈ 11 MB of 240 px tiles: a block row of strips re-uses what it straddles
 
 
@@ -43,8 +46,11 @@ class TiffJpegLevel0:
         self.offsets = np.asarray(page.dataoffsets, dtype=np.int64)
         self.counts = np.asarray(page.databytecounts, dtype=np.int64)
         tables = page.jpegtables
-        self.tables = bytes(tables)[:-2] if tables else b""  # without its EOI marker
-        self.raw_rgb = int(page.photometric) == 2  # RGB stored as is: no YCbCr conversion
+        raw_rgb = int(page.photometric) == 2  # RGB stored as is: no YCbCr conversion
+        # Every tile's stream: SOI, the Adobe marker where needed, the shared tables (without
+        # their SOI and EOI), then the tile's own segments (without its SOI).
+        self.head = b"\xff\xd8" + (_ADOBE_RGB if raw_rgb else b"") + (
+            bytes(tables)[2:-2] if tables else b"")
         self.fd = os.open(path, os.O_RDONLY)
         self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -97,10 +103,7 @@ class TiffJpegLevel0:
         if count == 0:
             return None  # not scanned: background, as openslide's transparent pixels
         data = os.pread(self.fd, count, int(self.offsets[index]))
-        image = Image.open(io.BytesIO(self.tables + data[2:] if self.tables else data))
-        if self.raw_rgb:
-            image.draft("YCbCr", image.size)  # hand back the stored components unconverted
-        pixels = np.asarray(image)
+        pixels = simplejpeg.decode_jpeg(self.head + data[2:], colorspace="RGB", strict=True)
         if pixels.shape != (self.tile_h, self.tile_w, 3):
             raise OSError(f"tile {index}: decoded {pixels.shape}, expected "
                           f"{(self.tile_h, self.tile_w, 3)}")
