@@ -53,8 +53,8 @@ class Assigner:
         if len(c) == 0:
             raise ValueError("assign needs at least one centroid")
         self.k, self.c = len(c), c
-        self.scanned = 0
-        """Rows that needed a scan over all centroids (the rest were proven unchanged)."""
+        self.scanned = 0  # rows of this pass scanned over all centroids (the rest were proven)
+        self._movers: tuple[np.ndarray, np.ndarray] | None = None  # (movers, their c_t)
         if self.backend == "cuda":
             self._init_cuda(c)
             return
@@ -150,14 +150,20 @@ class Assigner:
         m = len(xb)
         xa = self.xa[:m]
         xa[:, :-1] = xb
-        cm = self.c[movers]
-        ct = np.concatenate([cm, 0.5 * np.einsum("ij,ij->i", cm, cm)[:, None]], axis=1).T
-        score = xa @ np.ascontiguousarray(ct)  # x·c − ‖c‖²/2 per mover
+        score = xa @ self._movers_t(movers)  # x·c − ‖c‖²/2 per mover
         slot = np.minimum(np.searchsorted(movers, labels), len(movers) - 1)
         own = np.flatnonzero(movers[slot] == labels)
         score[own, slot[own]] = -np.inf
         closest = xxb - 2.0 * score.max(axis=1) - self._margin(xxb)
         return (np.sqrt(np.maximum(closest, 0.0)) * (1 - self.rel)).astype(np.float32)
+
+    def _movers_t(self, movers: np.ndarray) -> np.ndarray:
+        """The movers' columns of ``c_t`` — built once per pass, not per tile."""
+        if self._movers is None or self._movers[0] is not movers:
+            cm = self.c[movers]
+            ct = np.concatenate([cm, 0.5 * np.einsum("ij,ij->i", cm, cm)[:, None]], axis=1)
+            self._movers = (movers, np.ascontiguousarray(ct.T))
+        return self._movers[1]
 
     def _margin(self, xxb: np.ndarray) -> np.ndarray:
         """Twice the bound on a float32 score's error, plus slack for float32 norms."""

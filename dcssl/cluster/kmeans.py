@@ -189,7 +189,6 @@ class _Bounds:
     lower: np.ndarray
     upper: np.ndarray
     valid: bool = False
-    scanned: int = 0
     movers: np.ndarray | None = None
     """Centroids whose distances the next pass measures instead of bounding (see ``shift``)."""
     movers_extra: float = 0.0
@@ -277,7 +276,7 @@ def _lloyd_pass(x_local, xx, finder: Assigner, block, bounds, comm, labels_out=N
                          - 2.0 * float(np.einsum("ij,ij->", c64, acc)))
         inertia.add(np.array([max(block_inertia, 0.0)]))
     if prune is not None:
-        prune.valid, prune.scanned = finder.backend != "cuda", finder.scanned
+        prune.valid = finder.backend != "cuda"
     from hpc.mpi import allreduce_
 
     if comm.Get_size() > 1:
@@ -332,7 +331,7 @@ def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol:
         sums, counts, inertia = _lloyd_pass(x_local, xx, finder, block,
                                             _with_centroids(bounds, state.centroids, n), comm,
                                             prune=prune)
-        scanned.append(prune.scanned / max(len(x_local), 1))
+        scanned.append(finder.scanned / max(len(x_local), 1))
         new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
                        state.centroids).astype(np.float32)
         new, _, n_split = split_empty(new, counts)

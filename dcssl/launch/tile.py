@@ -64,7 +64,7 @@ def _report(paths: RunPaths) -> int:
           f"pending: {summary.pending}  tiles: {summary.tiles}")
     for item in summary.failed:
         print(f"  failed  {item['slide']}  [{item['stage']}] {item['reason']}")
-    if (paths.manifest).is_file():
+    if paths.manifest.is_file():
         print(f"store: {paths.manifest}")
     return 1 if summary.failed or summary.pending else 0
 
