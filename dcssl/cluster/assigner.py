@@ -1,30 +1,47 @@
-"""Nearest-centroid search for tiles of rows against fixed centroids, with Hamerly pruning.
+"""Exact nearest-centroid search: float32 matrix products, float64 only where float32 cannot decide.
 
-argmin ‖x−c‖² = argmax (x·c − ‖c‖²/2): one float32 matrix product per tile and chunk of
-centroids, ties to the lowest index. ``‖c‖²/2`` rides along as an extra coordinate (x gets a
-constant −1), so the product gives the scores directly. Backends: ``numpy`` (OpenBLAS sgemm),
-``torch`` (MKL), ``cuda`` (GPU).
+A row's float32 score s_j = x·c_j − ‖c_j‖²/2 (nearest centroid = highest score) differs from the
+exact one by at most E = 2(d+1)·2⁻²⁴·(‖x‖·max‖c‖ + max‖c‖²/2), whatever the summation order — so
+for any BLAS, thread count, row grouping or device. When the best float32 score beats every other
+by more than 4E, the float32 winner is the exact nearest centroid. Otherwise ("near-tie", rare)
+the centroids scoring within 4E of the best are compared by float64 distances, the lowest index
+winning a tie. Either way a row's label is the float64 nearest centroid — never an artefact of
+how its product was computed — which is what makes labels identical for 1, 2 or R ranks, with
+or without pruning, and after a resume.
 
-Between Lloyd passes most rows keep their label. ``search`` takes each row's previous label and a
-lower bound on its distance to every other centroid (from the runner-up score of its last scan,
-minus how far any centroid has moved since, as in Hamerly 2010) and skips the scan when the
-row's distance to its own centroid is below it — the label then provably still holds, so pruning
-never changes a result. The bounds carry float32 error margins.
+Each search also returns bounds for pruning (``bounds``): an upper bound on the distance to the
+row's own centroid and a lower bound on the distance to every other one.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-__all__ = ["Assigner", "TILE"]
+__all__ = ["Assigner", "Found", "TILE"]
 
-# Rows per matrix-product tile (cache-sized; a tile never straddles a block).
-TILE = 1024
+# Rows per matrix-product tile (cache-sized).
+TILE = 512
 # Scores of one tile against one chunk of centroids stay under this many bytes (cache-friendly,
 # and k = 100 k never allocates a tile × k matrix).
 SCORE_BYTES = 8 << 20
+# float64 (row, candidate) differences formed at once when resolving near-ties.
+_PAIR_BYTES = 1 << 20
+_U32 = 2.0 ** -24
+
+
+class Found(NamedTuple):
+    """Result of a search over some rows."""
+
+    labels: np.ndarray
+    """Exact nearest centroid, int64."""
+    dist: np.ndarray
+    """Squared distance to it, float32 (float32 accuracy)."""
+    upper: np.ndarray
+    """Upper bound on the distance (not squared) to the own centroid, float32."""
+    lower: np.ndarray
+    """Lower bound on the distance to every other centroid, float32."""
 
 
 def _matmul_fn(backend: str) -> Callable:
@@ -39,7 +56,7 @@ def _matmul_fn(backend: str) -> Callable:
 
 
 class Assigner:
-    """``assigner(x_tile, row_norms²) → (labels int64, squared distances float32)``."""
+    """``assigner.search(x_tile, row_norms²) → Found``; ``backend``: numpy, torch or cuda."""
 
     def __init__(self, centroids: np.ndarray, backend: str = "numpy", tile: int = TILE):
         self.backend, self.tile = backend, tile
@@ -53,132 +70,88 @@ class Assigner:
         if len(c) == 0:
             raise ValueError("assign needs at least one centroid")
         self.k, self.c = len(c), c
-        self.scanned = 0  # rows of this pass scanned over all centroids (the rest were proven)
-        self._movers: tuple[np.ndarray, np.ndarray] | None = None  # (movers, their c_t)
+        self.c64 = c.astype(np.float64)
+        half = 0.5 * np.einsum("ij,ij->i", c, c)
+        self.half_max = float(0.5 * np.einsum("ij,ij->i", self.c64, self.c64).max())
+        self.c_norm_max = float(np.sqrt(2.0 * self.half_max))
+        self.err_rel = 2.0 * (c.shape[1] + 1) * _U32  # E per unit of ‖x‖·max‖c‖ + max‖c‖²/2
+        # slack for float32 row norms and float32 square roots in the bounds
+        self.rel = 1e-6 + (c.shape[1] + 2) * 2 * _U32
+        self.scanned = 0  # rows scanned over all centroids since the last set_centroids
+        self.resolved = 0  # of which near-ties settled in float64
+        self._subset: tuple[np.ndarray, np.ndarray] | None = None  # see _augmented
         if self.backend == "cuda":
-            self._init_cuda(c)
+            import torch
+
+            self.c_gpu = torch.from_numpy(c).cuda()
+            self.half_gpu = torch.from_numpy(half).cuda()
             return
         self.chunk = max(1, min(self.k, SCORE_BYTES // (4 * self.tile)))
-        half = 0.5 * np.einsum("ij,ij->i", c, c)
         self.c_t = [np.ascontiguousarray(np.concatenate(
             [c[j:j + self.chunk], half[j:j + self.chunk, None]], axis=1).T)
             for j in range(0, self.k, self.chunk)]
         if self.buf is None or self.buf.shape[1] != self.chunk or self.xa.shape[1] != c.shape[1] + 1:
             self.buf = np.empty((self.tile, self.chunk), dtype=np.float32)
             self.xa = np.full((self.tile, c.shape[1] + 1), -1.0, dtype=np.float32)
-        c64 = c.astype(np.float64)
-        self.half_max = float(0.5 * np.einsum("ij,ij->i", c64, c64).max())
-        self.c_norm_max = float(np.sqrt(2.0 * self.half_max))
-        # Relative float32 score error (d+1 products accumulated, doubled), and slack for float32
-        # row sums (norms, distances) in the bound tests.
-        self.fp32_err = (c.shape[1] + 1) * 2.0 ** -23
-        self.rel = 1e-5 + (c.shape[1] + 1) * 2.0 ** -22
 
-    def _init_cuda(self, c: np.ndarray) -> None:
-        import torch
+    def score_error(self, xxb: np.ndarray) -> np.ndarray:
+        """E: the bound on |float32 score − exact score| of each row (see the module doc)."""
+        return self.err_rel * (np.sqrt(xxb) * self.c_norm_max + self.half_max)
 
-        self.c_gpu = torch.from_numpy(c).cuda()
-        self.half_gpu = 0.5 * (self.c_gpu * self.c_gpu).sum(1)
-
-    def __call__(self, xb: np.ndarray, xxb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.backend == "cuda":
-            return self._cuda(xb, xxb)
-        labels, dist, _ = self._full(xb, xxb, False)
-        return labels, dist
-
-    def search(self, xb: np.ndarray, xxb: np.ndarray, labels: np.ndarray | None = None,
-               lower: np.ndarray | None = None, upper: np.ndarray | None = None,
-               movers: np.ndarray | None = None, movers_extra: float = 0.0):
-        """Nearest centroids of a tile, skipping rows whose bounds prove their label unchanged.
-
-        ``labels``/``lower``/``upper``: each row's previous label, a lower bound on its distance
-        to every *other* centroid and an upper bound on the distance to its own (both already
-        moved with the centroids) — except the ``movers``, which moved up to ``movers_extra``
-        further than ``lower`` allows for. A row is skipped when upper < lower by more than
-        float32 error (Hamerly's test): first with ``lower − movers_extra``; where that fails,
-        with the movers' distances measured; then with ``upper`` tightened to the exact
-        distance. A skipped row's label provably is what a full scan would return. Returns
-        (labels int64, lower, upper) — bounds float32, None on cuda; without previous labels
-        every row is scanned.
-        """
-        if self.backend == "cuda":
-            return self._cuda(xb, xxb)[0], None, None
-        if labels is None:
-            labels, dist, lower = self._full(xb, xxb, True)
-            return labels, lower, self._upper(dist)
-        labels, upper = labels.astype(np.int64), upper.copy()
-        slack = 2.0 * self._margin(xxb)  # room for float32 error on both scores
-        has_movers = movers is not None and len(movers) > 0
-        bound = np.maximum(lower - np.float32(movers_extra), 0.0) if has_movers else lower.copy()
-        check = np.flatnonzero(self._unsure(upper, bound, slack))
-        if has_movers and len(check):  # only rows the movers could unsettle measure them
-            bound[check] = np.minimum(lower[check], self._lower_from(
-                xb[check], xxb[check], labels[check], movers))
-            check = check[self._unsure(upper[check], bound[check], slack[check])]
-        if len(check):  # tighten: the exact distance to the row's own centroid
-            diff = xb[check] - self.c[labels[check]]
-            upper[check] = self._upper(np.einsum("ij,ij->i", diff, diff))
-            scan = check[self._unsure(upper[check], bound[check], slack[check])]
-            if len(scan):
-                labels[scan], dist, bound[scan] = self._full(xb[scan], xxb[scan], True)
-                upper[scan] = self._upper(dist)
-        return labels, bound, upper
-
-    def _unsure(self, upper: np.ndarray, lower: np.ndarray, slack: np.ndarray) -> np.ndarray:
-        return upper * upper * (1 + self.rel) + slack >= lower * lower
-
-    def _upper(self, dist: np.ndarray) -> np.ndarray:
-        return (np.sqrt(dist) * (1 + self.rel)).astype(np.float32)
-
-    def _full(self, xb: np.ndarray, xxb: np.ndarray, want_lower: bool):
+    def search(self, xb: np.ndarray, xxb: np.ndarray) -> Found:
+        """Exact nearest centroid of each row of a tile (≤ ``tile`` rows), with pruning bounds."""
         m = len(xb)
         self.scanned += m
-        self.xa[:m, :-1] = xb
-        labels, best, second = self._scan(self.xa[:m], want_lower)
-        if not want_lower:
-            return labels, np.maximum(xxb - 2.0 * best, 0.0).astype(np.float32), None
-        diff = xb - self.c[labels]
-        dist = np.einsum("ij,ij->i", diff, diff)
-        # Every other centroid scores ≤ second + margin/2: its squared distance is at least
-        # xx − 2·second − margin.
-        margin = self._margin(xxb)
-        lower = np.sqrt(np.maximum(xxb - 2.0 * second - margin, 0.0)) * (1 - self.rel)
-        return labels, dist, lower.astype(np.float32)
+        if self.backend == "cuda":
+            labels, best, second = self._scan_cuda(xb)
+        else:
+            self.xa[:m, :-1] = xb
+            labels, best, second = self._scan(self.xa[:m])
+        err = self.score_error(xxb)
+        slack = self.rel * xxb + 2.0 * err  # squared-distance units
+        dist = np.maximum(xxb - 2.0 * best, 0.0)
+        upper = np.sqrt(dist + slack)
+        lower_sq = xxb - 2.0 * second - slack
+        near = np.flatnonzero(best - second <= 4.0 * err)
+        if len(near):
+            self.resolved += len(near)
+            labels[near], d64 = self._resolve(xb, near, labels[near], best[near] - 4.0 * err[near])
+            dist[near], upper[near] = d64, np.sqrt(d64)
+            # the float32 best may be another centroid now: bound every centroid by it
+            lower_sq[near] = xxb[near] - 2.0 * best[near] - slack[near]
+        lower = np.sqrt(np.maximum(lower_sq, 0.0)) * (1 - self.rel)
+        return Found(labels, dist.astype(np.float32), (upper * (1 + self.rel)).astype(np.float32),
+                     lower.astype(np.float32))
 
-    def _lower_from(self, xb, xxb, labels, movers) -> np.ndarray:
-        """Lower bound on each row's distance to the movers other than its own centroid."""
-        m = len(xb)
-        xa = self.xa[:m]
-        xa[:, :-1] = xb
-        score = xa @ self._movers_t(movers)  # x·c − ‖c‖²/2 per mover
-        slot = np.minimum(np.searchsorted(movers, labels), len(movers) - 1)
-        own = np.flatnonzero(movers[slot] == labels)
+    def distances_to(self, xb: np.ndarray, xxb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Upper bound on each row's distance to centroid ``labels[i]`` (float32, exact-ish)."""
+        diff = xb - self.c[labels]
+        return (np.sqrt(np.einsum("ij,ij->i", diff, diff)) * (1 + self.rel)).astype(np.float32)
+
+    def lower_to(self, xb: np.ndarray, xxb: np.ndarray, labels: np.ndarray,
+                 subset: np.ndarray) -> np.ndarray:
+        """Lower bound on each row's distance to the centroids ``subset`` (sorted) other than its
+        own."""
+        ct = self._augmented(subset)
+        xa = np.empty((len(xb), xb.shape[1] + 1), dtype=np.float32)
+        xa[:, :-1], xa[:, -1] = xb, -1.0
+        score = xa @ ct
+        slot = np.minimum(np.searchsorted(subset, labels), len(subset) - 1)
+        own = np.flatnonzero(subset[slot] == labels)
         score[own, slot[own]] = -np.inf
-        closest = xxb - 2.0 * score.max(axis=1) - self._margin(xxb)
+        closest = xxb - 2.0 * score.max(axis=1) - self.rel * xxb - 2.0 * self.score_error(xxb)
         return (np.sqrt(np.maximum(closest, 0.0)) * (1 - self.rel)).astype(np.float32)
 
-    def _movers_t(self, movers: np.ndarray) -> np.ndarray:
-        """The movers' columns of ``c_t`` — built once per pass, not per tile."""
-        if self._movers is None or self._movers[0] is not movers:
-            cm = self.c[movers]
-            ct = np.concatenate([cm, 0.5 * np.einsum("ij,ij->i", cm, cm)[:, None]], axis=1)
-            self._movers = (movers, np.ascontiguousarray(ct.T))
-        return self._movers[1]
+    def _augmented(self, subset: np.ndarray) -> np.ndarray:
+        """[c | ‖c‖²/2]ᵀ of the centroids ``subset`` — built once per set of centroids."""
+        if self._subset is None or self._subset[0] is not subset:
+            cs = self.c[subset]
+            ct = np.concatenate([cs, 0.5 * np.einsum("ij,ij->i", cs, cs)[:, None]], axis=1)
+            self._subset = (subset, np.ascontiguousarray(ct.T))
+        return self._subset[1]
 
-    def _margin(self, xxb: np.ndarray) -> np.ndarray:
-        """Twice the bound on a float32 score's error, plus slack for float32 norms."""
-        return 2.0 * self.fp32_err * (np.sqrt(xxb) * self.c_norm_max + self.half_max) + self.rel * xxb
-
-    def _cuda(self, xb: np.ndarray, xxb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        xt = torch.from_numpy(xb).to(self.c_gpu.device)
-        val, idx = torch.addmm(self.half_gpu, xt, self.c_gpu.T, beta=-1.0).max(dim=1)
-        best = val.cpu().numpy()
-        return idx.cpu().numpy(), np.maximum(xxb - 2.0 * best, 0.0).astype(np.float32)
-
-    def _scan(self, xa: np.ndarray, second: bool):
-        """Best label and score of every row over all chunks (and the runner-up score)."""
+    def _scan(self, xa: np.ndarray):
+        """Best label, best score and runner-up score of every row over all chunks."""
         m = len(xa)
         rows = np.arange(m)
         labels = best = runner_up = None
@@ -187,16 +160,64 @@ class Assigner:
             self.matmul(xa, ct, score)
             idx = score.argmax(axis=1)
             val = score[rows, idx]
-            if second:
-                score[rows, idx] = -np.inf
-                chunk_second = score.max(axis=1)
+            score[rows, idx] = -np.inf
+            second = score.max(axis=1)
             if j == 0:
-                labels, best = idx, val
-                runner_up = chunk_second if second else None
+                labels, best, runner_up = idx, val, second
                 continue
-            if second:
-                runner_up = np.maximum(np.maximum(runner_up, chunk_second), np.minimum(best, val))
+            runner_up = np.maximum(np.maximum(runner_up, second), np.minimum(best, val))
             better = val > best  # strict: on a tie the earlier (lower) index stays
             labels[better] = idx[better] + j * self.chunk
             best[better] = val[better]
         return labels, best, runner_up
+
+    def _scan_cuda(self, xb: np.ndarray):
+        import torch
+
+        xt = torch.from_numpy(xb).to(self.c_gpu.device)
+        score = torch.addmm(self.half_gpu, xt, self.c_gpu.T, beta=-1.0)
+        if self.k == 1:
+            val, idx = score.max(dim=1)
+            return idx.cpu().numpy(), val.cpu().numpy(), np.full(len(xb), -np.inf, np.float32)
+        top, idx = score.topk(2, dim=1)
+        top = top.cpu().numpy()
+        return idx[:, 0].cpu().numpy(), top[:, 0].copy(), top[:, 1].copy()
+
+    def _candidates(self, xb: np.ndarray, near: np.ndarray, best_labels: np.ndarray,
+                    floor: np.ndarray):
+        """(row, centroid) pairs — rows ``near`` of the tile — whose float32 score reaches
+        ``floor``, row-major in index order. The scores of a one-chunk scan are still in the
+        buffer (the best set to −inf); otherwise they are recomputed."""
+        if self.backend != "cuda" and len(self.c_t) == 1:
+            rows, cols = np.nonzero(self.buf[near, :self.k] >= floor[:, None])
+            rows = np.concatenate([rows, np.arange(len(near))])
+            cols = np.concatenate([cols, best_labels])
+        else:
+            xa = np.empty((len(near), xb.shape[1] + 1), dtype=np.float32)
+            xa[:, :-1], xa[:, -1] = xb[near], -1.0
+            rows, cols = [], []
+            for j in range(0, self.k, self.chunk if self.backend != "cuda" else self.k):
+                ct = self.c_t[j // self.chunk] if self.backend != "cuda" else self._augmented(
+                    np.arange(self.k))
+                r, c = np.nonzero(xa @ ct >= floor[:, None])
+                rows.append(r)
+                cols.append(c + j)
+            rows, cols = np.concatenate(rows), np.concatenate(cols)
+        order = np.lexsort((cols, rows))
+        return rows[order], cols[order]
+
+    def _resolve(self, xb: np.ndarray, near: np.ndarray, best_labels: np.ndarray,
+                 floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Float64 nearest among the centroids scoring ≥ ``floor`` (lowest index on a tie)."""
+        rows, cols = self._candidates(xb, near, best_labels, floor)
+        x64 = xb[near].astype(np.float64)
+        dist = np.empty(len(rows))
+        step = max(1, _PAIR_BYTES // (8 * xb.shape[1]))
+        for lo in range(0, len(rows), step):
+            diff = x64[rows[lo:lo + step]] - self.c64[cols[lo:lo + step]]
+            np.square(diff, out=diff)
+            dist[lo:lo + step] = diff.sum(axis=1)
+        order = np.lexsort((cols, dist, rows))  # by row, then distance, then index
+        first = np.flatnonzero(np.r_[True, rows[order][1:] != rows[order][:-1]])
+        pick = order[first]
+        return cols[pick], dist[pick]

@@ -19,8 +19,8 @@ import numpy as np
 
 from hpc.mpi import allreduce_, bcast_, shard_range
 
-__all__ = ["SingleComm", "as_comm", "shard_rows", "blocks", "FixedSum", "gather_rows",
-           "global_max", "global_count"]
+__all__ = ["SingleComm", "as_comm", "shard_rows", "blocks", "FixedSum", "ClusterSums",
+           "exact_total", "gather_rows", "global_max", "global_count"]
 
 
 class SingleComm:
@@ -101,6 +101,81 @@ class FixedSum:
         if comm is not None:
             allreduce_(total, comm)
         return total.astype(np.float64) / self.scale
+
+
+def exact_total(values: np.ndarray, bound: float, comm=None) -> float:
+    """Σ values over all ranks, each value rounded once onto the grid ``FixedSum`` uses for
+    ``bound`` (≥ |total|, the same on every rank): the same bits for any split of the values."""
+    scale = float(_scale(bound))
+    total = np.array([int(np.rint(np.asarray(values, dtype=np.float64) * scale)
+                          .astype(np.int64).sum())], dtype=np.int64)
+    if comm is not None:
+        allreduce_(total, comm)
+    return float(total[0]) / scale
+
+
+# Rows turned into fixed point and summed per cluster at once (float64 scratch: rows × d).
+_SUM_ROWS = 2048
+
+
+class ClusterSums:
+    """Per-cluster sums and counts of rows, exact whatever the order the rows come in.
+
+    Each row is rounded once onto a fixed-point grid (2⁻³⁶ of the largest |value| for up to 2²⁵
+    rows, coarser beyond: far below float32 resolution) and added as an integer, so 1 or R ranks,
+    a from-scratch sum or incremental ``move``s of the rows whose label changed all give the same
+    bits. Within a group of rows the integers are added as float64, exact below 2⁵³.
+    """
+
+    def __init__(self, k: int, d: int, maxabs: float, n: int):
+        bits = min(36, 61 - int(np.ceil(np.log2(max(n, 2)))))
+        top = int(np.ceil(np.log2(maxabs))) if maxabs > 0 else 0
+        self.scale = float(np.ldexp(1.0, bits - top))  # |row value · scale| ≤ 2^bits
+        self.sums = np.zeros((k, d), dtype=np.int64)
+        self.counts = np.zeros(k, dtype=np.int64)
+        self._buf = np.empty((_SUM_ROWS, d))
+
+    def reset(self) -> None:
+        self.sums[:] = 0
+        self.counts[:] = 0
+
+    def add(self, x: np.ndarray, labels: np.ndarray, rows: np.ndarray | None = None,
+            sign: int = 1) -> None:
+        """Add (``sign`` −1: take away) rows ``rows`` of ``x`` (all when None) to ``labels``."""
+        n = len(labels)
+        for lo in range(0, n, _SUM_ROWS):
+            hi = min(lo + _SUM_ROWS, n)
+            block = x[lo:hi] if rows is None else x[rows[lo:hi]]
+            fixed = self._buf[:hi - lo]
+            np.multiply(block, sign * self.scale, out=fixed)
+            np.rint(fixed, out=fixed)
+            self._add_fixed(fixed, labels[lo:hi], sign)
+
+    def move(self, x: np.ndarray, rows: np.ndarray, old: np.ndarray, new: np.ndarray) -> None:
+        """Rows ``rows`` of ``x`` left clusters ``old`` for ``new``."""
+        self.add(x, old, rows, -1)
+        self.add(x, new, rows, 1)
+
+    def _add_fixed(self, fixed: np.ndarray, labels: np.ndarray, sign: int) -> None:
+        import scipy.sparse as sp
+
+        m = len(labels)
+        counts = np.bincount(labels, minlength=len(self.counts))
+        self.counts += sign * counts
+        used = np.flatnonzero(counts)
+        indptr = np.zeros(len(used) + 1, dtype=np.int64)
+        np.cumsum(counts[used], out=indptr[1:])
+        order = np.argsort(labels, kind="stable")
+        onehot = sp.csr_matrix((np.ones(m), order, indptr), shape=(len(used), m))
+        self.sums[used] += (onehot @ fixed).astype(np.int64)
+
+    def result(self, comm=None) -> tuple[np.ndarray, np.ndarray]:
+        """The global (all-reduced) sums as float64 and counts."""
+        sums, counts = self.sums.copy(), self.counts.copy()
+        if comm is not None:
+            allreduce_(sums, comm)
+            allreduce_(counts, comm)
+        return sums.astype(np.float64) / self.scale, counts
 
 
 def global_count(n_local: int, comm) -> int:

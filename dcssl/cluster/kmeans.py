@@ -1,9 +1,11 @@
-"""Sharded Lloyd k-means: BLAS-blocked assignment, exact float64 sums, deterministic empty splits.
+"""Sharded Lloyd k-means: exact assignment, exact sums, pruned passes, deterministic empty splits.
 
-Each rank holds its rows; centroids are replicated. Per iteration only k×d sums, k counts and the
-inertia cross the network (int64 fixed point, see ``exact``), so the same seed gives bit-identical
-centroids and labels for 1, 2 or R ranks. ``assign`` is also the step that labels every point
-after RCC.
+Each rank holds its rows; centroids are replicated. Labels are the exact nearest centroids
+(``assigner``), per-cluster sums exact integers (``exact.ClusterSums``), so the same seed gives
+bit-identical centroids and labels for 1, 2 or R ranks, any BLAS or thread count, with or without
+pruning, and after a resume. Per iteration only k×d sums and k counts cross the network. After the
+first pass most rows skip the scan over all centroids (``bounds``), and the sums are updated only
+for the rows whose label changed. ``assign`` is also the step that labels every point after RCC.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import scipy.sparse as sp
 
 from .assigner import TILE, Assigner
-from .exact import FixedSum, as_comm, blocks, broadcast, gather_rows, global_count, global_max
+from .bounds import Bounds, centroid_gaps, search_shard
+from .exact import (ClusterSums, as_comm, blocks, broadcast, exact_total, gather_rows, global_count,
+                    global_max)
 
 __all__ = ["assign", "assign_all", "kmeans", "KMeansState", "init_centroids", "split_empty", "sample_index"]
 
@@ -25,11 +28,8 @@ log = logging.getLogger(__name__)
 
 # faiss's split factor: the two halves of a split cluster move ±1/1024 apart.
 _SPLIT_EPS = 1.0 / 1024
-# Centroids at most set aside as "movers" per iteration (see _Bounds.shift): each costs every row
-# one distance in the next pass, so a few dozen is cheap next to k.
-_MOVERS = 128
-# Rows whose per-cluster sums are formed in float32 by one sparse product (then added in float64).
-_GROUP = 8192
+# Elkan's centroid-gap test costs k²·d per pass: used while k ≤ a rank's rows / this.
+_GAPS_RATIO = 16
 
 
 def _row_norms(x_local: np.ndarray, block: int) -> np.ndarray:
@@ -40,16 +40,9 @@ def _row_norms(x_local: np.ndarray, block: int) -> np.ndarray:
     return xx
 
 
-def _tiles(x_local: np.ndarray, block: int, tile: int):
-    """(lo, hi, float32 C-contiguous rows) for every tile of every block."""
-    for b0, b1 in blocks(0, len(x_local), block):
-        for t0, t1 in blocks(0, b1 - b0, tile):
-            yield b0 + t0, b0 + t1, np.ascontiguousarray(x_local[b0 + t0:b0 + t1], dtype=np.float32)
-
-
 def assign(x_local: np.ndarray, centroids: np.ndarray, *, block: int = 8192,
            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid of every row: (labels int64, squared distances float32).
+    """Exact nearest centroid of every row: (labels int64, squared distances float32).
 
     ``backend``: numpy (OpenBLAS), torch (MKL) or cuda. Sharded use: each rank calls it on its rows.
     """
@@ -58,8 +51,10 @@ def assign(x_local: np.ndarray, centroids: np.ndarray, *, block: int = 8192,
     labels = np.empty(len(x_local), dtype=np.int64)
     dist = np.empty(len(x_local), dtype=np.float32)
     xx = _row_norms(x_local, block)
-    for lo, hi, xb in _tiles(x_local, block, finder.tile):
-        labels[lo:hi], dist[lo:hi] = finder(xb, xx[lo:hi])
+    for lo in range(0, len(x_local), finder.tile):
+        hi = min(lo + finder.tile, len(x_local))
+        found = finder.search(np.ascontiguousarray(x_local[lo:hi], dtype=np.float32), xx[lo:hi])
+        labels[lo:hi], dist[lo:hi] = found.labels, found.dist
     return labels, dist
 
 
@@ -178,122 +173,50 @@ class KMeansState:
     """Stopped on the tolerance (a resumed run goes straight to the final assignment)."""
 
 
-@dataclass
-class _Bounds:
-    """Per-row pruning state between passes: label, a lower bound on the distance to every other
-    centroid, an upper bound on the distance to its own. Not checkpointed (12 bytes a row): a
-    resumed run starts with a full scan, which gives the same labels, since a row is only
-    skipped when its label provably holds."""
+class _Pass:
+    """What a rank keeps between Lloyd passes: row norms, pruning bounds, its exact cluster sums."""
 
-    labels: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-    valid: bool = False
-    movers: np.ndarray | None = None
-    """Centroids whose distances the next pass measures instead of bounding (see ``shift``)."""
-    movers_extra: float = 0.0
-    """How much further than ``lower`` allows for the movers moved."""
+    def __init__(self, x_local: np.ndarray, k: int, comm, block: int, backend: str,
+                 centroids: np.ndarray):
+        self.x, self.comm = x_local, comm
+        n = global_count(len(x_local), comm)
+        maxabs, maxsq = _global_extent(x_local, comm, block)
+        self.xx = _row_norms(x_local, block)
+        self.xx_total = exact_total(self.xx, n * maxsq * 1.01 + 1e-30, comm)
+        self.sums = ClusterSums(k, x_local.shape[1], maxabs, n)
+        self.bounds = Bounds.for_rows(len(x_local))
+        self.finder = Assigner(centroids, backend, min(TILE, block))
+        self.use_gaps = k * _GAPS_RATIO <= len(x_local)
 
-    @classmethod
-    def for_rows(cls, n: int) -> "_Bounds":
-        return cls(np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.float32),
-                   np.zeros(n, dtype=np.float32))
+    def run(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Assign every row to ``centroids`` → (labels, global sums, global counts, inertia)."""
+        self.finder.set_centroids(centroids)
+        pruned = self.bounds.valid
+        gaps = centroid_gaps(centroids, self.bounds.movers) if pruned and self.use_gaps else None
+        old = self.bounds.labels
+        labels = search_shard(self.x, self.xx, self.finder, self.bounds, gaps)
+        changed = np.flatnonzero(labels != old) if pruned else None
+        if changed is not None and 2 * len(changed) <= len(labels):
+            self.sums.move(self.x, changed, old[changed], labels[changed])
+        else:
+            self.sums.reset()
+            self.sums.add(self.x, labels)
+        self.bounds.labels = labels
+        sums, counts = self.sums.result(self.comm)
+        return labels, sums, counts, _inertia(self.xx_total, centroids, sums, counts)
 
-    def shift(self, old: np.ndarray, new: np.ndarray) -> None:
-        """Centroids moved old → new: no distance to a centroid changes by more than its move.
-
-        Hamerly's lower bound drops by the largest move. Early on a few centroids (empty-cluster
-        splits, merged clusters pulling apart) move far more than the rest: those "movers" are
-        set aside and the next pass measures each row's distance to them directly, so the bound
-        only drops by the largest move among the others for the rows the movers could unsettle.
-        """
-        moves = np.sqrt(((new.astype(np.float64) - old) ** 2).sum(axis=1)) * (1 + 1e-6)
-        order = np.argsort(moves)[::-1]
-        movers = order[:min(_MOVERS, len(order) // 8)]
-        largest = float(moves[order[0]])
-        residual = float(moves[order[len(movers)]]) if len(movers) < len(order) else 0.0
-        if len(movers) == 0 or largest <= 2 * residual:
-            movers, residual = order[:0], largest
-        self.movers, self.movers_extra = np.sort(movers), largest - residual
-        np.add(self.upper, moves[self.labels].astype(np.float32), out=self.upper)
-        np.subtract(self.lower, np.float32(residual), out=self.lower)
-        np.maximum(self.lower, 0.0, out=self.lower)
+    @property
+    def scanned(self) -> float:
+        """Share of this rank's rows scanned against all centroids in the last pass."""
+        return self.finder.scanned / max(len(self.x), 1)
 
 
-def _add_rows(acc: np.ndarray, labels: np.ndarray, xb: np.ndarray) -> np.ndarray:
-    """acc[labels[i]] += xb[i] via a sparse one-hot product (float32 within the tile); counts."""
-    m, k = len(labels), len(acc)
-    counts = np.bincount(labels, minlength=k)
-    order = np.argsort(labels, kind="stable").astype(np.int32)
-    if k <= 4 * m:  # small k: the k × d product output is cheap, skip finding the used rows
-        indptr = np.zeros(k + 1, dtype=np.int32)
-        np.cumsum(counts, out=indptr[1:])
-        acc += sp.csr_matrix((np.ones(m, np.float32), order, indptr), shape=(k, m)) @ xb
-        return counts
-    used = np.flatnonzero(counts)
-    indptr = np.zeros(len(used) + 1, dtype=np.int32)
-    np.cumsum(counts[used], out=indptr[1:])
-    acc[used] += sp.csr_matrix((np.ones(m, np.float32), order, indptr), shape=(len(used), m)) @ xb
-    return counts
-
-
-def _lloyd_pass(x_local, xx, finder: Assigner, block, bounds, comm, labels_out=None,
-                prune: _Bounds | None = None):
-    """One pass: assign every row, and reduce exact global per-cluster sums, counts, inertia.
-
-    ``prune``: per-row bounds from the previous pass (updated in place), so rows whose label
-    cannot have changed skip the scan over all centroids.
-
-    Sums go float32 (a group of rows, sparse one-hot product) → float64 (one block, fixed order) →
-    int64 fixed point (across blocks and ranks, exact), so the result is rank-count independent.
-    """
-    k, d = finder.c.shape
-    c64 = finder.c.astype(np.float64)
-    c_sq = np.einsum("ij,ij->i", c64, c64)
-    sums, inertia = FixedSum((k, d), bounds["sum"]), FixedSum(1, bounds["inertia"])
-    counts = np.zeros(k, dtype=np.int64)
-    acc = np.zeros((k, d))
-    for b0, b1 in blocks(0, len(x_local), block):
-        acc[:] = 0.0
-        block_counts = np.zeros(k, dtype=np.int64)
-        # Groups of rows (laid out relative to the block: the same on any rank) share one sparse
-        # one-hot product; tiles inside a group share one cache-sized score buffer.
-        for g0, g1 in blocks(0, b1 - b0, _GROUP):
-            lab = np.empty(g1 - g0, dtype=np.int64)
-            for t0, t1 in blocks(0, g1 - g0, finder.tile):
-                lo, hi = b0 + g0 + t0, b0 + g0 + t1
-                xb = np.ascontiguousarray(x_local[lo:hi], dtype=np.float32)
-                lab[t0:t1] = _search(finder, xb, xx[lo:hi], lo, hi, prune)
-            if labels_out is not None:
-                labels_out[b0 + g0:b0 + g1] = lab
-            rows = np.ascontiguousarray(x_local[b0 + g0:b0 + g1], dtype=np.float32)
-            block_counts += _add_rows(acc, lab, rows)
-        counts += block_counts
-        sums.add(acc)
-        # Σ‖x − c_label‖² = Σ‖x‖² − 2 Σ_j c_j·S_j + Σ_j n_j‖c_j‖²: from the sums, no per-row
-        # distances (pruned rows never compute theirs)
-        block_inertia = (float(xx[b0:b1].sum(dtype=np.float64)) + float(block_counts @ c_sq)
-                         - 2.0 * float(np.einsum("ij,ij->", c64, acc)))
-        inertia.add(np.array([max(block_inertia, 0.0)]))
-    if prune is not None:
-        prune.valid = finder.backend != "cuda"
-    from hpc.mpi import allreduce_
-
-    if comm.Get_size() > 1:
-        allreduce_(counts, comm)
-    return sums.result(comm), counts, float(inertia.result(comm)[0])
-
-
-def _search(finder: Assigner, xb, xxb, lo: int, hi: int, prune: _Bounds | None) -> np.ndarray:
-    if prune is None:
-        return finder(xb, xxb)[0]
-    previous = (prune.labels[lo:hi], prune.lower[lo:hi], prune.upper[lo:hi]) if prune.valid else ()
-    labels, lower, upper = finder.search(xb, xxb, *previous,
-                                         movers=prune.movers if prune.valid else None,
-                                         movers_extra=prune.movers_extra)
-    if lower is not None:
-        prune.labels[lo:hi], prune.lower[lo:hi], prune.upper[lo:hi] = labels, lower, upper
-    return labels
+def _inertia(xx_total: float, centroids: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> float:
+    """Σ‖x − c_label‖² = Σ‖x‖² − 2 Σ_j c_j·S_j + Σ_j n_j‖c_j‖², from global quantities only (so
+    the same on every rank; pruned rows never measure their distance)."""
+    c = centroids.astype(np.float64)
+    value = xx_total - 2.0 * float(np.einsum("ij,ij->", c, sums)) + float(counts @ np.einsum("ij,ij->i", c, c))
+    return max(value, 0.0)
 
 
 def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol: float = 1e-4,
@@ -320,23 +243,17 @@ def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol:
         init_s = time.monotonic() - t0
     else:
         init_s = 0.0
-    bounds = _bounds(x_local, n, comm)
-    xx = _row_norms(x_local, block)
-    prune = _Bounds.for_rows(len(x_local))
-    finder = Assigner(state.centroids, backend, min(TILE, block))
+    lloyd = _Pass(x_local, k, comm, block, backend, state.centroids)
     scanned = []  # share of this rank's rows scanned against all centroids, per iteration
     while state.iteration < iterations and not state.converged:
         t0 = time.monotonic()
-        finder.set_centroids(state.centroids)
-        sums, counts, inertia = _lloyd_pass(x_local, xx, finder, block,
-                                            _with_centroids(bounds, state.centroids, n), comm,
-                                            prune=prune)
-        scanned.append(finder.scanned / max(len(x_local), 1))
+        _, sums, counts, inertia = lloyd.run(state.centroids)
+        scanned.append(lloyd.scanned)
         new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
                        state.centroids).astype(np.float32)
         new, _, n_split = split_empty(new, counts)
         new = broadcast(new, comm)  # identical everywhere already; guards mixed CPUs
-        prune.shift(state.centroids, new)
+        lloyd.bounds.shift(state.centroids, new)
         state.centroids = new
         prev = state.inertia[-1] if state.inertia else None
         state.inertia.append(inertia)
@@ -349,11 +266,7 @@ def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol:
         if on_iteration is not None:
             on_iteration(state)
     t0 = time.monotonic()
-    labels = np.empty(len(x_local), dtype=np.int32)
-    finder.set_centroids(state.centroids)
-    _, counts, inertia = _lloyd_pass(x_local, xx, finder, block,
-                                     _with_centroids(bounds, state.centroids, n), comm, labels,
-                                     prune)
+    labels, _, counts, inertia = lloyd.run(state.centroids)
     stats = {
         "k": k, "n": n, "dim": d, "iterations": state.iteration, "converged": state.converged,
         "inertia_history": state.inertia, "inertia": inertia, "empty_split": int(sum(state.empty_split)),
@@ -370,31 +283,20 @@ def assign_all(x_local: np.ndarray, centroids: np.ndarray, comm=None, *, block: 
                backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, float]:
     """Sharded assignment to fixed centroids → (labels_local int32, global counts, inertia)."""
     comm = as_comm(comm)
-    n = global_count(len(x_local), comm)
-    labels = np.empty(len(x_local), dtype=np.int32)
-    finder = Assigner(centroids, backend, min(TILE, block))
-    bounds = _with_centroids(_bounds(x_local, n, comm), centroids, n)
-    _, counts, inertia = _lloyd_pass(x_local, _row_norms(x_local, block), finder, block, bounds,
-                                     comm, labels)
+    labels, _, counts, inertia = _Pass(np.asarray(x_local), len(centroids), comm, block, backend,
+                                       centroids).run(centroids)
     return labels, counts, inertia
 
 
-def _bounds(x_local, n, comm) -> dict:
-    """Global bounds that fix the fixed-point grids (same on every rank)."""
+def _global_extent(x_local, comm, block: int) -> tuple[float, float]:
+    """Largest |value| and largest squared row norm over all ranks (fix the exact-sum grids)."""
     local = np.zeros(2)
-    if len(x_local):
-        for lo, hi in blocks(0, len(x_local), TILE):
-            xb = np.asarray(x_local[lo:hi], dtype=np.float32)
-            local[0] = max(local[0], float(np.abs(xb).max()))
-            local[1] = max(local[1], float(np.einsum("ij,ij->i", xb, xb).max()))
+    for lo, hi in blocks(0, len(x_local), block):
+        xb = np.asarray(x_local[lo:hi], dtype=np.float32)
+        local[0] = max(local[0], float(np.abs(xb).max()))
+        local[1] = max(local[1], float(np.einsum("ij,ij->i", xb, xb).max()))
     maxabs, maxsq = global_max(local, comm)
-    return {"n": n, "maxabs": maxabs, "maxsq": maxsq}
-
-
-def _with_centroids(bounds: dict, centroids: np.ndarray, n: int) -> dict:
-    csq = float(np.einsum("ij,ij->i", centroids, centroids).max())
-    return {"sum": n * bounds["maxabs"] + 1e-30,
-            "inertia": n * 2.0 * (bounds["maxsq"] + csq) * 1.01 + 1e-30}
+    return float(maxabs), float(maxsq)
 
 
 def _log_iteration(state: KMeansState, iterations: int, n_split: int, scanned: float) -> None:

@@ -28,16 +28,60 @@ def test_blobs_recovered_exactly():
     assert stats["inertia_history"] == sorted(stats["inertia_history"], reverse=True)
 
 
-def test_assign_matches_brute_force_and_breaks_ties_low():
+def _nearest64(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float64 brute force: the nearest centroid, the lowest index on a tie."""
+    return ((x[:, None, :].astype(np.float64) - c[None]) ** 2).sum(-1).argmin(1)
+
+
+def _near_ties(n=3000, d=24, k=40, seed=0):
+    """Rows almost exactly halfway between two centroids: float32 cannot tell which is nearer."""
+    rng = np.random.default_rng(seed)
+    c = (rng.standard_normal((k, d)) * 10).astype(np.float32)
+    a, b = rng.integers(0, k, n), rng.integers(0, k, n)
+    b = np.where(a == b, (b + 1) % k, b)
+    mid = (c[a].astype(np.float64) + c[b]) / 2
+    axis = c[a].astype(np.float64) - c[b]
+    off = rng.standard_normal((n, d))
+    off -= (off * axis).sum(1, keepdims=True) / (axis * axis).sum(1, keepdims=True) * axis
+    x = mid + off + axis * rng.uniform(-1e-6, 1e-6, (n, 1))
+    return x.astype(np.float32), c
+
+
+def test_assign_is_the_exact_nearest_centroid_and_breaks_ties_low():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((777, 9)).astype(np.float32)
     c = rng.standard_normal((300, 9)).astype(np.float32)
     labels, dist = assign(x, c, block=100)
+    assert (labels == _nearest64(x, c)).all()
     full = ((x[:, None, :].astype(np.float64) - c[None]) ** 2).sum(-1)
-    assert (labels == full.argmin(1)).mean() > 0.999  # float32 vs float64 may flip a near-tie
     np.testing.assert_allclose(dist, full.min(1), rtol=1e-4, atol=1e-4)
     twins = np.stack([c[0], c[0]])  # identical centroids: the lower index wins
     assert (assign(x, twins)[0] == 0).all()
+
+
+def test_near_ties_are_settled_in_float64_whatever_the_threads_and_tiling():
+    from threadpoolctl import threadpool_limits
+
+    x, c = _near_ties()
+    exact = _nearest64(x, c)
+    for threads in (1, 2):
+        with threadpool_limits(threads):
+            for block in (7, 100, 4096):
+                assert (assign(x, c, block=block)[0] == exact).all()
+    with threadpool_limits(1):  # reversed rows: every row lands in another tile position
+        assert (assign(x[::-1].copy(), c)[0] == exact[::-1]).all()
+
+
+def test_kmeans_labels_do_not_depend_on_blas_threads():
+    from threadpoolctl import threadpool_limits
+
+    x, c = _near_ties(4000, k=30, seed=3)
+    runs = []
+    for threads in (1, 2):
+        with threadpool_limits(threads):
+            runs.append(kmeans(x, 30, iterations=6, tol=0.0, state=KMeansState(c.copy())))
+    assert np.array_equal(runs[0][1], runs[1][1]) and np.array_equal(runs[0][0], runs[1][0])
+    assert runs[0][2]["inertia_history"] == runs[1][2]["inertia_history"]
 
 
 def test_chunked_centroids_give_the_same_labels(monkeypatch):
@@ -119,10 +163,67 @@ def test_pruning_skips_rows_without_changing_any_result(monkeypatch):
     x, _ = _blobs(6000)
     pruned = kmeans(x, 20, iterations=15, tol=0.0, seed=2, block=512)  # 20 > 12 blobs: near-ties
     assert min(pruned[2]["rescanned_fraction_per_iteration"]) < 0.2  # the bounds do skip rows
-    km = importlib.import_module("dcssl.cluster.kmeans")
-    monkeypatch.setattr(km._Bounds, "shift", lambda self, old, new: self.lower.fill(0.0))
+    bounds = importlib.import_module("dcssl.cluster.bounds")
+    monkeypatch.setattr(bounds.Bounds, "shift", lambda self, old, new: setattr(self, "valid", False))
     full = kmeans(x, 20, iterations=15, tol=0.0, seed=2, block=512)
     assert min(full[2]["rescanned_fraction_per_iteration"]) == 1.0
     np.testing.assert_array_equal(pruned[0], full[0])
     np.testing.assert_array_equal(pruned[1], full[1])
     assert pruned[2]["inertia_history"] == full[2]["inertia_history"]
+
+
+def test_pruned_passes_with_movers_and_splits_match_full_scans(monkeypatch):
+    # Started on 2 points for 8 clusters: empty clusters split for several iterations, so the
+    # split halves are "movers" and the centroid-gap test sees twins.
+    x, _ = _blobs(4000, d=8, centers=8, seed=5)
+    start = np.stack([x[0]] * 4 + [x[1]] * 4).astype(np.float32)
+    pruned = kmeans(x, 8, iterations=25, tol=0.0, state=KMeansState(start.copy()))
+    assert pruned[2]["empty_split"] >= 6
+    bounds = importlib.import_module("dcssl.cluster.bounds")
+    monkeypatch.setattr(bounds.Bounds, "shift", lambda self, old, new: setattr(self, "valid", False))
+    full = kmeans(x, 8, iterations=25, tol=0.0, state=KMeansState(start.copy()))
+    np.testing.assert_array_equal(pruned[1], full[1])
+    assert pruned[2]["inertia_history"] == full[2]["inertia_history"]
+
+
+def test_centroid_gaps_are_lower_bounds_close_to_the_truth():
+    from dcssl.cluster.bounds import centroid_gaps
+
+    rng = np.random.default_rng(2)
+    c = (rng.standard_normal((300, 16)) * 5 + 40).astype(np.float32)  # far from the origin
+    c[7] = c[3]  # twins: gap 0
+    movers = np.array([3, 50, 299])
+    gaps = centroid_gaps(c, movers)
+    dist = np.sqrt(((c[:, None].astype(np.float64) - c[None]) ** 2).sum(-1))
+    np.fill_diagonal(dist, np.inf)
+    assert (gaps.nearest <= dist.min(1)).all() and gaps.nearest[3] == gaps.nearest[7] == 0
+    np.testing.assert_allclose(gaps.nearest[dist.min(1) > 1], dist.min(1)[dist.min(1) > 1], rtol=1e-3)
+    assert (gaps.movers <= dist[:, movers].min(1)).all()
+    np.testing.assert_allclose(gaps.movers[[0, 1, 2]], dist[[0, 1, 2]][:, movers].min(1), rtol=1e-3)
+
+
+def test_cluster_sums_are_exact_in_any_order_and_under_moves():
+    from dcssl.cluster.exact import ClusterSums
+
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((5000, 6)) * np.logspace(-3, 3, 6)).astype(np.float32)
+    first, second = rng.integers(0, 9, 5000), rng.integers(0, 9, 5000)
+    maxabs = float(np.abs(x).max())
+
+    def fresh(labels, order):
+        sums = ClusterSums(9, 6, maxabs, len(x))
+        for part in np.array_split(order, 7):  # any split, any order: as ranks would
+            sums.add(x[part], labels[part])
+        return sums
+
+    a = fresh(second, np.arange(5000))
+    b = fresh(second, rng.permutation(5000))
+    moved = fresh(first, np.arange(5000))
+    changed = np.flatnonzero(first != second)
+    moved.move(x, changed, first[changed], second[changed])
+    for other in (b, moved):
+        assert np.array_equal(a.sums, other.sums) and np.array_equal(a.counts, other.counts)
+    sums, counts = a.result()
+    ref = np.stack([x[second == j].astype(np.float64).sum(0) for j in range(9)])
+    np.testing.assert_allclose(sums, ref, rtol=1e-9, atol=maxabs * 1e-9)
+    assert counts.tolist() == np.bincount(second, minlength=9).tolist()
