@@ -1,11 +1,13 @@
 """Exact nearest-centroid search: float32 matrix products, float64 only where float32 cannot decide.
 
 A row's float32 score s_j = x·c_j − ‖c_j‖²/2 (nearest centroid = highest score) differs from the
-exact one by at most E = 2(d+1)·2⁻²⁴·(‖x‖·max‖c‖ + max‖c‖²/2), whatever the summation order — so
-for any BLAS, thread count, row grouping or device. When the best float32 score beats every other
-by more than 4E, the float32 winner is the exact nearest centroid. Otherwise ("near-tie", rare)
-the centroids scoring within 4E of the best are compared by float64 distances, the lowest index
-winning a tie. Either way a row's label is the float64 nearest centroid — never an artefact of
+exact one by at most E = γ(‖x‖·max‖c‖ + max‖c‖²), γ = (d+1)·2⁻²⁴ (a dot product of d+1 terms,
+plus the float32 half-norm), whatever the summation order — so for any BLAS, thread count, row
+grouping or device (float32 products: TF32 is switched off). When the best float32 score beats
+every other by more than a little over 2E, the float32 winner is the exact nearest centroid.
+Otherwise ("near-tie", rare) the centroids scoring within that much of the best are compared by
+float64 distances, the lowest index winning a tie: the margin left over keeps every excluded
+centroid farther than float64 error could hide. Either way a row's label is the float64 nearest centroid — never an artefact of
 how its product was computed — which is what makes labels identical for 1, 2 or R ranks, with
 or without pruning, and after a resume.
 
@@ -29,6 +31,8 @@ SCORE_BYTES = 8 << 20
 # float64 (row, candidate) differences formed at once when resolving near-ties.
 _PAIR_BYTES = 1 << 20
 _U32 = 2.0 ** -24
+# Near-tie margin in units of E: both scores' errors, and room the float64 comparison never needs.
+_NEAR = 2.002
 
 
 class Found(NamedTuple):
@@ -74,7 +78,7 @@ class Assigner:
         half = 0.5 * np.einsum("ij,ij->i", c, c)
         self.half_max = float(0.5 * np.einsum("ij,ij->i", self.c64, self.c64).max())
         self.c_norm_max = float(np.sqrt(2.0 * self.half_max))
-        self.err_rel = 2.0 * (c.shape[1] + 1) * _U32  # E per unit of ‖x‖·max‖c‖ + max‖c‖²/2
+        self.err_rel = (c.shape[1] + 1) * _U32 * (1 + 1e-3)  # γ of the module doc, rounded up
         # slack for float32 row norms and float32 square roots in the bounds
         self.rel = 1e-6 + (c.shape[1] + 2) * 2 * _U32
         self.scanned = 0  # rows scanned over all centroids since the last set_centroids
@@ -96,7 +100,7 @@ class Assigner:
 
     def score_error(self, xxb: np.ndarray) -> np.ndarray:
         """E: the bound on |float32 score − exact score| of each row (see the module doc)."""
-        return self.err_rel * (np.sqrt(xxb) * self.c_norm_max + self.half_max)
+        return self.err_rel * (np.sqrt(xxb) * self.c_norm_max + 2.0 * self.half_max)
 
     def search(self, xb: np.ndarray, xxb: np.ndarray) -> Found:
         """Exact nearest centroid of each row of a tile (≤ ``tile`` rows), with pruning bounds."""
@@ -112,16 +116,28 @@ class Assigner:
         dist = np.maximum(xxb - 2.0 * best, 0.0)
         upper = np.sqrt(dist + slack)
         lower_sq = xxb - 2.0 * second - slack
-        near = np.flatnonzero(best - second <= 4.0 * err)
+        near = np.flatnonzero(best - second <= _NEAR * err)
         if len(near):
             self.resolved += len(near)
-            labels[near], d64 = self._resolve(xb, near, labels[near], best[near] - 4.0 * err[near])
+            labels[near], d64 = self._resolve(xb, near, labels[near], best[near] - _NEAR * err[near])
             dist[near], upper[near] = d64, np.sqrt(d64)
             # the float32 best may be another centroid now: bound every centroid by it
             lower_sq[near] = xxb[near] - 2.0 * best[near] - slack[near]
         lower = np.sqrt(np.maximum(lower_sq, 0.0)) * (1 - self.rel)
         return Found(labels, dist.astype(np.float32), (upper * (1 + self.rel)).astype(np.float32),
                      lower.astype(np.float32))
+
+    def dist64(self, xb: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """float64 squared distances from rows ``xb[rows]`` to centroids ``cols`` — one formula
+        for every near-tie, so a row's label never depends on where it was decided."""
+        x64 = xb.astype(np.float64)
+        dist = np.empty(len(rows))
+        step = max(1, _PAIR_BYTES // (8 * xb.shape[1]))
+        for lo in range(0, len(rows), step):
+            diff = x64[rows[lo:lo + step]] - self.c64[cols[lo:lo + step]]
+            np.square(diff, out=diff)
+            dist[lo:lo + step] = diff.sum(axis=1)
+        return dist
 
     def distances_to(self, xb: np.ndarray, xxb: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Upper bound on each row's distance to centroid ``labels[i]`` (float32, exact-ish)."""
@@ -175,7 +191,12 @@ class Assigner:
         import torch
 
         xt = torch.from_numpy(xb).to(self.c_gpu.device)
-        score = torch.addmm(self.half_gpu, xt, self.c_gpu.T, beta=-1.0)
+        precision = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")  # TF32 would void the error bound
+        try:
+            score = torch.addmm(self.half_gpu, xt, self.c_gpu.T, beta=-1.0)
+        finally:
+            torch.set_float32_matmul_precision(precision)
         if self.k == 1:
             val, idx = score.max(dim=1)
             return idx.cpu().numpy(), val.cpu().numpy(), np.full(len(xb), -np.inf, np.float32)
@@ -210,13 +231,7 @@ class Assigner:
                  floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Float64 nearest among the centroids scoring ≥ ``floor`` (lowest index on a tie)."""
         rows, cols = self._candidates(xb, near, best_labels, floor)
-        x64 = xb[near].astype(np.float64)
-        dist = np.empty(len(rows))
-        step = max(1, _PAIR_BYTES // (8 * xb.shape[1]))
-        for lo in range(0, len(rows), step):
-            diff = x64[rows[lo:lo + step]] - self.c64[cols[lo:lo + step]]
-            np.square(diff, out=diff)
-            dist[lo:lo + step] = diff.sum(axis=1)
+        dist = self.dist64(xb[near], rows, cols)
         order = np.lexsort((cols, dist, rows))  # by row, then distance, then index
         first = np.flatnonzero(np.r_[True, rows[order][1:] != rows[order][:-1]])
         pick = order[first]

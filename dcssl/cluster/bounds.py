@@ -83,6 +83,10 @@ class Gaps:
 
     nearest: np.ndarray
     """Distance from each centroid to its nearest other centroid, float32 (k)."""
+    neighbour: np.ndarray
+    """That nearest other centroid, int64 (k)."""
+    second: np.ndarray
+    """Distance from each centroid to its second-nearest other centroid, float32 (k)."""
     movers: np.ndarray | None
     """Distance from each centroid to its nearest mover other than itself (None: no movers)."""
 
@@ -96,7 +100,8 @@ def centroid_gaps(centroids: np.ndarray, movers: np.ndarray | None = None) -> Ga
     k, d = c.shape
     sq = np.einsum("ij,ij->i", c, c) * np.float32(1 - 2 * (d + 4) * 2.0 ** -24)
     has_movers = movers is not None and len(movers) > 0
-    nearest = np.empty(k, dtype=np.float32)
+    nearest, second = np.empty(k, dtype=np.float32), np.empty(k, dtype=np.float32)
+    neighbour = np.empty(k, dtype=np.int64)
     to_movers = np.empty(k, dtype=np.float32) if has_movers else None
     step = max(1, _GAP_BYTES // (4 * k))
     for lo in range(0, k, step):
@@ -105,15 +110,19 @@ def centroid_gaps(centroids: np.ndarray, movers: np.ndarray | None = None) -> Ga
         dd *= -2.0
         dd += sq[None, :]
         dd += sq[lo:hi, None]
-        dd[np.arange(hi - lo), np.arange(lo, hi)] = np.inf  # k = 1: inf, nothing to beat
-        nearest[lo:hi] = dd.min(axis=1)
+        rows = np.arange(hi - lo)
+        dd[rows, np.arange(lo, hi)] = np.inf  # k = 1: inf, nothing to beat
         if has_movers:
             to_movers[lo:hi] = dd[:, movers].min(axis=1)
+        neighbour[lo:hi] = dd.argmin(axis=1)
+        nearest[lo:hi] = dd[rows, neighbour[lo:hi]]
+        dd[rows, neighbour[lo:hi]] = np.inf
+        second[lo:hi] = dd.min(axis=1)
     shrink = np.float32(1 - 4 * _ROUND)
-    nearest = np.sqrt(np.maximum(nearest, 0.0)) * shrink
+    nearest, second = (np.sqrt(np.maximum(v, 0.0)) * shrink for v in (nearest, second))
     if has_movers:
         to_movers = np.sqrt(np.maximum(to_movers, 0.0)) * shrink
-    return Gaps(nearest, to_movers)
+    return Gaps(nearest, neighbour, second, to_movers)
 
 
 def search_shard(x_local: np.ndarray, xx: np.ndarray, finder: Assigner, state: Bounds,
@@ -123,22 +132,29 @@ def search_shard(x_local: np.ndarray, xx: np.ndarray, finder: Assigner, state: B
     Without valid bounds every row is scanned. ``gaps``: ``centroid_gaps`` of the current
     centroids and ``state.movers`` (Elkan's test), or None to skip that test.
     """
-    n = len(x_local)
     if not state.valid:
-        labels = np.empty(n, dtype=np.int32)
-        for lo in range(0, n, finder.tile):
-            hi = min(lo + finder.tile, n)
-            found = finder.search(np.ascontiguousarray(x_local[lo:hi], dtype=np.float32), xx[lo:hi])
-            labels[lo:hi], state.upper[lo:hi], state.lower[lo:hi] = found[0], found.upper, found.lower
+        labels = np.empty(len(x_local), dtype=np.int32)
+        _scan(x_local, xx, finder, state, labels, state.lower, None)
         state.valid = True
         return labels
     labels = state.labels.copy()
     lower = _lower(state, gaps, labels, state.upper, slice(None))
     unsure = np.flatnonzero(state.upper >= lower)
-    for lo in range(0, len(unsure), _BATCH):
-        _settle(x_local, xx, finder, state, gaps, labels, lower, unsure[lo:lo + _BATCH])
+    scan = [_settle(x_local, xx, finder, state, gaps, labels, lower, unsure[lo:lo + _BATCH])
+            for lo in range(0, len(unsure), _BATCH)]
+    if scan:  # rows that still fail, scanned in full tiles
+        _scan(x_local, xx, finder, state, labels, lower, np.concatenate(scan))
     state.lower = lower
     return labels
+
+
+def _scan(x_local, xx, finder: Assigner, state: Bounds, labels, lower, rows) -> None:
+    """Scan rows ``rows`` (all when None) over all centroids, tile by tile."""
+    n = len(x_local) if rows is None else len(rows)
+    for lo in range(0, n, finder.tile):
+        at = slice(lo, min(lo + finder.tile, n)) if rows is None else rows[lo:lo + finder.tile]
+        found = finder.search(np.ascontiguousarray(x_local[at], dtype=np.float32), xx[at])
+        labels[at], state.upper[at], lower[at] = found.labels, found.upper, found.lower
 
 
 def _lower(state: Bounds, gaps: Gaps | None, labels: np.ndarray, upper: np.ndarray, rows,
@@ -160,15 +176,25 @@ def _lower(state: Bounds, gaps: Gaps | None, labels: np.ndarray, upper: np.ndarr
     return np.maximum(lower, 0.0)
 
 
-def _settle(x_local, xx, finder: Assigner, state: Bounds, gaps, labels, lower, rows):
-    """Rows that failed the test: tighten to the own distance and retry; rows that fail only
-    because of the movers measure them; the rest are scanned."""
+def _settle(x_local, xx, finder: Assigner, state: Bounds, gaps, labels, lower,
+            rows: np.ndarray) -> np.ndarray:
+    """Rows that failed the test: tighten to the own distance and retry; decide rows only their
+    centroid's nearest neighbour could take from those two distances; rows that fail only
+    because of the movers measure them. Returns the rows that still fail."""
     xb = np.ascontiguousarray(x_local[rows], dtype=np.float32)
     xxb, lab = xx[rows], labels[rows]
     upper = finder.distances_to(xb, xxb, lab)
     state.upper[rows] = upper
     bound = _lower(state, gaps, lab, upper, rows)
     fails = upper >= bound
+    if gaps is not None:
+        pair = np.flatnonzero(fails & ((gaps.second[lab] - upper) * np.float32(1 - _ROUND)
+                                       > upper * np.float32(1 + 1e-6)))
+        if len(pair):
+            at = rows[pair]
+            labels[at], state.upper[at], bound[pair] = _pair(finder, gaps, xb[pair], lab[pair],
+                                                              upper[pair])
+            fails[pair] = False
     if state.movers is not None and len(state.movers) > 0:
         rest = state.lower[rows] if gaps is None else np.maximum(
             state.lower[rows], (gaps.nearest[lab] - upper) * np.float32(1 - _ROUND))
@@ -178,9 +204,20 @@ def _settle(x_local, xx, finder: Assigner, state: Bounds, gaps, labels, lower, r
             bound[only] = _lower(state, gaps, lab[only], upper[only], rows[only], measured)
             fails[only] = upper[only] >= bound[only]
     lower[rows] = bound
-    scan = np.flatnonzero(fails)
-    for lo in range(0, len(scan), finder.tile):
-        part = scan[lo:lo + finder.tile]
-        found = finder.search(xb[part], xxb[part])
-        at = rows[part]
-        labels[at], state.upper[at], lower[at] = found.labels, found.upper, found.lower
+    return rows[fails]
+
+
+def _pair(finder: Assigner, gaps: Gaps, xb: np.ndarray, own: np.ndarray, upper: np.ndarray):
+    """Rows for which every centroid but their own and its nearest neighbour is provably farther
+    (second-nearest gap − u > u): the nearer of the two by float64 distance, lowest index on a
+    tie (the rule near-ties follow everywhere). → (labels, upper, lower) bounds."""
+    other = gaps.neighbour[own]
+    m = len(xb)
+    dist = finder.dist64(xb, np.r_[np.arange(m), np.arange(m)], np.r_[own, other])
+    d_own, d_other = dist[:m], dist[m:]
+    take = (d_other < d_own) | ((d_other == d_own) & (other < own))
+    labels = np.where(take, other, own)
+    near, far = np.where(take, d_other, d_own), np.where(take, d_own, d_other)
+    rest = (gaps.second[own] - upper) * np.float32(1 - _ROUND)  # every other centroid
+    lower = np.minimum(np.sqrt(far) * (1 - finder.rel), rest)
+    return labels, (np.sqrt(near) * (1 + finder.rel)).astype(np.float32), lower.astype(np.float32)

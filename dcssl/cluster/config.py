@@ -80,12 +80,14 @@ class ClusterConfig:
     seed_per_epoch: bool = True
     """Add the epoch to the seed. Off: every epoch uses ``seed`` unchanged."""
     block_rows: int = 8192
-    """Rows per block: shards are whole blocks and sums are made exact per block, which is what
-    makes results bit-identical for any rank count (ranks differ by ≤ one block of work). Part
-    of the checkpoint's fingerprint: changing it restarts an unfinished epoch."""
+    """Rows per block: shards are whole blocks and the PCA's sums are made exact per block, which
+    is what makes the PCA bit-identical for any rank count (k-means is exact per row). Ranks
+    differ by ≤ one block of work. Part of the checkpoint's fingerprint: changing it restarts
+    an unfinished epoch."""
     backend: Literal["auto", "numpy", "torch", "cuda"] = "auto"
     """Assignment matrix products: numpy (OpenBLAS), torch (MKL), cuda (GPU); auto: cuda if a GPU
-    is visible, else numpy. Labels are identical across rank counts for a fixed backend."""
+    is visible, else numpy. Labels are the exact nearest centroids on every backend (float64
+    settles what float32 cannot), so they are identical across rank counts and backends."""
     threads: int = 0
     """BLAS threads per rank; 0: this rank's share of the node's cores."""
     checkpoint: bool = True
