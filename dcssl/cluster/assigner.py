@@ -139,8 +139,8 @@ class Assigner:
             dist[lo:lo + step] = diff.sum(axis=1)
         return dist
 
-    def distances_to(self, xb: np.ndarray, xxb: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Upper bound on each row's distance to centroid ``labels[i]`` (float32, exact-ish)."""
+    def distances_to(self, xb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Upper bound on each row's distance to centroid ``labels[i]`` (float32)."""
         diff = xb - self.c[labels]
         return (np.sqrt(np.einsum("ij,ij->i", diff, diff)) * (1 + self.rel)).astype(np.float32)
 

@@ -1,17 +1,20 @@
 """Pruned assignment: skip the scan over all centroids for rows whose label provably holds.
 
-Per row (12 bytes): its label, an upper bound on the distance to its centroid and a lower bound on
-the distance to every other (Hamerly 2010). When the centroids move, the upper bound grows by the
-row's centroid's move and the lower bound shrinks by the largest move. A row keeps its label
-without a scan when its upper bound is below the lower bound, or below half the distance from its
-centroid to the nearest other centroid (Elkan's test: then no other centroid can be closer).
-Otherwise its upper bound is tightened to the measured distance and the tests are retried; only
-the rows that still fail are scanned (``Assigner.search``). Every bound carries rounding margins,
-so a skipped row's label is exactly what the scan would give — pruning never changes a result.
+Per row (12 bytes): its label, an upper bound u on the distance to its centroid a and a lower
+bound on the distance to every other centroid (Hamerly 2010). When the centroids move, u grows by
+a's move and the lower bound shrinks by the largest move. Each pass also measures the centroids'
+distances to one another (k²·d), and Elkan's lemma gives a second lower bound: every other
+centroid j is at least D(a, j) − u away, so at least D(a, nearest) − u. A row keeps its label
+without a scan while u is below the larger lower bound. Otherwise u is tightened to the measured
+distance and the test retried; a row that only a's nearest neighbour could take (D(a, second
+nearest) − u > u) is decided from those two distances; the rest are scanned
+(``Assigner.search``). Every bound carries rounding margins, so a skipped row's label is exactly
+what the scan would give — pruning never changes a result.
 
 A few centroids ("movers": empty-cluster splits, merged clusters pulling apart) often move far
 more than the rest; they are set aside so the lower bound only drops by the largest move among
-the others, and rows that then fail the test measure their distance to the movers directly.
+the others, and rows that then fail the test only because of them measure their distance to the
+movers directly.
 
 Not checkpointed: a resumed run starts with a full scan, which gives the same labels.
 """
@@ -26,14 +29,15 @@ from .assigner import Assigner
 
 __all__ = ["Bounds", "Gaps", "centroid_gaps", "search_shard"]
 
-# Centroids at most set aside as movers per iteration: each costs an unsettled row one distance.
+# Centroids at most set aside as movers per iteration (and at most this share of k): each costs
+# an unsettled row one distance.
 _MOVERS = 128
 _MOVERS_SHARE = 8
 # Rows gathered at once to tighten their bounds and rescan (float32 copies: rows × d).
 _BATCH = 2048
 # Relative widening of a bound after each float32 update (covers its rounding, 2⁻²⁴).
 _ROUND = 2.0 ** -22
-# float64 rows of the centroid-distance matrix formed at once (× k × 8 bytes).
+# Bytes of the centroid-distance matrix formed at once (rows × k float32).
 _GAP_BYTES = 2 << 20
 
 
@@ -183,7 +187,7 @@ def _settle(x_local, xx, finder: Assigner, state: Bounds, gaps, labels, lower,
     because of the movers measure them. Returns the rows that still fail."""
     xb = np.ascontiguousarray(x_local[rows], dtype=np.float32)
     xxb, lab = xx[rows], labels[rows]
-    upper = finder.distances_to(xb, xxb, lab)
+    upper = finder.distances_to(xb, lab)
     state.upper[rows] = upper
     bound = _lower(state, gaps, lab, upper, rows)
     fails = upper >= bound

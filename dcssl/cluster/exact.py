@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+import scipy.sparse as sp
 
 from hpc.mpi import allreduce_, bcast_, shard_range
 
@@ -157,8 +158,6 @@ class ClusterSums:
         self.add(x, new, rows, 1)
 
     def _add_fixed(self, fixed: np.ndarray, labels: np.ndarray, sign: int) -> None:
-        import scipy.sparse as sp
-
         m = len(labels)
         counts = np.bincount(labels, minlength=len(self.counts))
         self.counts += sign * counts

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_helpers import show_job_records, wait_until
+from slurm_helpers import TERMINAL_STATES, show_job_records, wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -69,6 +69,19 @@ def _element_times(array_id: str) -> list[tuple[datetime, datetime]]:
     return sorted(times)
 
 
+def _final_states(array_id: str, n: int) -> list[str]:
+    """The n elements' end states, once accounting has them all: the ledger is written before an
+    element exits, and slurmdbd records the exit a moment later."""
+    def states():
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,State"],
+                             capture_output=True, text=True, timeout=60).stdout
+        found = sorted(line.split("|")[1].split()[0] for line in out.splitlines()
+                       if re.fullmatch(rf"{array_id}_\d+", line.split("|")[0]))
+        return len(found) == n and set(found) <= TERMINAL_STATES and found
+
+    return wait_until(states, TIMEOUT_S, poll_s=1, what=f"{n} ended elements of {array_id}")
+
+
 def _check_outcome(run: Path) -> None:
     status = _status(run)
     assert (status["slides"], status["done"], status["pending"]) == (4, 3, 0)
@@ -90,6 +103,7 @@ def test_submitit_array_throttled(slurm_cluster, tmp_path):
     assert _throttle(array_id) == "1"
     _wait_attempted(run)
     _check_outcome(run)
+    _final_states(array_id, 4)
     times = _element_times(array_id)
     assert len(times) == 4
     for (_, end), (start, _) in zip(times, times[1:]):  # %1: one element at a time
@@ -123,10 +137,8 @@ def test_plain_sbatch_array(slurm_cluster, tmp_path):
     assert _throttle(array_id) == "2"
     _wait_attempted(run)
     _check_outcome(run)
+    # the broken slide's element exits 1
+    assert _final_states(array_id, n) == ["COMPLETED", "COMPLETED", "COMPLETED", "FAILED"]
     times = _element_times(array_id)
     for k, (start, _) in enumerate(times):  # never more than 2 running at once
         assert sum(1 for s, e in times if s <= start < e) <= 2, times
-    states = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,State"],
-                            capture_output=True, text=True, timeout=60).stdout
-    assert sorted(line.split("|")[1] for line in states.splitlines()) == [
-        "COMPLETED", "COMPLETED", "COMPLETED", "FAILED"]  # the broken slide's element exits 1
