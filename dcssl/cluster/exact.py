@@ -1,14 +1,15 @@
 """Rank-count-independent reductions: aligned shards, single-process comm, exact fixed-point sums.
 
 Floating-point addition is not associative, so a float64 all-reduce over 2 ranks and over 1 rank
-can differ in the last bit — enough to flip a near-tie in k-means and change a label. Two rules
-make every result here bit-identical for any number of ranks:
+can differ in the last bit — enough to flip a near-tie in k-means and change a label. Values are
+therefore rounded onto a fixed-point grid chosen from *global* bounds and accumulated as int64:
+integer addition is associative, so the all-reduced total is exact in any order.
 
-1. Shards are made of whole blocks of ``block`` rows at fixed global offsets (``shard_rows``), so
-   every block, and every matrix product on it, is the same whatever rank computes it.
-2. Each block's float64 partial result is rounded onto a fixed-point grid chosen from *global*
-   bounds and accumulated as int64; integer addition is associative, so the all-reduced total is
-   exact in any order. The grid keeps ≥ ~2^-60 of the bound, far below float32 resolution.
+- ``FixedSum`` rounds each block's float64 partial result (the PCA's moments); shards are whole
+  blocks of ``block`` rows at fixed global offsets (``shard_rows``), so every block is the same
+  whatever rank computes it. The grid keeps ≥ ~2^-60 of the bound, far below float32 resolution.
+- ``ClusterSums`` and ``exact_total`` round each row (k-means): exact whatever the rows' order or
+  grouping, so sums can also be updated incrementally.
 """
 
 from __future__ import annotations
