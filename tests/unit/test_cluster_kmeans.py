@@ -227,3 +227,23 @@ def test_cluster_sums_are_exact_in_any_order_and_under_moves():
     ref = np.stack([x[second == j].astype(np.float64).sum(0) for j in range(9)])
     np.testing.assert_allclose(sums, ref, rtol=1e-9, atol=maxabs * 1e-9)
     assert counts.tolist() == np.bincount(second, minlength=9).tolist()
+
+
+def test_cuda_path_gives_the_same_labels_and_bounds(monkeypatch):
+    # No GPU here: the cuda code path runs on CPU tensors (Tensor.cuda → the tensor itself).
+    import torch
+
+    from dcssl.cluster.assigner import Assigner
+
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self: self)
+    x, c = _near_ties(2000, k=30, seed=4)
+    c[7] = c[3]  # twins: exact ties as well
+    xx = np.einsum("ij,ij->i", x, x)
+    cpu, gpu = Assigner(c, "numpy"), Assigner(c, "cuda")
+    labels = []
+    for lo in range(0, len(x), 512):
+        a, b = cpu.search(x[lo:lo + 512], xx[lo:lo + 512]), gpu.search(x[lo:lo + 512], xx[lo:lo + 512])
+        np.testing.assert_allclose(a.upper, b.upper, rtol=1e-5)
+        np.testing.assert_allclose(a.lower, b.lower, rtol=1e-5, atol=1e-5)
+        labels.append(b.labels)
+    assert (np.concatenate(labels) == _nearest64(x, c)).all()
