@@ -7,9 +7,9 @@ grouping or device (float32 products: TF32 is switched off). When the best float
 every other by more than a little over 2E, the float32 winner is the exact nearest centroid.
 Otherwise ("near-tie", rare) the centroids scoring within that much of the best are compared by
 float64 distances, the lowest index winning a tie: the margin left over keeps every excluded
-centroid farther than float64 error could hide. Either way a row's label is the float64 nearest centroid — never an artefact of
-how its product was computed — which is what makes labels identical for 1, 2 or R ranks, with
-or without pruning, and after a resume.
+centroid farther than float64 error could hide. Either way a row's label is the float64 nearest
+centroid — never an artefact of how its product was computed — which is what makes labels
+identical for 1, 2 or R ranks, with or without pruning, and after a resume.
 
 Each search also returns bounds for pruning (``bounds``): an upper bound on the distance to the
 row's own centroid and a lower bound on the distance to every other one.
@@ -48,6 +48,13 @@ class Found(NamedTuple):
     """Lower bound on the distance to every other centroid, float32."""
 
 
+def _augment(xb: np.ndarray) -> np.ndarray:
+    """[x | −1]: with centroids as [c | ‖c‖²/2]ᵀ one product gives the scores x·c − ‖c‖²/2."""
+    xa = np.empty((len(xb), xb.shape[1] + 1), dtype=np.float32)
+    xa[:, :-1], xa[:, -1] = xb, -1.0
+    return xa
+
+
 def _matmul_fn(backend: str) -> Callable:
     if backend == "numpy":
         return lambda a, b, out: np.matmul(a, b, out=out)
@@ -82,18 +89,19 @@ class Assigner:
         # slack for float32 row norms and float32 square roots in the bounds
         self.rel = 1e-6 + (c.shape[1] + 2) * 2 * _U32
         self.scanned = 0  # rows scanned over all centroids since the last set_centroids
-        self.resolved = 0  # of which near-ties settled in float64
         self._subset: tuple[np.ndarray, np.ndarray] | None = None  # see _augmented
+        # [c | ‖c‖²/2]ᵀ by chunks of centroids (cuda: one chunk, for settling near-ties here)
+        fits = max(1, SCORE_BYTES // (4 * self.tile))
+        self.chunk = self.k if self.backend == "cuda" else min(self.k, fits)
+        self.c_t = [np.ascontiguousarray(np.concatenate(
+            [c[j:j + self.chunk], half[j:j + self.chunk, None]], axis=1).T)
+            for j in range(0, self.k, self.chunk)]
         if self.backend == "cuda":
             import torch
 
             self.c_gpu = torch.from_numpy(c).cuda()
             self.half_gpu = torch.from_numpy(half).cuda()
             return
-        self.chunk = max(1, min(self.k, SCORE_BYTES // (4 * self.tile)))
-        self.c_t = [np.ascontiguousarray(np.concatenate(
-            [c[j:j + self.chunk], half[j:j + self.chunk, None]], axis=1).T)
-            for j in range(0, self.k, self.chunk)]
         if self.buf is None or self.buf.shape[1] != self.chunk or self.xa.shape[1] != c.shape[1] + 1:
             self.buf = np.empty((self.tile, self.chunk), dtype=np.float32)
             self.xa = np.full((self.tile, c.shape[1] + 1), -1.0, dtype=np.float32)
@@ -118,7 +126,6 @@ class Assigner:
         lower_sq = xxb - 2.0 * second - slack
         near = np.flatnonzero(best - second <= _NEAR * err)
         if len(near):
-            self.resolved += len(near)
             labels[near], d64 = self._resolve(xb, near, labels[near], best[near] - _NEAR * err[near])
             dist[near], upper[near] = d64, np.sqrt(d64)
             # the float32 best may be another centroid now: bound every centroid by it
@@ -148,10 +155,7 @@ class Assigner:
                  subset: np.ndarray) -> np.ndarray:
         """Lower bound on each row's distance to the centroids ``subset`` (sorted) other than its
         own."""
-        ct = self._augmented(subset)
-        xa = np.empty((len(xb), xb.shape[1] + 1), dtype=np.float32)
-        xa[:, :-1], xa[:, -1] = xb, -1.0
-        score = xa @ ct
+        score = _augment(xb) @ self._augmented(subset)
         slot = np.minimum(np.searchsorted(subset, labels), len(subset) - 1)
         own = np.flatnonzero(subset[slot] == labels)
         score[own, slot[own]] = -np.inf
@@ -214,16 +218,10 @@ class Assigner:
             rows = np.concatenate([rows, np.arange(len(near))])
             cols = np.concatenate([cols, best_labels])
         else:
-            xa = np.empty((len(near), xb.shape[1] + 1), dtype=np.float32)
-            xa[:, :-1], xa[:, -1] = xb[near], -1.0
-            rows, cols = [], []
-            for j in range(0, self.k, self.chunk if self.backend != "cuda" else self.k):
-                ct = self.c_t[j // self.chunk] if self.backend != "cuda" else self._augmented(
-                    np.arange(self.k))
-                r, c = np.nonzero(xa @ ct >= floor[:, None])
-                rows.append(r)
-                cols.append(c + j)
-            rows, cols = np.concatenate(rows), np.concatenate(cols)
+            xa = _augment(xb[near])
+            found = [np.nonzero(xa @ ct >= floor[:, None]) for ct in self.c_t]
+            rows = np.concatenate([r for r, _ in found])
+            cols = np.concatenate([c + j * self.chunk for j, (_, c) in enumerate(found)])
         order = np.lexsort((cols, rows))
         return rows[order], cols[order]
 

@@ -21,7 +21,7 @@ Not checkpointed: a resumed run starts with a full scan, which gives the same la
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class Bounds:
     """Lower bound on the distance to every other centroid (movers aside), float32."""
     valid: bool = False
     """False until a first full pass, and after a resume."""
-    movers: np.ndarray | None = None
+    movers: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     """Centroids whose distances the next pass measures instead of bounding (see ``shift``)."""
     movers_extra: float = 0.0
     """How much further than ``lower`` allows for the movers moved."""
@@ -95,7 +95,7 @@ class Gaps:
     """Distance from each centroid to its nearest mover other than itself (None: no movers)."""
 
 
-def centroid_gaps(centroids: np.ndarray, movers: np.ndarray | None = None) -> Gaps:
+def centroid_gaps(centroids: np.ndarray, movers: np.ndarray) -> Gaps:
     """Centroid-to-nearest-centroid (and centroid-to-mover) distances, rounded down.
 
     One float32 product (k²·d); its rounding error, below 2(d+2)·2⁻²⁴·(‖a‖² + ‖b‖²) for any
@@ -103,7 +103,7 @@ def centroid_gaps(centroids: np.ndarray, movers: np.ndarray | None = None) -> Ga
     c = np.ascontiguousarray(centroids, dtype=np.float32)
     k, d = c.shape
     sq = np.einsum("ij,ij->i", c, c) * np.float32(1 - 2 * (d + 4) * 2.0 ** -24)
-    has_movers = movers is not None and len(movers) > 0
+    has_movers = len(movers) > 0
     nearest, second = np.empty(k, dtype=np.float32), np.empty(k, dtype=np.float32)
     neighbour = np.empty(k, dtype=np.int64)
     to_movers = np.empty(k, dtype=np.float32) if has_movers else None
@@ -162,19 +162,19 @@ def _scan(x_local, xx, finder: Assigner, state: Bounds, labels, lower, rows) -> 
 
 
 def _lower(state: Bounds, gaps: Gaps | None, labels: np.ndarray, upper: np.ndarray, rows,
-           movers: np.ndarray | None = None) -> np.ndarray:
+           measured: np.ndarray | None = None) -> np.ndarray:
     """Lower bound on the distance from rows ``rows`` to every centroid but their own.
 
-    ``state.lower`` covers the non-movers; the movers are covered by ``movers`` (measured), or
+    ``state.lower`` covers the non-movers; the movers are covered by ``measured``, or
     else by the bound before their extra move and by their distance to the row's centroid."""
     lower = state.lower[rows]
-    if state.movers is not None and len(state.movers) > 0:
-        if movers is None:
-            movers = lower - np.float32(state.movers_extra)
+    if len(state.movers):
+        if measured is None:
+            measured = lower - np.float32(state.movers_extra)
             if gaps is not None:
-                np.maximum(movers, (gaps.movers[labels] - upper) * np.float32(1 - _ROUND),
-                           out=movers)
-        lower = np.minimum(lower, movers)
+                np.maximum(measured, (gaps.movers[labels] - upper) * np.float32(1 - _ROUND),
+                           out=measured)
+        lower = np.minimum(lower, measured)
     if gaps is not None:
         lower = np.maximum(lower, (gaps.nearest[labels] - upper) * np.float32(1 - _ROUND))
     return np.maximum(lower, 0.0)
@@ -199,7 +199,7 @@ def _settle(x_local, xx, finder: Assigner, state: Bounds, gaps, labels, lower,
             labels[at], state.upper[at], bound[pair] = _pair(finder, gaps, xb[pair], lab[pair],
                                                               upper[pair])
             fails[pair] = False
-    if state.movers is not None and len(state.movers) > 0:
+    if len(state.movers):
         rest = state.lower[rows] if gaps is None else np.maximum(
             state.lower[rows], (gaps.nearest[lab] - upper) * np.float32(1 - _ROUND))
         only = np.flatnonzero(fails & (upper < rest))  # settled but for the movers

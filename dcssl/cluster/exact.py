@@ -141,22 +141,26 @@ class ClusterSums:
         self.sums[:] = 0
         self.counts[:] = 0
 
-    def add(self, x: np.ndarray, labels: np.ndarray, rows: np.ndarray | None = None,
-            sign: int = 1) -> None:
-        """Add (``sign`` −1: take away) rows ``rows`` of ``x`` (all when None) to ``labels``."""
-        n = len(labels)
-        for lo in range(0, n, _SUM_ROWS):
-            hi = min(lo + _SUM_ROWS, n)
-            block = x[lo:hi] if rows is None else x[rows[lo:hi]]
-            fixed = self._buf[:hi - lo]
-            np.multiply(block, sign * self.scale, out=fixed)
-            np.rint(fixed, out=fixed)
-            self._add_fixed(fixed, labels[lo:hi], sign)
+    def add(self, x: np.ndarray, labels: np.ndarray) -> None:
+        """Add every row of ``x`` to its cluster ``labels[i]``."""
+        for lo, fixed in self._fixed(x, None, len(labels)):
+            self._add_fixed(fixed, labels[lo:lo + len(fixed)], 1)
 
     def move(self, x: np.ndarray, rows: np.ndarray, old: np.ndarray, new: np.ndarray) -> None:
         """Rows ``rows`` of ``x`` left clusters ``old`` for ``new``."""
-        self.add(x, old, rows, -1)
-        self.add(x, new, rows, 1)
+        for lo, fixed in self._fixed(x, rows, len(rows)):
+            self._add_fixed(fixed, new[lo:lo + len(fixed)], 1)
+            np.negative(fixed, out=fixed)
+            self._add_fixed(fixed, old[lo:lo + len(fixed)], -1)
+
+    def _fixed(self, x: np.ndarray, rows: np.ndarray | None, n: int):
+        """(offset, rows on the fixed-point grid as integer-valued float64) group by group."""
+        for lo in range(0, n, _SUM_ROWS):
+            hi = min(lo + _SUM_ROWS, n)
+            fixed = self._buf[:hi - lo]
+            np.multiply(x[lo:hi] if rows is None else x[rows[lo:hi]], self.scale, out=fixed)
+            np.rint(fixed, out=fixed)
+            yield lo, fixed
 
     def _add_fixed(self, fixed: np.ndarray, labels: np.ndarray, sign: int) -> None:
         m = len(labels)

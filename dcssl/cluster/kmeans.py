@@ -180,8 +180,8 @@ class _Pass:
                  centroids: np.ndarray):
         self.x, self.comm = x_local, comm
         n = global_count(len(x_local), comm)
-        maxabs, maxsq = _global_extent(x_local, comm, block)
         self.xx = _row_norms(x_local, block)
+        maxabs, maxsq = _global_extent(x_local, self.xx, comm, block)
         self.xx_total = exact_total(self.xx, n * maxsq * 1.01 + 1e-30, comm)
         self.sums = ClusterSums(k, x_local.shape[1], maxabs, n)
         self.bounds = Bounds.for_rows(len(x_local))
@@ -288,13 +288,12 @@ def assign_all(x_local: np.ndarray, centroids: np.ndarray, comm=None, *, block: 
     return labels, counts, inertia
 
 
-def _global_extent(x_local, comm, block: int) -> tuple[float, float]:
+def _global_extent(x_local, xx, comm, block: int) -> tuple[float, float]:
     """Largest |value| and largest squared row norm over all ranks (fix the exact-sum grids)."""
     local = np.zeros(2)
     for lo, hi in blocks(0, len(x_local), block):
-        xb = np.asarray(x_local[lo:hi], dtype=np.float32)
-        local[0] = max(local[0], float(np.abs(xb).max()))
-        local[1] = max(local[1], float(np.einsum("ij,ij->i", xb, xb).max()))
+        local[0] = max(local[0], float(np.abs(np.asarray(x_local[lo:hi], dtype=np.float32)).max()))
+    local[1] = float(xx.max()) if len(xx) else 0.0
     maxabs, maxsq = global_max(local, comm)
     return float(maxabs), float(maxsq)
 
