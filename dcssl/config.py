@@ -42,8 +42,13 @@ def _config_files(run_dir: str | Path | None, config_path: str | Path | None) ->
     return files
 
 
-def load_section(cls: type[T], section: str, run_dir: str | Path | None = None,
-                 config_path: str | Path | None = None, overrides: list[str] = ()) -> T:
+def load_section(
+    cls: type[T],
+    section: str,
+    run_dir: str | Path | None = None,
+    config_path: str | Path | None = None,
+    overrides: list[str] = (),
+) -> T:
     """Section ``section`` of the config, validated as ``cls``.
 
     Sources, later winning: ``cls`` defaults ← ``RUN_DIR/config.yaml`` (if it exists) ←
@@ -76,8 +81,9 @@ class LoopConfig:
             raise ValueError(f"keep_features must be ≥ 1, got {self.keep_features}")
 
 
-def load_run_config(run_dir: str | Path | None, config_path: str | Path | None = None,
-                    overrides: list[str] = ()):
+def load_run_config(
+    run_dir: str | Path | None, config_path: str | Path | None = None, overrides: list[str] = ()
+):
     """The whole run config: defaults ← RUN_DIR/config.yaml ← --config ← overrides."""
     data: dict = {}
     for file in _config_files(run_dir, config_path):

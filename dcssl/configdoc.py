@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from hpc.config import type_name, field_docs, to_dict
+from hpc.config import field_docs, to_dict, type_name
 
 __all__ = ["commented_yaml", "markdown_reference"]
 
@@ -32,8 +32,8 @@ def _scalar(value: Any) -> str:
 
 def markdown_reference(cls: type) -> str:
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for key, type_name, value, doc in _sections(cls):
-        rows.append(f"| `{key}` | {type_name.replace('|', '/')} | `{_scalar(value)}` | {doc} |")
+    for key, type_text, value, doc in _sections(cls):
+        rows.append(f"| `{key}` | {type_text.replace('|', '/')} | `{_scalar(value)}` | {doc} |")
     return "\n".join(rows)
 
 

@@ -21,9 +21,10 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -31,9 +32,20 @@ import numpy as np
 from dcssl.jsonl import append_jsonl, read_jsonl
 from hpc.checkpoint import atomic_path, atomic_write_text
 
-__all__ = ["ShardInfo", "ShardWriter", "Store", "build_manifest", "shard_name", "append_ledger",
-           "read_ledger", "latest_attempts", "decode_tile", "encode_jpeg", "open_h5",
-           "FORMAT_VERSION"]
+__all__ = [
+    "ShardInfo",
+    "ShardWriter",
+    "Store",
+    "build_manifest",
+    "shard_name",
+    "append_ledger",
+    "read_ledger",
+    "latest_attempts",
+    "decode_tile",
+    "encode_jpeg",
+    "open_h5",
+    "FORMAT_VERSION",
+]
 
 FORMAT_VERSION = 1
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -79,41 +91,69 @@ def decode_tile(encoded: Any) -> np.ndarray:
 class ShardWriter:
     """Write one shard; it appears under its final name only if the ``with`` block succeeds."""
 
-    def __init__(self, path: str | Path, *, slide_id: str, tile_size: int, encoding: str = "jpeg",
-                 mpp: float = float("nan"), level: int = 0, source_md5: str = "",
-                 with_labels: bool = False, attrs: dict | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        slide_id: str,
+        tile_size: int,
+        encoding: str = "jpeg",
+        mpp: float = float("nan"),
+        level: int = 0,
+        source_md5: str = "",
+        with_labels: bool = False,
+        attrs: dict | None = None,
+    ):
         if encoding not in ("jpeg", "raw"):
             raise ValueError(f"encoding must be 'jpeg' or 'raw', got {encoding!r}")
         self.path = Path(path)
         self.encoding = encoding
         self.tile_size = tile_size
         self.with_labels = with_labels
-        self.attrs = dict(slide_id=slide_id, tile_size=tile_size, encoding=encoding, mpp=mpp,
-                          level=level, source_md5=source_md5, format_version=FORMAT_VERSION,
-                          **(attrs or {}))
+        self.attrs = dict(
+            slide_id=slide_id,
+            tile_size=tile_size,
+            encoding=encoding,
+            mpp=mpp,
+            level=level,
+            source_md5=source_md5,
+            format_version=FORMAT_VERSION,
+            **(attrs or {}),
+        )
         self.n_tiles = 0
         self._ctx = None
         self._file: h5py.File | None = None
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         self._ctx = atomic_path(self.path)
         tmp = self._ctx.__enter__()
         self._file = h5py.File(tmp, "w", locking=False)
         f, size = self._file, self.tile_size
         if self.encoding == "jpeg":
-            f.create_dataset("tiles", shape=(0,), maxshape=(None,), chunks=(64,),
-                             dtype=h5py.vlen_dtype(np.uint8))
+            f.create_dataset(
+                "tiles", shape=(0,), maxshape=(None,), chunks=(64,), dtype=h5py.vlen_dtype(np.uint8)
+            )
         else:
-            f.create_dataset("tiles", shape=(0, size, size, 3), maxshape=(None, size, size, 3),
-                             chunks=(1, size, size, 3), dtype=np.uint8)
+            f.create_dataset(
+                "tiles",
+                shape=(0, size, size, 3),
+                maxshape=(None, size, size, 3),
+                chunks=(1, size, size, 3),
+                dtype=np.uint8,
+            )
         f.create_dataset("coords", shape=(0, 2), maxshape=(None, 2), chunks=(1024, 2), dtype=np.int64)
         f.create_dataset("tissue", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.float32)
         if self.with_labels:
             f.create_dataset("labels", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.int64)
         return self
 
-    def append(self, tiles: Sequence[bytes] | np.ndarray, coords: np.ndarray,
-               tissue: np.ndarray, labels: np.ndarray | None = None) -> None:
+    def append(
+        self,
+        tiles: Sequence[bytes] | np.ndarray,
+        coords: np.ndarray,
+        tissue: np.ndarray,
+        labels: np.ndarray | None = None,
+    ) -> None:
         """Add a batch: JPEG byte strings (jpeg) or a k×H×W×3 uint8 array (raw)."""
         k = len(tiles)
         if k == 0:
@@ -122,13 +162,13 @@ class ShardWriter:
         for name in ("tiles", "coords", "tissue") + (("labels",) if self.with_labels else ()):
             f[name].resize(start + k, axis=0)
         if self.encoding == "jpeg":
-            f["tiles"][start:start + k] = [np.frombuffer(t, dtype=np.uint8) for t in tiles]
+            f["tiles"][start : start + k] = [np.frombuffer(t, dtype=np.uint8) for t in tiles]
         else:
-            f["tiles"][start:start + k] = np.asarray(tiles, dtype=np.uint8)
-        f["coords"][start:start + k] = np.asarray(coords, dtype=np.int64).reshape(k, 2)
-        f["tissue"][start:start + k] = np.asarray(tissue, dtype=np.float32)
+            f["tiles"][start : start + k] = np.asarray(tiles, dtype=np.uint8)
+        f["coords"][start : start + k] = np.asarray(coords, dtype=np.int64).reshape(k, 2)
+        f["tissue"][start : start + k] = np.asarray(tissue, dtype=np.float32)
         if self.with_labels:
-            f["labels"][start:start + k] = np.asarray(labels, dtype=np.int64)
+            f["labels"][start : start + k] = np.asarray(labels, dtype=np.int64)
         self.n_tiles += k
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -153,12 +193,16 @@ class ShardInfo:
 
 def _read_info(path: Path, offset: int) -> ShardInfo:
     with open_h5(path, locking=False) as f:
-        return ShardInfo(name=path.name, slide_id=str(f.attrs.get("slide_id", path.stem)),
-                         n_tiles=int(f["coords"].shape[0]), offset=offset,
-                         source_md5=str(f.attrs.get("source_md5", "")))
+        return ShardInfo(
+            name=path.name,
+            slide_id=str(f.attrs.get("slide_id", path.stem)),
+            n_tiles=int(f["coords"].shape[0]),
+            offset=offset,
+            source_md5=str(f.attrs.get("source_md5", "")),
+        )
 
 
-def build_manifest(root: str | Path, names: Iterable[str] | None = None) -> "Store":
+def build_manifest(root: str | Path, names: Iterable[str] | None = None) -> Store:
     """Index the complete shards (sorted by file name, or in the order given) into manifest.json."""
     root = Path(root)
     shard_dir = root / "shards"
@@ -169,8 +213,7 @@ def build_manifest(root: str | Path, names: Iterable[str] | None = None) -> "Sto
         info = _read_info(shard_dir / name, offset)
         infos.append(info)
         offset += info.n_tiles
-    document = {"format_version": FORMAT_VERSION, "n_tiles": offset,
-                "shards": [asdict(i) for i in infos]}
+    document = {"format_version": FORMAT_VERSION, "n_tiles": offset, "shards": [asdict(i) for i in infos]}
     atomic_write_text(root / "manifest.json", json.dumps(document, indent=1))
     return Store(root)
 
@@ -185,8 +228,7 @@ class Store:
             raise FileNotFoundError(f"{manifest}: no tile store manifest; tile or ingest first")
         document = json.loads(manifest.read_text())
         self.shards = [ShardInfo(**s) for s in document["shards"]]
-        self.offsets = np.array([s.offset for s in self.shards] + [document["n_tiles"]],
-                                dtype=np.int64)
+        self.offsets = np.array([s.offset for s in self.shards] + [document["n_tiles"]], dtype=np.int64)
         self.n_tiles = int(document["n_tiles"])
         self.locking = locking
 
@@ -220,7 +262,7 @@ class Store:
             with self.open_shard(i) as f:
                 if "labels" not in f:
                     return None
-                out[info.offset:info.offset + info.n_tiles] = f["labels"][:]
+                out[info.offset : info.offset + info.n_tiles] = f["labels"][:]
         return out
 
 

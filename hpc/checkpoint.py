@@ -11,8 +11,9 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "CheckpointManager"]
 
@@ -121,6 +122,7 @@ class CheckpointManager:
             try:
                 return step, self._load_fn(self.path_for(step))
             except Exception as err:  # a truncated or corrupt file: fall back to the one before
-                log.warning("checkpoint %s does not load (%s); trying the one before",
-                            self.path_for(step), err)
+                log.warning(
+                    "checkpoint %s does not load (%s); trying the one before", self.path_for(step), err
+                )
         return None

@@ -18,8 +18,16 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-__all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "dump_yaml", "field_docs",
-           "parse_overrides", "merge_dicts"]
+__all__ = [
+    "ConfigError",
+    "load_config",
+    "from_dict",
+    "to_dict",
+    "dump_yaml",
+    "field_docs",
+    "parse_overrides",
+    "merge_dicts",
+]
 
 T = TypeVar("T")
 
@@ -104,12 +112,14 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
 
 def to_dict(cfg: Any) -> dict:
     """A plain nested dict (tuples become lists), ready for YAML or JSON."""
+
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v) if f.init}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         return v
+
     return plain(cfg)
 
 
@@ -154,8 +164,9 @@ def merge_dicts(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> T:
     """Defaults of ``cls`` ← YAML file at ``path`` (optional) ← ``key=value`` overrides."""
     data: dict = {}
     if path is not None:
@@ -182,8 +193,12 @@ def field_docs(cls: type) -> dict[str, str]:
     body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
     docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
             docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs

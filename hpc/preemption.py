@@ -34,7 +34,7 @@ class PreemptionFlag:
         self.signals = signals
         self.received: int | None = None
 
-    def install(self) -> "PreemptionFlag":
+    def install(self) -> PreemptionFlag:
         """Take over the signals (replacing submitit's handler, which would checkpoint mid-step)."""
         for sig in self.signals:
             signal.signal(sig, self._handle)
@@ -42,8 +42,9 @@ class PreemptionFlag:
 
     def _handle(self, signum: int, _frame) -> None:
         self.received = signum
-        log.warning("received %s: will checkpoint and requeue at the next safe point",
-                    signal.Signals(signum).name)
+        log.warning(
+            "received %s: will checkpoint and requeue at the next safe point", signal.Signals(signum).name
+        )
 
     def is_set(self) -> bool:
         return self.received is not None
@@ -92,4 +93,3 @@ class RequeueableJob(submitit.helpers.Checkpointable):
             return self.run(flag, *args, **kwargs)
         except Preempted:
             requeue_and_exit(is_main=detect_env().is_main)
-

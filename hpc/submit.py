@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import submitit
 
@@ -60,8 +61,14 @@ class ExecutorConfig:
     """Shell lines run before the job (module load …, conda activate …). Written verbatim."""
 
     def __post_init__(self) -> None:
-        for name in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min", "array_parallelism",
-                     "max_array_size"):
+        for name in (
+            "nodes",
+            "tasks_per_node",
+            "cpus_per_task",
+            "timeout_min",
+            "array_parallelism",
+            "max_array_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.gpus_per_node < 0:
@@ -70,28 +77,43 @@ class ExecutorConfig:
             raise ValueError("a local executor has one node; set nodes=1 or kind=slurm")
 
 
-def make_executor(cfg: ExecutorConfig, folder: str | Path, job_name: str = "dcssl",
-                  **overrides: Any) -> submitit.Executor:
+def make_executor(
+    cfg: ExecutorConfig, folder: str | Path, job_name: str = "dcssl", **overrides: Any
+) -> submitit.Executor:
     """A submitit executor writing logs under ``folder`` (``%j`` is the job id)."""
     folder = Path(folder)
     if cfg.kind == "local":
-        executor: submitit.Executor = submitit.LocalExecutor(folder=folder,
-                                                             max_num_timeout=cfg.max_num_timeout)
+        executor: submitit.Executor = submitit.LocalExecutor(
+            folder=folder, max_num_timeout=cfg.max_num_timeout
+        )
         executor.update_parameters(
-            tasks_per_node=cfg.tasks_per_node, gpus_per_node=cfg.gpus_per_node,
-            timeout_min=cfg.timeout_min, signal_delay_s=cfg.signal_delay_s, **overrides)
+            tasks_per_node=cfg.tasks_per_node,
+            gpus_per_node=cfg.gpus_per_node,
+            timeout_min=cfg.timeout_min,
+            signal_delay_s=cfg.signal_delay_s,
+            **overrides,
+        )
         return executor
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=cfg.max_num_timeout)
     params: dict[str, Any] = dict(
-        job_name=job_name, nodes=cfg.nodes, ntasks_per_node=cfg.tasks_per_node,
-        cpus_per_task=cfg.cpus_per_task, time=cfg.timeout_min, signal_delay_s=cfg.signal_delay_s,
+        job_name=job_name,
+        nodes=cfg.nodes,
+        ntasks_per_node=cfg.tasks_per_node,
+        cpus_per_task=cfg.cpus_per_task,
+        time=cfg.timeout_min,
+        signal_delay_s=cfg.signal_delay_s,
         array_parallelism=cfg.array_parallelism,
         # requeue-on-preemption needs the job to be requeueable whatever the cluster's default
         additional_parameters={"requeue": True},
     )
-    optional = dict(partition=cfg.partition, account=cfg.account, qos=cfg.qos,
-                    constraint=cfg.constraint, srun_args=cfg.srun_args or None,
-                    setup=cfg.setup or None)
+    optional = dict(
+        partition=cfg.partition,
+        account=cfg.account,
+        qos=cfg.qos,
+        constraint=cfg.constraint,
+        srun_args=cfg.srun_args or None,
+        setup=cfg.setup or None,
+    )
     params.update({k: v for k, v in optional.items() if v is not None})
     if cfg.gpus_per_node:
         params["gpus_per_node"] = cfg.gpus_per_node
@@ -102,8 +124,13 @@ def make_executor(cfg: ExecutorConfig, folder: str | Path, job_name: str = "dcss
     return executor
 
 
-def submit_array(executor: submitit.Executor, fn: Callable[..., Any], items: Sequence[Any],
-                 parallelism: int, max_array_size: int = 1000) -> list[submitit.Job]:
+def submit_array(
+    executor: submitit.Executor,
+    fn: Callable[..., Any],
+    items: Sequence[Any],
+    parallelism: int,
+    max_array_size: int = 1000,
+) -> list[submitit.Job]:
     """Submit ``fn(item)`` for every item, at most ``parallelism`` running at once.
 
     On SLURM this is ``sbatch --array=0-(n-1)%parallelism`` and returns at once; more items than
@@ -123,15 +150,16 @@ def submit_array(executor: submitit.Executor, fn: Callable[..., Any], items: Seq
         if previous:
             params["dependency"] = f"afterany:{previous}"
         executor.update_parameters(**params)
-        chunk = executor.map_array(fn, list(items[start:start + max_array_size]))
+        chunk = executor.map_array(fn, list(items[start : start + max_array_size]))
         previous = chunk[0].job_id.split("_")[0]
         jobs.extend(chunk)
     executor.parameters.pop("dependency", None)
     return jobs
 
 
-def _local_throttled(executor: submitit.Executor, fn: Callable[..., Any], items: list,
-                     parallelism: int, poll_s: float = 0.2) -> list[submitit.Job]:
+def _local_throttled(
+    executor: submitit.Executor, fn: Callable[..., Any], items: list, parallelism: int, poll_s: float = 0.2
+) -> list[submitit.Job]:
     jobs: list[submitit.Job] = []
     running: list[submitit.Job] = []
     for item in items:

@@ -67,23 +67,30 @@ def slurm_cluster() -> SlurmCluster:
         pytest.skip("no SLURM here (sbatch not found); set CI=true to bring one up")
     try:
         proc = subprocess.run(
-            ["bash", str(SLURM_UP)], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            ["bash", str(SLURM_UP)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
             timeout=SLURM_UP_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired as err:
-        _fail_or_skip(f".ci/slurm-up.sh did not finish in {SLURM_UP_TIMEOUT_S}s:\n"
-                      f"{err.stdout or ''}{err.stderr or ''}")
+        _fail_or_skip(
+            f".ci/slurm-up.sh did not finish in {SLURM_UP_TIMEOUT_S}s:\n{err.stdout or ''}{err.stderr or ''}"
+        )
     output = (proc.stdout or "") + (proc.stderr or "")
     if proc.returncode != 0:
         _fail_or_skip(f"SLURM cluster did not come up (.ci/slurm-up.sh exit {proc.returncode}):\n{output}")
 
     env_partition = PARTITION
-    info = subprocess.run(["sinfo", "-h", "-N", "-p", env_partition, "-o", "%N %c"],
-                          capture_output=True, text=True, timeout=60)
+    info = subprocess.run(
+        ["sinfo", "-h", "-N", "-p", env_partition, "-o", "%N %c"], capture_output=True, text=True, timeout=60
+    )
     rows = [line.split() for line in info.stdout.splitlines() if line.strip()]
     if info.returncode != 0 or not rows:
-        _fail_or_skip(f"sinfo shows no nodes in partition {env_partition!r}: "
-                      f"{info.stdout}{info.stderr}\nbring-up output:\n{output}")
+        _fail_or_skip(
+            f"sinfo shows no nodes in partition {env_partition!r}: "
+            f"{info.stdout}{info.stderr}\nbring-up output:\n{output}"
+        )
     nodes = sorted({r[0] for r in rows})
     cpus = min(int(r[1]) for r in rows)
 
@@ -92,8 +99,7 @@ def slurm_cluster() -> SlurmCluster:
     extra = [str(REPO_ROOT), str(INTEGRATION_DIR)]
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(extra + ([old] if old else []))
-    return SlurmCluster(partition=env_partition, nodes=nodes, cpus_per_node=cpus,
-                        bringup_output=output)
+    return SlurmCluster(partition=env_partition, nodes=nodes, cpus_per_node=cpus, bringup_output=output)
 
 
 @pytest.fixture

@@ -15,8 +15,11 @@ import dcssl.bench
 
 
 def available() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules([str(Path(dcssl.bench.__file__).parent)])
-                  if not m.name.startswith("_"))
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules([str(Path(dcssl.bench.__file__).parent)])
+        if not m.name.startswith("_")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python -m dcssl.bench {{{','.join(names)}}} [options]")
         return 0 if argv else 2
     if argv[0] not in names:
-        print(f"error: unknown benchmark {argv[0]!r}; choose one of {', '.join(names)}",
-              file=sys.stderr)
+        print(f"error: unknown benchmark {argv[0]!r}; choose one of {', '.join(names)}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"dcssl.bench.{argv[0]}")
     return int(module.main(argv[1:]) or 0)

@@ -68,9 +68,18 @@ def _ours(x, init, iters, min_s, backend, comm=None, row0=0) -> tuple[float, np.
     per_iter, spent, cent = [], 0.0, None
     while spent < min_s or not per_iter:
         t0 = time.monotonic()
-        cent, _, stats = kmeans(x, len(init), comm, iterations=iters, tol=0.0, backend=backend,
-                                state=KMeansState(init.copy()), row0=row0, log_every=0,
-                                block=_BLOCK)
+        cent, _, stats = kmeans(
+            x,
+            len(init),
+            comm,
+            iterations=iters,
+            tol=0.0,
+            backend=backend,
+            state=KMeansState(init.copy()),
+            row0=row0,
+            log_every=0,
+            block=_BLOCK,
+        )
         spent += time.monotonic() - t0
         per_iter.append(float(np.mean(stats["seconds_per_iteration"])))
         if comm is not None:  # every rank must agree on whether to repeat
@@ -84,8 +93,15 @@ def _faiss(x, init, iters, min_s, threads) -> tuple[float, np.ndarray]:
     faiss.omp_set_num_threads(threads)
     runs, spent, cent = [], 0.0, None
     while spent < min_s or not runs:
-        km = faiss.Kmeans(x.shape[1], len(init), niter=iters, seed=1, verbose=False,
-                          max_points_per_centroid=len(x), min_points_per_centroid=1)
+        km = faiss.Kmeans(
+            x.shape[1],
+            len(init),
+            niter=iters,
+            seed=1,
+            verbose=False,
+            max_points_per_centroid=len(x),
+            min_points_per_centroid=1,
+        )
         t0 = time.monotonic()
         km.train(x, init_centroids=init)
         took = time.monotonic() - t0
@@ -104,8 +120,16 @@ def _parity(x, k, iters, threads, backend) -> tuple[float, int]:
 
     start = init_centroids(x, k, method="kmeans++", seed=0, trials=1, refine=0)
     _, c_faiss = _faiss(x, start, iters, 0.0, threads)
-    cent, _, stats = kmeans(x, k, iterations=iters, tol=0.0, backend=backend, log_every=0,
-                            state=KMeansState(start.copy()), block=_BLOCK)
+    cent, _, stats = kmeans(
+        x,
+        k,
+        iterations=iters,
+        tol=0.0,
+        backend=backend,
+        log_every=0,
+        state=KMeansState(start.copy()),
+        block=_BLOCK,
+    )
     ours, theirs = _inertia(x, cent), _inertia(x, c_faiss)
     return (ours - theirs) / theirs, stats["empty_split"]
 
@@ -117,7 +141,7 @@ def _sgemm_peak(threads: int, min_s: float) -> float:
     torch.set_num_threads(threads)
     a = torch.randn(4096, 4096)
     best, spent = 0.0, 0.0
-    flop = 2 * 4096 ** 3
+    flop = 2 * 4096**3
     an = a.numpy()
     while spent < min_s:
         for fn in (lambda: a @ a, lambda: an @ an):
@@ -167,12 +191,21 @@ def _worker(args) -> int:
     _ours(small, init, 2, 0.0, meta["backend"], comm, comm.Get_rank() * len(small))
     fixed = max(_peak_mb() - base - small.nbytes / 2**20, 0.0)
     del small
-    x = np.fromfile(folder / "x.f32", dtype=np.float32, count=(stop - start) * d,
-                    offset=start * d * 4).reshape(-1, d)
+    x = np.fromfile(
+        folder / "x.f32", dtype=np.float32, count=(stop - start) * d, offset=start * d * 4
+    ).reshape(-1, d)
     s_iter, cent = _ours(x, init, meta["iters"], meta["min_s"], meta["backend"], comm, start)
     grown = _peak_mb() - base
-    report = comm.gather({"rank": comm.Get_rank(), "shard_mb": x.nbytes / 2**20,
-                          "peak_growth_mb": grown, "fixed_mb": fixed, "s_per_iter": s_iter}, root=0)
+    report = comm.gather(
+        {
+            "rank": comm.Get_rank(),
+            "shard_mb": x.nbytes / 2**20,
+            "peak_growth_mb": grown,
+            "fixed_mb": fixed,
+            "s_per_iter": s_iter,
+        },
+        root=0,
+    )
     if comm.Get_rank() == 0:
         np.save(folder / "centroids_ranks.npy", cent)
         (folder / "ranks.json").write_text(json.dumps(report))
@@ -185,8 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--d", type=int, default=128, help="dimension")
     p.add_argument("--k", type=int, default=1000, help="clusters")
     p.add_argument("--iters", type=int, default=10, help="Lloyd iterations per run")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                   help="cores for faiss and the 1-rank run (the ranks share them)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="cores for faiss and the 1-rank run (the ranks share them)",
+    )
     p.add_argument("--ranks", type=int, default=2, help="MPI ranks of the multi-rank run")
     p.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
     p.add_argument("--min-seconds", type=float, default=5.0, help="work per measured figure")
@@ -200,27 +237,54 @@ def main(argv: list[str] | None = None) -> int:
     x = _mixture(args.n, args.d, args.k, 0)
     init = x[np.random.default_rng(1).choice(args.n, args.k, replace=False)].copy()
     flop = 2.0 * args.n * args.k * args.d
-    print(f"data: {args.n} × {args.d} float32, k = {args.k}, {args.iters} iterations per run, "
-          f"{args.threads} threads", flush=True)
+    print(
+        f"data: {args.n} × {args.d} float32, k = {args.k}, {args.iters} iterations per run, "
+        f"{args.threads} threads",
+        flush=True,
+    )
     peak = _sgemm_peak(args.threads, args.min_seconds)
     print(f"sgemm peak (4096², float32): {peak:.1f} GFLOP/s", flush=True)
     s_faiss, c_faiss = _faiss(x, init, args.iters, args.min_seconds, args.threads)
     print(f"faiss.Kmeans:   {s_faiss:.3f} s/iter  {flop / s_faiss / 1e9:6.1f} GFLOP/s", flush=True)
     s_one, c_one = _ours(x, init, args.iters, args.min_seconds, args.backend)
-    print(f"dcssl 1 rank:   {s_one:.3f} s/iter  {flop / s_one / 1e9:6.1f} GFLOP/s  "
-          f"({s_faiss / s_one:.2f}× faiss)", flush=True)
+    print(
+        f"dcssl 1 rank:   {s_one:.3f} s/iter  {flop / s_one / 1e9:6.1f} GFLOP/s  "
+        f"({s_faiss / s_one:.2f}× faiss)",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-kmeans-") as tmp:
         folder = Path(tmp)
         x.tofile(folder / "x.f32")
         np.save(folder / "init.npy", init)
         per_rank = max(1, args.threads // args.ranks)
-        (folder / "meta.json").write_text(json.dumps({
-            "n": args.n, "d": args.d, "iters": args.iters, "min_s": args.min_seconds,
-            "backend": args.backend, "threads_per_rank": per_rank}))
-        env = {**os.environ, "OMP_NUM_THREADS": str(per_rank), "OPENBLAS_NUM_THREADS": str(per_rank),
-               "MKL_NUM_THREADS": str(per_rank)}
-        cmd = [mpiexec(), "-n", str(args.ranks), sys.executable, "-m", "dcssl.bench.kmeans",
-               "--worker", str(folder)]
+        (folder / "meta.json").write_text(
+            json.dumps(
+                {
+                    "n": args.n,
+                    "d": args.d,
+                    "iters": args.iters,
+                    "min_s": args.min_seconds,
+                    "backend": args.backend,
+                    "threads_per_rank": per_rank,
+                }
+            )
+        )
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(per_rank),
+            "OPENBLAS_NUM_THREADS": str(per_rank),
+            "MKL_NUM_THREADS": str(per_rank),
+        }
+        cmd = [
+            mpiexec(),
+            "-n",
+            str(args.ranks),
+            sys.executable,
+            "-m",
+            "dcssl.bench.kmeans",
+            "--worker",
+            str(folder),
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"error: {' '.join(cmd)} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -228,36 +292,56 @@ def main(argv: list[str] | None = None) -> int:
         ranks = json.loads((folder / "ranks.json").read_text())
         c_ranks = np.load(folder / "centroids_ranks.npy")
     s_two = max(r["s_per_iter"] for r in ranks)
-    print(f"dcssl {args.ranks} ranks:  {s_two:.3f} s/iter  {flop / s_two / 1e9:6.1f} GFLOP/s  "
-          f"({s_faiss / s_two:.2f}× faiss)", flush=True)
+    print(
+        f"dcssl {args.ranks} ranks:  {s_two:.3f} s/iter  {flop / s_two / 1e9:6.1f} GFLOP/s  "
+        f"({s_faiss / s_two:.2f}× faiss)",
+        flush=True,
+    )
     inertia = {"faiss": _inertia(x, c_faiss), "one": _inertia(x, c_one), "ranks": _inertia(x, c_ranks)}
     # Signed: negative means lower (better) inertia than faiss. The runs share their start;
     # they part ways when a cluster empties (faiss splits a random cluster, this job the largest).
     rel = (inertia["ranks"] - inertia["faiss"]) / inertia["faiss"]
-    print(f"final inertia: faiss {inertia['faiss']:.6g}, 1 rank {inertia['one']:.6g}, "
-          f"{args.ranks} ranks {inertia['ranks']:.6g} ({rel:+.2%} vs faiss); 1 rank and "
-          f"{args.ranks} ranks identical centroids: {bool(np.array_equal(c_one, c_ranks))}")
+    print(
+        f"final inertia: faiss {inertia['faiss']:.6g}, 1 rank {inertia['one']:.6g}, "
+        f"{args.ranks} ranks {inertia['ranks']:.6g} ({rel:+.2%} vs faiss); 1 rank and "
+        f"{args.ranks} ranks identical centroids: {bool(np.array_equal(c_one, c_ranks))}"
+    )
     parity, split = _parity(x, args.k, args.iters, args.threads, args.backend)
     print(f"from a k-means++ start: inertia {parity:+.3%} vs faiss ({split} clusters split here)")
     kd_mb = args.k * args.d * 4 / 2**20
     worst = max(ranks, key=lambda r: r["peak_growth_mb"] / r["shard_mb"])
     for r in ranks:
-        print(f"rank {r['rank']}: shard {r['shard_mb']:.1f} MB, peak memory growth "
-              f"{r['peak_growth_mb']:.1f} MB ({r['peak_growth_mb'] / r['shard_mb']:.2f}× shard); "
-              f"of which {r['fixed_mb']:.1f} MB do not grow with the rows (k·d float32 = "
-              f"{kd_mb:.2f} MB): {_per_row(r):.2f}× shard + that")
+        print(
+            f"rank {r['rank']}: shard {r['shard_mb']:.1f} MB, peak memory growth "
+            f"{r['peak_growth_mb']:.1f} MB ({r['peak_growth_mb'] / r['shard_mb']:.2f}× shard); "
+            f"of which {r['fixed_mb']:.1f} MB do not grow with the rows (k·d float32 = "
+            f"{kd_mb:.2f} MB): {_per_row(r):.2f}× shard + that"
+        )
     result = {
-        "bench": "kmeans", "n": args.n, "d": args.d, "k": args.k, "iters": args.iters,
-        "threads": args.threads, "ranks": args.ranks, "backend": args.backend,
-        "s_per_iter_1rank": round(s_one, 4), "s_per_iter_2ranks": round(s_two, 4),
+        "bench": "kmeans",
+        "n": args.n,
+        "d": args.d,
+        "k": args.k,
+        "iters": args.iters,
+        "threads": args.threads,
+        "ranks": args.ranks,
+        "backend": args.backend,
+        "s_per_iter_1rank": round(s_one, 4),
+        "s_per_iter_2ranks": round(s_two, 4),
         "s_per_iter_faiss": round(s_faiss, 4),
-        "speedup_vs_faiss": round(s_faiss / s_two, 3), "speedup_vs_faiss_1rank": round(s_faiss / s_one, 3),
-        "gflops_1rank": round(flop / s_one / 1e9, 1), "gflops_2ranks": round(flop / s_two / 1e9, 1),
-        "gflops_faiss": round(flop / s_faiss / 1e9, 1), "sgemm_peak_gflops": round(peak, 1),
+        "speedup_vs_faiss": round(s_faiss / s_two, 3),
+        "speedup_vs_faiss_1rank": round(s_faiss / s_one, 3),
+        "gflops_1rank": round(flop / s_one / 1e9, 1),
+        "gflops_2ranks": round(flop / s_two / 1e9, 1),
+        "gflops_faiss": round(flop / s_faiss / 1e9, 1),
+        "sgemm_peak_gflops": round(peak, 1),
         "sgemm_fraction": round(flop / s_two / 1e9 / peak, 3),
-        "inertia_faiss": inertia["faiss"], "inertia_1rank": inertia["one"],
-        "inertia_2ranks": inertia["ranks"], "inertia_rel_diff": float(f"{rel:.3e}"),
-        "inertia_rel_diff_kmeanspp": float(f"{parity:.3e}"), "empty_split_kmeanspp": split,
+        "inertia_faiss": inertia["faiss"],
+        "inertia_1rank": inertia["one"],
+        "inertia_2ranks": inertia["ranks"],
+        "inertia_rel_diff": float(f"{rel:.3e}"),
+        "inertia_rel_diff_kmeanspp": float(f"{parity:.3e}"),
+        "empty_split_kmeanspp": split,
         "identical_1_vs_ranks": bool(np.array_equal(c_one, c_ranks)),
         "peak_rss_mb_per_rank": round(worst["peak_growth_mb"], 1),
         "shard_mb_per_rank": round(worst["shard_mb"], 1),

@@ -26,8 +26,8 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -47,8 +47,12 @@ def bench_tiles(slide: Path, n: int, size: int, seed: int = 0) -> list[bytes]:
 
         with openslide.OpenSlide(str(slide)) as handle:
             image = np.asarray(handle.read_region((0, 0), 0, handle.dimensions).convert("RGB"))
-        crops = [image[y:y + size, x:x + size] for y, x in zip(
-            rng.integers(0, image.shape[0] - size, n), rng.integers(0, image.shape[1] - size, n))]
+        crops = [
+            image[y : y + size, x : x + size]
+            for y, x in zip(
+                rng.integers(0, image.shape[0] - size, n), rng.integers(0, image.shape[1] - size, n)
+            )
+        ]
     else:
         from dcssl.train.synthetic import synthetic_tile
 
@@ -61,10 +65,10 @@ def write_store(root: Path, tiles: list[bytes], size: int, shards: int = 64) -> 
     from dcssl.store import ShardWriter, build_manifest
 
     for s, part in enumerate(np.array_split(np.arange(len(tiles)), shards)):
-        with ShardWriter(root / "shards" / f"bench-{s}.h5", slide_id=f"bench-{s}",
-                         tile_size=size, with_labels=True) as writer:
-            writer.append([tiles[i] for i in part], np.zeros((len(part), 2)),
-                          np.ones(len(part)), part % 4)
+        with ShardWriter(
+            root / "shards" / f"bench-{s}.h5", slide_id=f"bench-{s}", tile_size=size, with_labels=True
+        ) as writer:
+            writer.append([tiles[i] for i in part], np.zeros((len(part), 2)), np.ones(len(part)), part % 4)
     build_manifest(root)
 
 
@@ -75,8 +79,9 @@ def write_image_folder(root: Path, tiles: list[bytes]) -> None:
         (folder / f"tile{i:06d}.jpg").write_bytes(data)
 
 
-def _rate(one_pass: Callable[[], int], seconds: float,
-          clock: Callable[[], float] = time.process_time) -> float:
+def _rate(
+    one_pass: Callable[[], int], seconds: float, clock: Callable[[], float] = time.process_time
+) -> float:
     """Tiles per CPU-second of this (single-threaded) process: repeated units of work lasting
     at least ``seconds`` of CPU time after one warm-up. CPU time, not wall time, so that other
     jobs on a shared machine do not move the figures."""
@@ -97,13 +102,15 @@ def _passes(tiles: list[bytes], store: Path, folder: Path, order: np.ndarray, ba
     from dcssl.train.config import AugmentConfig
     from dcssl.train.data import TileDataset, make_loader
 
-    batches = [order[i:i + batch].tolist() for i in range(0, len(order) - batch + 1, batch)]
+    batches = [order[i : i + batch].tolist() for i in range(0, len(order) - batch + 1, batch)]
     chunks = _Chunks(len(batches))
     plain = TileDataset(store, AugmentConfig(), transform_in_worker=False)
     augmented = TileDataset(store, AugmentConfig(size=224, device="cpu"))
     seeds = sample_seeds(0, 1, np.arange(len(order)))
-    train_batches = [[(t, int(seeds[i + j]), True) for j, t in enumerate(b)]
-                     for i, b in zip(range(0, len(order), batch), batches)]
+    train_batches = [
+        [(t, int(seeds[i + j]), True) for j, t in enumerate(b)]
+        for i, b in zip(range(0, len(order), batch), batches)
+    ]
     encoded = [torch.frombuffer(bytearray(t), dtype=torch.uint8) for t in tiles]
     images = ImageFolder(str(folder), transform=PILToTensor())
     # ImageFolder sorts by class then name; map tile i to its position so the order is the same
@@ -115,18 +122,17 @@ def _passes(tiles: list[bytes], store: Path, folder: Path, order: np.ndarray, ba
     def decode() -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            return sum(len(torch.stack(decode_jpeg([encoded[i] for i in batches[k]],
-                                                   mode=ImageReadMode.RGB)))
-                       for k in chunks.next())
+            return sum(
+                len(torch.stack(decode_jpeg([encoded[i] for i in batches[k]], mode=ImageReadMode.RGB)))
+                for k in chunks.next()
+            )
 
     folder_batches = [[position[i] for i in b] for b in batches]
     return {
         "decode": decode,
         "store": lambda: count(make_loader(plain, batch_sampler=chunks.pick(batches))),
-        "imagefolder": lambda: count(DataLoader(images,
-                                                batch_sampler=chunks.pick(folder_batches))),
-        "augmented": lambda: count(make_loader(augmented,
-                                               batch_sampler=chunks.pick(train_batches))),
+        "imagefolder": lambda: count(DataLoader(images, batch_sampler=chunks.pick(folder_batches))),
+        "augmented": lambda: count(make_loader(augmented, batch_sampler=chunks.pick(train_batches))),
     }
 
 
@@ -164,15 +170,18 @@ def _gpu_augment_rate(tiles: int, batch: int, seconds: float) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dcssl.bench loader",
-                                description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m dcssl.bench loader", description=__doc__.splitlines()[0])
     p.add_argument("--slide", type=Path, default=DEFAULT_SLIDE, help="slide to cut tiles from")
     p.add_argument("--tiles", type=int, default=2048, help="distinct tiles")
     p.add_argument("--tile-px", type=int, default=224, help="tile side in pixels")
     p.add_argument("--batch", type=int, default=64, help="tiles per batch")
-    p.add_argument("--shards", type=int, default=64,
-                   help="store shards (64 of 32 tiles: most tiles of a batch come from different "
-                        "shards, as in a store of thousands of slides)")
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=64,
+        help="store shards (64 of 32 tiles: most tiles of a batch come from different "
+        "shards, as in a store of thousands of slides)",
+    )
     p.add_argument("--seconds", type=float, default=5.0, help="work per measured figure")
     p.add_argument("--rounds", type=int, default=2, help="rounds; the best of them is reported")
     args = p.parse_args(argv)
@@ -182,9 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # per core: one process, one thread
     tiles = bench_tiles(args.slide, args.tiles, args.tile_px)
     order = np.random.default_rng(1).permutation(args.tiles)
-    print(f"{args.tiles} tiles of {args.tile_px} px, JPEG q85, mean "
-          f"{np.mean([len(t) for t in tiles]) / 1024:.1f} KiB, {args.shards} shards, batches "
-          f"of {args.batch}, random order, one core", flush=True)
+    print(
+        f"{args.tiles} tiles of {args.tile_px} px, JPEG q85, mean "
+        f"{np.mean([len(t) for t in tiles]) / 1024:.1f} KiB, {args.shards} shards, batches "
+        f"of {args.batch}, random order, one core",
+        flush=True,
+    )
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         write_store(Path(tmp) / "store", tiles, args.tile_px, args.shards)
@@ -197,22 +209,30 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r + 1} {name:12s} {rate:8.0f} tiles/s", flush=True)
     gpu = _gpu_augment_rate(args.tiles, 256, args.seconds)
     store, decode, folder = best["store"], best["decode"], best["imagefolder"]
-    print(f"store loader   {store:8.0f} tiles/s per core  = {store / decode:.2f} × pure decode "
-          f"(target ≥ 0.80), {store / folder:.2f} × ImageFolder (target ≥ 1.20)")
+    print(
+        f"store loader   {store:8.0f} tiles/s per core  = {store / decode:.2f} × pure decode "
+        f"(target ≥ 0.80), {store / folder:.2f} × ImageFolder (target ≥ 1.20)"
+    )
     print(f"pure decode    {decode:8.0f} tiles/s per core")
     print(f"ImageFolder    {folder:8.0f} tiles/s per core")
     print(f"augmented      {best['augmented']:8.0f} tiles/s per core (default CPU augmentations)")
     print(f"GPU augment    {gpu:8.0f} tiles/s" if gpu else "GPU augment    (no GPU here)")
     result = {
-        "bench": "loader", "tiles": args.tiles, "tile_px": args.tile_px, "batch": args.batch,
+        "bench": "loader",
+        "tiles": args.tiles,
+        "tile_px": args.tile_px,
+        "batch": args.batch,
         "shards": args.shards,
-        "tiles_per_s_per_core": round(store, 1), "decode_tiles_per_s": round(decode, 1),
+        "tiles_per_s_per_core": round(store, 1),
+        "decode_tiles_per_s": round(decode, 1),
         "imagefolder_tiles_per_s": round(folder, 1),
         "augmented_tiles_per_s_per_core": round(best["augmented"], 1),
         "gpu_augment_tiles_per_s": round(gpu, 1) if gpu else None,
-        "ratio_vs_decode": round(store / decode, 3), "ratio_vs_imagefolder": round(store / folder, 3),
+        "ratio_vs_decode": round(store / decode, 3),
+        "ratio_vs_imagefolder": round(store / folder, 3),
         "meets_targets": store / decode >= 0.8 and store / folder >= 1.2,
-        "load_average": round(os.getloadavg()[0], 2)}
+        "load_average": round(os.getloadavg()[0], 2),
+    }
     print(json.dumps(result), flush=True)
     return 0
 

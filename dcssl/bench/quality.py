@@ -35,16 +35,29 @@ log = logging.getLogger("dcssl.bench.quality")
 # 50 and 300 did worse), exact feature extraction each epoch, mild colour jitter: stain colour
 # separates some cell types (eosinophils).
 RECIPE = [
-    "train.model.arch=resnet18", "train.model.stem=small", "train.model.width=16",
+    "train.model.arch=resnet18",
+    "train.model.stem=small",
+    "train.model.width=16",
     "train.model.proj_dim=128",
-    "train.augment.size=32", "train.augment.scale_min=0.35", "train.augment.hue=0.02",
-    "train.augment.saturation=0.2", "train.augment.brightness=0.3", "train.augment.contrast=0.3",
+    "train.augment.size=32",
+    "train.augment.scale_min=0.35",
+    "train.augment.hue=0.02",
+    "train.augment.saturation=0.2",
+    "train.augment.brightness=0.3",
+    "train.augment.contrast=0.3",
     "train.augment.grayscale_p=0.1",
-    "train.data.batch_size=128", "train.data.workers=0",
-    "train.optim.lr=0.05", "train.optim.weight_decay=0.0001", "train.optim.schedule=cosine",
-    "train.feature_source=extract", "train.log_every=20",
-    "cluster.k=100", "cluster.pca_dim=64", "cluster.iterations=20",
-    "executor_train.cpus_per_task=2", "executor_cluster.cpus_per_task=2",
+    "train.data.batch_size=128",
+    "train.data.workers=0",
+    "train.optim.lr=0.05",
+    "train.optim.weight_decay=0.0001",
+    "train.optim.schedule=cosine",
+    "train.feature_source=extract",
+    "train.log_every=20",
+    "cluster.k=100",
+    "cluster.pca_dim=64",
+    "cluster.iterations=20",
+    "executor_train.cpus_per_task=2",
+    "executor_cluster.cpus_per_task=2",
 ]
 
 
@@ -52,11 +65,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dcssl.bench quality", description=__doc__)
     parser.add_argument("--npz", type=Path, required=True, help="MedMNIST-style .npz")
     parser.add_argument("--epochs", type=int, default=7, help="DeepCluster epochs (loop.epochs)")
-    parser.add_argument("--run", type=Path, default=None,
-                        help="run directory (default: a fresh temporary one; an existing run "
-                             "resumes, and its minutes then count only this invocation)")
-    parser.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
-                        help="recipe overrides, e.g. cluster.k=200 train.model.width=64")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        help="run directory (default: a fresh temporary one; an existing run "
+        "resumes, and its minutes then count only this invocation)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="section.key=value",
+        help="recipe overrides, e.g. cluster.k=200 train.model.width=64",
+    )
     return parser.parse_args(argv)
 
 
@@ -64,8 +86,9 @@ def _pretrain(run_dir: Path, epochs: int, overrides: list[str]) -> float:
     """The DeepCluster loop exactly as `python -m dcssl.launch train` runs it; minutes."""
     schedule = [f"train.optim.epochs={max(epochs, 1)}"]  # the cosine spans exactly the run
     loop_overrides = [o for o in RECIPE + schedule + overrides if not o.startswith("eval.")]
-    args = argparse.Namespace(run_dir=run_dir, config=None, overrides=loop_overrides,
-                              executor="local", epochs=epochs, wait=True)
+    args = argparse.Namespace(
+        run_dir=run_dir, config=None, overrides=loop_overrides, executor="local", epochs=epochs, wait=True
+    )
     started = time.time()
     paths, cfg = resolve(args)
     if run_loop(paths, cfg, wait=True) != 0:
@@ -85,8 +108,7 @@ def _main(argv: list[str] | None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.npz.is_file():
-        print(f"error: {args.npz}: not found; pass the BloodMNIST .npz (MedMNIST v2)",
-              file=sys.stderr)
+        print(f"error: {args.npz}: not found; pass the BloodMNIST .npz (MedMNIST v2)", file=sys.stderr)
         return 2
     run_dir = args.run or Path(tempfile.mkdtemp(prefix="dcssl-quality-"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,19 +128,33 @@ def _main(argv: list[str] | None) -> int:
     for line in format_table(result["rows"]):
         print(line)
     gain = result["knn_pretrained"] - result["knn_random"]
-    print(f"k-NN: pretrained {result['knn_pretrained']:.4f} vs random init "
-          f"{result['knn_random']:.4f} ({gain * 100:+.1f} points, ratio "
-          f"{result['knn_pretrained'] / max(result['knn_random'], 1e-9):.3f}) vs raw pixels "
-          f"{result['knn_raw_pixels']:.4f}")
-    print(f"DeepCluster pretraining: {pretrain_minutes:.1f} min ({args.epochs} epochs); "
-          f"whole recipe {minutes:.1f} min; run {run_dir}")
-    print(json.dumps({
-        "knn_pretrained": result["knn_pretrained"], "knn_random": result["knn_random"],
-        "knn_raw_pixels": result["knn_raw_pixels"],
-        "linear_pretrained": result["linear_pretrained"], "linear_random": result["linear_random"],
-        "knn_gain_points": round(gain * 100, 2), "epochs": args.epochs,
-        "pretrain_minutes": round(pretrain_minutes, 2), "minutes": round(minutes, 2),
-        "run_dir": str(run_dir), "overrides": RECIPE + args.overrides}))
+    print(
+        f"k-NN: pretrained {result['knn_pretrained']:.4f} vs random init "
+        f"{result['knn_random']:.4f} ({gain * 100:+.1f} points, ratio "
+        f"{result['knn_pretrained'] / max(result['knn_random'], 1e-9):.3f}) vs raw pixels "
+        f"{result['knn_raw_pixels']:.4f}"
+    )
+    print(
+        f"DeepCluster pretraining: {pretrain_minutes:.1f} min ({args.epochs} epochs); "
+        f"whole recipe {minutes:.1f} min; run {run_dir}"
+    )
+    print(
+        json.dumps(
+            {
+                "knn_pretrained": result["knn_pretrained"],
+                "knn_random": result["knn_random"],
+                "knn_raw_pixels": result["knn_raw_pixels"],
+                "linear_pretrained": result["linear_pretrained"],
+                "linear_random": result["linear_random"],
+                "knn_gain_points": round(gain * 100, 2),
+                "epochs": args.epochs,
+                "pretrain_minutes": round(pretrain_minutes, 2),
+                "minutes": round(minutes, 2),
+                "run_dir": str(run_dir),
+                "overrides": RECIPE + args.overrides,
+            }
+        )
+    )
     return 0
 
 

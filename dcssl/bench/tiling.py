@@ -25,9 +25,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -62,29 +62,44 @@ def naive_tile(slide: str, out_dir: str, cfg: TileConfig) -> int:
         size = math.ceil(grid.read_size)
         with ShardWriter(shard, slide_id="naive", tile_size=cfg.tile_size) as writer:
             for i, j in grid.all_tiles():
-                rgb = rgba_to_rgb(np.asarray(handle.read_region(
-                    (int(i) * grid.step0, int(j) * grid.step0), grid.level, (size, size))))
+                rgb = rgba_to_rgb(
+                    np.asarray(
+                        handle.read_region(
+                            (int(i) * grid.step0, int(j) * grid.step0), grid.level, (size, size)
+                        )
+                    )
+                )
                 if grid.needs_resize:
-                    rgb = np.asarray(Image.fromarray(rgb).resize((cfg.tile_size,) * 2,
-                                                                 Image.BILINEAR))
+                    rgb = np.asarray(Image.fromarray(rgb).resize((cfg.tile_size,) * 2, Image.BILINEAR))
                 tile = rgb[: cfg.tile_size, : cfg.tile_size]
-                background = background_fraction(tile[None], cfg.tissue.white_level,
-                                                  cfg.tissue.black_level)[0]
+                background = background_fraction(tile[None], cfg.tissue.white_level, cfg.tissue.black_level)[
+                    0
+                ]
                 if background <= cfg.tissue.max_background:
-                    writer.append([encode_jpeg(tile, cfg.jpeg_quality)],
-                                  grid.coords(np.array([[i, j]])), np.array([1 - background]))
+                    writer.append(
+                        [encode_jpeg(tile, cfg.jpeg_quality)],
+                        grid.coords(np.array([[i, j]])),
+                        np.array([1 - background]),
+                    )
             tiles = writer.n_tiles
     shard.unlink()
     return tiles
 
 
-def _run_pool(fn: Callable[[str, str, TileConfig], int], slide: str, cfg: TileConfig,
-              workers: int, min_seconds: float, out_dir: str) -> tuple[float, int, int]:
+def _run_pool(
+    fn: Callable[[str, str, TileConfig], int],
+    slide: str,
+    cfg: TileConfig,
+    workers: int,
+    min_seconds: float,
+    out_dir: str,
+) -> tuple[float, int, int]:
     """(tiles/s, tiles per pass, passes): workers kept busy until min_seconds have passed."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        per_pass = {f.result() for f in [pool.submit(fn, slide, out_dir, cfg)
-                                         for _ in range(workers)]}  # warm-up: imports, page cache
+        per_pass = {
+            f.result() for f in [pool.submit(fn, slide, out_dir, cfg) for _ in range(workers)]
+        }  # warm-up: imports, page cache
         start = time.perf_counter()
         running = {pool.submit(fn, slide, out_dir, cfg) for _ in range(workers)}
         tiles = passes = 0
@@ -99,8 +114,9 @@ def _run_pool(fn: Callable[[str, str, TileConfig], int], slide: str, cfg: TileCo
     return tiles / elapsed, max(per_pass), passes
 
 
-def _hs2p(slide: str, workers: int, min_seconds: float, out_dir: str,
-          cfg: TileConfig) -> tuple[float | None, int | None, str]:
+def _hs2p(
+    slide: str, workers: int, min_seconds: float, out_dir: str, cfg: TileConfig
+) -> tuple[float | None, int | None, str]:
     """hs2p's tiles/s over batches of slide copies, or (None, None, why not)."""
     try:
         import hs2p
@@ -108,16 +124,24 @@ def _hs2p(slide: str, workers: int, min_seconds: float, out_dir: str,
         return None, None, f"hs2p not importable: {type(err).__name__}: {err}"
 
     def batch(copies: int, tag: str) -> tuple[int, float]:
-        specs = [hs2p.SlideSpec(sample_id=f"{tag}-{k}", image_path=Path(slide))
-                 for k in range(copies)]
+        specs = [hs2p.SlideSpec(sample_id=f"{tag}-{k}", image_path=Path(slide)) for k in range(copies)]
         start = time.perf_counter()
         artifacts = hs2p.tile_slides(
-            specs, tiling=hs2p.TilingConfig(requested_spacing_um=cfg.target_mpp,
-                                            requested_tile_size_px=cfg.tile_size, tolerance=0.05,
-                                            overlap=0.0, backend="openslide"),
+            specs,
+            tiling=hs2p.TilingConfig(
+                requested_spacing_um=cfg.target_mpp,
+                requested_tile_size_px=cfg.tile_size,
+                tolerance=0.05,
+                overlap=0.0,
+                backend="openslide",
+            ),
             segmentation=hs2p.SegmentationConfig(method="hsv"),
-            filtering=hs2p.FilterConfig(filter_white=True), output_dir=Path(out_dir) / tag,
-            num_workers=workers, save_tiles=True, jpeg_backend="pil")
+            filtering=hs2p.FilterConfig(filter_white=True),
+            output_dir=Path(out_dir) / tag,
+            num_workers=workers,
+            save_tiles=True,
+            jpeg_backend="pil",
+        )
         return sum(a.num_tiles for a in artifacts), time.perf_counter() - start
 
     try:
@@ -132,8 +156,11 @@ def _hs2p(slide: str, workers: int, min_seconds: float, out_dir: str,
                 break
             extra *= 2
         rate = (big_tiles - small_tiles) / max(big_s - small_s, 1e-9)
-        return rate, big_tiles // (workers + extra), (f"{extra} extra copies: "
-                                                      f"{big_s - small_s:.1f} s beyond start-up")
+        return (
+            rate,
+            big_tiles // (workers + extra),
+            (f"{extra} extra copies: {big_s - small_s:.1f} s beyond start-up"),
+        )
     except Exception as err:  # hs2p refuses some slides (e.g. no MPP): report, do not fake
         return None, None, f"hs2p failed on this slide: {type(err).__name__}: {err}"
 
@@ -153,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     default_slide = Path(__file__).resolve().parents[2] / "tests" / "data" / "cmu-1-small-region.svs"
     parser.add_argument("--slide", default=str(default_slide))
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--min-seconds", type=float, default=5.0,
-                        help="each figure keeps its workers busy at least this long")
+    parser.add_argument(
+        "--min-seconds", type=float, default=5.0, help="each figure keeps its workers busy at least this long"
+    )
     parser.add_argument("--no-hs2p", action="store_true", help="skip hs2p (reported as null)")
     args = parser.parse_args(argv)
     if not Path(args.slide).is_file():
@@ -164,15 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TileConfig(workers=1)
     print(f"slide {args.slide}, {args.workers} workers, ≥ {args.min_seconds:g} s per figure")
     with tempfile.TemporaryDirectory(prefix="dcssl-bench-tiling-") as out:
-        ours, ours_pass, ours_n = _run_pool(dcssl_tile, args.slide, cfg, args.workers,
-                                            args.min_seconds, out)
+        ours, ours_pass, ours_n = _run_pool(dcssl_tile, args.slide, cfg, args.workers, args.min_seconds, out)
         peak = _peak_rss_mb()  # before the baselines run: children's peak is ours
-        print(f"dcssl  {ours:8.1f} tiles/s  ({ours_pass} tiles per pass, {ours_n} passes, "
-              f"peak RSS {peak:.0f} MB)")
-        naive, naive_pass, naive_n = _run_pool(naive_tile, args.slide, cfg, args.workers,
-                                               args.min_seconds, out)
-        print(f"naive  {naive:8.1f} tiles/s  ({naive_pass} tiles per pass, {naive_n} passes; "
-              f"one read_region per tile)  → dcssl is {ours / naive:.2f}×")
+        print(
+            f"dcssl  {ours:8.1f} tiles/s  ({ours_pass} tiles per pass, {ours_n} passes, "
+            f"peak RSS {peak:.0f} MB)"
+        )
+        naive, naive_pass, naive_n = _run_pool(
+            naive_tile, args.slide, cfg, args.workers, args.min_seconds, out
+        )
+        print(
+            f"naive  {naive:8.1f} tiles/s  ({naive_pass} tiles per pass, {naive_n} passes; "
+            f"one read_region per tile)  → dcssl is {ours / naive:.2f}×"
+        )
         if args.no_hs2p:
             hs2p_rate, hs2p_pass, note = None, None, "skipped (--no-hs2p)"
         else:
@@ -180,15 +212,23 @@ def main(argv: list[str] | None = None) -> int:
         if hs2p_rate is None:
             print(f"hs2p   n/a: {note}")
         else:
-            print(f"hs2p   {hs2p_rate:8.1f} tiles/s  ({hs2p_pass} tiles per pass, {note})  "
-                  f"→ dcssl is {ours / hs2p_rate:.2f}×")
-    result = {"bench": "tiling", "slide": args.slide, "workers": args.workers,
-              "tiles_per_s": round(ours, 1), "naive_tiles_per_s": round(naive, 1),
-              "hs2p_tiles_per_s": round(hs2p_rate, 1) if hs2p_rate else None,
-              "ratio_vs_naive": _ratio(ours, naive), "ratio_vs_hs2p": _ratio(ours, hs2p_rate),
-              "peak_rss_mb": round(peak, 1),
-              "tiles_per_pass": {"dcssl": ours_pass, "naive": naive_pass, "hs2p": hs2p_pass},
-              "hs2p_note": note}
+            print(
+                f"hs2p   {hs2p_rate:8.1f} tiles/s  ({hs2p_pass} tiles per pass, {note})  "
+                f"→ dcssl is {ours / hs2p_rate:.2f}×"
+            )
+    result = {
+        "bench": "tiling",
+        "slide": args.slide,
+        "workers": args.workers,
+        "tiles_per_s": round(ours, 1),
+        "naive_tiles_per_s": round(naive, 1),
+        "hs2p_tiles_per_s": round(hs2p_rate, 1) if hs2p_rate else None,
+        "ratio_vs_naive": _ratio(ours, naive),
+        "ratio_vs_hs2p": _ratio(ours, hs2p_rate),
+        "peak_rss_mb": round(peak, 1),
+        "tiles_per_pass": {"dcssl": ours_pass, "naive": naive_pass, "hs2p": hs2p_pass},
+        "hs2p_note": note,
+    }
     print(json.dumps(result))
     return 0
 

@@ -61,21 +61,21 @@ def _ours(run_dir: Path, args, device: torch.device) -> float:
     from dcssl.train.trainer import Trainer
     from hpc.env import DistEnv
 
-    cfg = TrainConfig(model=ModelConfig(arch=args.arch),
-                      data=DataConfig(batch_size=args.batch, workers=args.workers),
-                      augment=AugmentConfig(size=args.size))
+    cfg = TrainConfig(
+        model=ModelConfig(arch=args.arch),
+        data=DataConfig(batch_size=args.batch, workers=args.workers),
+        augment=AugmentConfig(size=args.size),
+    )
     trainer = Trainer(run_dir, cfg, DistEnv(), device, k=args.k)
     n = len(trainer.dataset)
     labels = (np.arange(n) % args.k).astype(np.int32)
     trainer.start_epoch(1, labels, args.k)
-    writer = BankWriter(prepare_bank(run_dir, 1, n, cfg.model.proj_dim, None), n,
-                        cfg.model.proj_dim)
+    writer = BankWriter(prepare_bank(run_dir, 1, n, cfg.model.proj_dim, None), n, cfg.model.proj_dim)
 
     def step(batch: dict) -> None:
         out = trainer.train_step(batch)
         owned = out.owner.to(out.embeddings.device)
-        writer.write_rows(out.index[out.owner].numpy(),
-                          out.embeddings[owned].to(torch.float16).cpu().numpy())
+        writer.write_rows(out.index[out.owner].numpy(), out.embeddings[owned].to(torch.float16).cpu().numpy())
         out.loss.item()  # the segment reads the loss every step (NaN check, preemption flag)
 
     def batches():
@@ -92,15 +92,27 @@ def _baseline(folder: Path, args, device: torch.device) -> float:
     import torchvision.transforms as T
     from torch.utils.data import DataLoader
 
-    transform = T.Compose([
-        T.RandomResizedCrop(args.size, scale=(0.2, 1.0)), T.RandomHorizontalFlip(),
-        T.RandomVerticalFlip(), T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.05)], p=0.8),
-        T.RandomGrayscale(0.2), T.ToTensor(),
-        T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    transform = T.Compose(
+        [
+            T.RandomResizedCrop(args.size, scale=(0.2, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomVerticalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.05)], p=0.8),
+            T.RandomGrayscale(0.2),
+            T.ToTensor(),
+            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     data = torchvision.datasets.ImageFolder(str(folder), transform=transform)
-    loader = DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True,
-                        num_workers=args.workers, persistent_workers=args.workers > 0,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        data,
+        batch_size=args.batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+        pin_memory=device.type == "cuda",
+    )
     torch.manual_seed(0)
     model = getattr(torchvision.models, args.arch)(num_classes=args.k).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-5)
@@ -120,16 +132,18 @@ def _baseline(folder: Path, args, device: torch.device) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(prog="python -m dcssl.bench train",
-                                description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m dcssl.bench train", description=__doc__.splitlines()[0])
     p.add_argument("--slide", type=Path, default=DEFAULT_SLIDE, help="slide to cut tiles from")
     p.add_argument("--tiles", type=int, default=1024, help="distinct tiles")
-    p.add_argument("--arch", default="resnet50" if cuda else "resnet18",
-                   choices=["resnet18", "resnet50"])
+    p.add_argument("--arch", default="resnet50" if cuda else "resnet18", choices=["resnet18", "resnet50"])
     p.add_argument("--size", type=int, default=224 if cuda else 112, help="input side in px")
     p.add_argument("--batch", type=int, default=256 if cuda else 32, help="images per step")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1) if cuda else 0,
-                   help="loader worker processes (both sides)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1) if cuda else 0,
+        help="loader worker processes (both sides)",
+    )
     p.add_argument("--k", type=int, default=100, help="pseudo-classes of the head")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--seconds", type=float, default=10.0, help="timed training per side")
@@ -138,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.arch} at {args.size} px, batch {args.batch}, {args.workers} loader workers, "
-          f"{args.tiles} tiles, on {where}", flush=True)
+    print(
+        f"{args.arch} at {args.size} px, batch {args.batch}, {args.workers} loader workers, "
+        f"{args.tiles} tiles, on {where}",
+        flush=True,
+    )
     tiles = bench_tiles(args.slide, args.tiles, 224)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         run_dir = Path(tmp) / "run"
@@ -150,12 +167,23 @@ def main(argv: list[str] | None = None) -> int:
         base = _baseline(Path(tmp) / "folder", args, device)
         print(f"plain PyTorch loop   {base:8.1f} images/s", flush=True)
     print(f"dcssl = {ours / base:.2f} × the plain loop ({'per GPU' if cuda else 'CPU'})")
-    print(json.dumps({"bench": "train", "arch": args.arch, "size": args.size,
-                      "batch": args.batch, "workers": args.workers,
-                      "device": "cuda" if cuda else "cpu",
-                      "images_per_s": round(ours, 2), "baseline_images_per_s": round(base, 2),
-                      "ratio_vs_baseline": round(ours / base, 3),
-                      "load_average": round(os.getloadavg()[0], 2)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "train",
+                "arch": args.arch,
+                "size": args.size,
+                "batch": args.batch,
+                "workers": args.workers,
+                "device": "cuda" if cuda else "cpu",
+                "images_per_s": round(ours, 2),
+                "baseline_images_per_s": round(base, 2),
+                "ratio_vs_baseline": round(ours / base, 3),
+                "load_average": round(os.getloadavg()[0], 2),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

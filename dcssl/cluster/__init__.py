@@ -11,6 +11,16 @@ from .nmi import nmi
 from .pca import PCA, pca_fit, pca_transform
 from .rcc import rcc
 
-__all__ = ["ClusterConfig", "RCCConfig", "shard_rows", "assign", "assign_all", "kmeans", "nmi",
-           "PCA", "pca_fit", "pca_transform", "rcc"]
-
+__all__ = [
+    "ClusterConfig",
+    "RCCConfig",
+    "shard_rows",
+    "assign",
+    "assign_all",
+    "kmeans",
+    "nmi",
+    "PCA",
+    "pca_fit",
+    "pca_transform",
+    "rcc",
+]

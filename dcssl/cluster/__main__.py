@@ -43,13 +43,16 @@ def main(argv: list[str] | None = None) -> int:
 
     comm = world()
     rank = comm.Get_rank()
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [cluster r{rank}] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [cluster r{rank}] %(levelname)s %(message)s",
+    )
     try:
         if args.epoch < 0:
             raise ConfigError(f"--epoch {args.epoch}: must be ≥ 0")
-        cfg = load_section(ClusterConfig, "cluster", args.run_dir, args.config,
-                           _own_overrides(args.overrides))
+        cfg = load_section(
+            ClusterConfig, "cluster", args.run_dir, args.config, _own_overrides(args.overrides)
+        )
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -17,7 +17,8 @@ row's own centroid and a lower bound on the distance to every other one.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,7 +31,7 @@ TILE = 512
 SCORE_BYTES = 8 << 20
 # float64 (row, candidate) differences formed at once when resolving near-ties.
 _PAIR_BYTES = 1 << 20
-_U32 = 2.0 ** -24
+_U32 = 2.0**-24
 # Near-tie margin in units of E: both scores' errors, and room the float64 comparison never needs.
 _NEAR = 2.002
 
@@ -61,8 +62,7 @@ def _matmul_fn(backend: str) -> Callable:
     import torch
 
     if backend == "torch":
-        return lambda a, b, out: torch.mm(torch.from_numpy(a), torch.from_numpy(b),
-                                          out=torch.from_numpy(out))
+        return lambda a, b, out: torch.mm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
     raise ValueError(f"backend {backend!r}: choose numpy, torch or cuda")
 
 
@@ -93,9 +93,12 @@ class Assigner:
         # [c | ‖c‖²/2]ᵀ by chunks of centroids (cuda: one chunk, for settling near-ties here)
         fits = max(1, SCORE_BYTES // (4 * self.tile))
         self.chunk = self.k if self.backend == "cuda" else min(self.k, fits)
-        self.c_t = [np.ascontiguousarray(np.concatenate(
-            [c[j:j + self.chunk], half[j:j + self.chunk, None]], axis=1).T)
-            for j in range(0, self.k, self.chunk)]
+        self.c_t = [
+            np.ascontiguousarray(
+                np.concatenate([c[j : j + self.chunk], half[j : j + self.chunk, None]], axis=1).T
+            )
+            for j in range(0, self.k, self.chunk)
+        ]
         if self.backend == "cuda":
             import torch
 
@@ -131,8 +134,12 @@ class Assigner:
             # the float32 best may be another centroid now: bound every centroid by it
             lower_sq[near] = xxb[near] - 2.0 * best[near] - slack[near]
         lower = np.sqrt(np.maximum(lower_sq, 0.0)) * (1 - self.rel)
-        return Found(labels, dist.astype(np.float32), (upper * (1 + self.rel)).astype(np.float32),
-                     lower.astype(np.float32))
+        return Found(
+            labels,
+            dist.astype(np.float32),
+            (upper * (1 + self.rel)).astype(np.float32),
+            lower.astype(np.float32),
+        )
 
     def dist64(self, xb: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """float64 squared distances from rows ``xb[rows]`` to centroids ``cols`` — one formula
@@ -141,9 +148,9 @@ class Assigner:
         dist = np.empty(len(rows))
         step = max(1, _PAIR_BYTES // (8 * xb.shape[1]))
         for lo in range(0, len(rows), step):
-            diff = x64[rows[lo:lo + step]] - self.c64[cols[lo:lo + step]]
+            diff = x64[rows[lo : lo + step]] - self.c64[cols[lo : lo + step]]
             np.square(diff, out=diff)
-            dist[lo:lo + step] = diff.sum(axis=1)
+            dist[lo : lo + step] = diff.sum(axis=1)
         return dist
 
     def distances_to(self, xb: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -151,8 +158,7 @@ class Assigner:
         diff = xb - self.c[labels]
         return (np.sqrt(np.einsum("ij,ij->i", diff, diff)) * (1 + self.rel)).astype(np.float32)
 
-    def lower_to(self, xb: np.ndarray, xxb: np.ndarray, labels: np.ndarray,
-                 subset: np.ndarray) -> np.ndarray:
+    def lower_to(self, xb: np.ndarray, xxb: np.ndarray, labels: np.ndarray, subset: np.ndarray) -> np.ndarray:
         """Lower bound on each row's distance to the centroids ``subset`` (sorted) other than its
         own."""
         score = _augment(xb) @ self._augmented(subset)
@@ -208,13 +214,12 @@ class Assigner:
         top = top.cpu().numpy()
         return idx[:, 0].cpu().numpy(), top[:, 0].copy(), top[:, 1].copy()
 
-    def _candidates(self, xb: np.ndarray, near: np.ndarray, best_labels: np.ndarray,
-                    floor: np.ndarray):
+    def _candidates(self, xb: np.ndarray, near: np.ndarray, best_labels: np.ndarray, floor: np.ndarray):
         """(row, centroid) pairs — rows ``near`` of the tile — whose float32 score reaches
         ``floor``, row-major in index order. The scores of a one-chunk scan are still in the
         buffer (the best set to −inf); otherwise they are recomputed."""
         if self.backend != "cuda" and len(self.c_t) == 1:
-            rows, cols = np.nonzero(self.buf[near, :self.k] >= floor[:, None])
+            rows, cols = np.nonzero(self.buf[near, : self.k] >= floor[:, None])
             rows = np.concatenate([rows, np.arange(len(near))])
             cols = np.concatenate([cols, best_labels])
         else:
@@ -225,8 +230,9 @@ class Assigner:
         order = np.lexsort((cols, rows))
         return rows[order], cols[order]
 
-    def _resolve(self, xb: np.ndarray, near: np.ndarray, best_labels: np.ndarray,
-                 floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _resolve(
+        self, xb: np.ndarray, near: np.ndarray, best_labels: np.ndarray, floor: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Float64 nearest among the centroids scoring ≥ ``floor`` (lowest index on a tie)."""
         rows, cols = self._candidates(xb, near, best_labels, floor)
         dist = self.dist64(xb[near], rows, cols)

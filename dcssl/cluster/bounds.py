@@ -36,7 +36,7 @@ _MOVERS_SHARE = 8
 # Rows gathered at once to tighten their bounds and rescan (float32 copies: rows × d).
 _BATCH = 2048
 # Relative widening of a bound after each float32 update (covers its rounding, 2⁻²⁴).
-_ROUND = 2.0 ** -22
+_ROUND = 2.0**-22
 # Bytes of the centroid-distance matrix formed at once (rows × k float32).
 _GAP_BYTES = 2 << 20
 
@@ -59,15 +59,14 @@ class Bounds:
     """How much further than ``lower`` allows for the movers moved."""
 
     @classmethod
-    def for_rows(cls, n: int) -> "Bounds":
-        return cls(np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.float32),
-                   np.zeros(n, dtype=np.float32))
+    def for_rows(cls, n: int) -> Bounds:
+        return cls(np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32))
 
     def shift(self, old: np.ndarray, new: np.ndarray) -> None:
         """Centroids moved old → new: no distance to a centroid changes by more than its move."""
         moves = np.sqrt(((new.astype(np.float64) - old) ** 2).sum(axis=1)) * (1 + 1e-6)
         order = np.argsort(moves)[::-1]
-        movers = order[:min(_MOVERS, len(order) // _MOVERS_SHARE)]
+        movers = order[: min(_MOVERS, len(order) // _MOVERS_SHARE)]
         largest = float(moves[order[0]])
         residual = float(moves[order[len(movers)]]) if len(movers) < len(order) else 0.0
         if len(movers) == 0 or largest <= 2 * residual:
@@ -102,7 +101,7 @@ def centroid_gaps(centroids: np.ndarray, movers: np.ndarray) -> Gaps:
     summation order, is taken off every squared distance."""
     c = np.ascontiguousarray(centroids, dtype=np.float32)
     k, d = c.shape
-    sq = np.einsum("ij,ij->i", c, c) * np.float32(1 - 2 * (d + 4) * 2.0 ** -24)
+    sq = np.einsum("ij,ij->i", c, c) * np.float32(1 - 2 * (d + 4) * 2.0**-24)
     has_movers = len(movers) > 0
     nearest, second = np.empty(k, dtype=np.float32), np.empty(k, dtype=np.float32)
     neighbour = np.empty(k, dtype=np.int64)
@@ -129,8 +128,9 @@ def centroid_gaps(centroids: np.ndarray, movers: np.ndarray) -> Gaps:
     return Gaps(nearest, neighbour, second, to_movers)
 
 
-def search_shard(x_local: np.ndarray, xx: np.ndarray, finder: Assigner, state: Bounds,
-                 gaps: Gaps | None = None) -> np.ndarray:
+def search_shard(
+    x_local: np.ndarray, xx: np.ndarray, finder: Assigner, state: Bounds, gaps: Gaps | None = None
+) -> np.ndarray:
     """Exact nearest centroid of every row → int32 labels; ``state`` bounds updated in place.
 
     Without valid bounds every row is scanned. ``gaps``: ``centroid_gaps`` of the current
@@ -144,8 +144,10 @@ def search_shard(x_local: np.ndarray, xx: np.ndarray, finder: Assigner, state: B
     labels = state.labels.copy()
     lower = _lower(state, gaps, labels, state.upper, slice(None))
     unsure = np.flatnonzero(state.upper >= lower)
-    scan = [_settle(x_local, xx, finder, state, gaps, labels, lower, unsure[lo:lo + _BATCH])
-            for lo in range(0, len(unsure), _BATCH)]
+    scan = [
+        _settle(x_local, xx, finder, state, gaps, labels, lower, unsure[lo : lo + _BATCH])
+        for lo in range(0, len(unsure), _BATCH)
+    ]
     if scan:  # rows that still fail, scanned in full tiles
         _scan(x_local, xx, finder, state, labels, lower, np.concatenate(scan))
     state.lower = lower
@@ -156,13 +158,19 @@ def _scan(x_local, xx, finder: Assigner, state: Bounds, labels, lower, rows) -> 
     """Scan rows ``rows`` (all when None) over all centroids, tile by tile."""
     n = len(x_local) if rows is None else len(rows)
     for lo in range(0, n, finder.tile):
-        at = slice(lo, min(lo + finder.tile, n)) if rows is None else rows[lo:lo + finder.tile]
+        at = slice(lo, min(lo + finder.tile, n)) if rows is None else rows[lo : lo + finder.tile]
         found = finder.search(np.ascontiguousarray(x_local[at], dtype=np.float32), xx[at])
         labels[at], state.upper[at], lower[at] = found.labels, found.upper, found.lower
 
 
-def _lower(state: Bounds, gaps: Gaps | None, labels: np.ndarray, upper: np.ndarray, rows,
-           measured: np.ndarray | None = None) -> np.ndarray:
+def _lower(
+    state: Bounds,
+    gaps: Gaps | None,
+    labels: np.ndarray,
+    upper: np.ndarray,
+    rows,
+    measured: np.ndarray | None = None,
+) -> np.ndarray:
     """Lower bound on the distance from rows ``rows`` to every centroid but their own.
 
     ``state.lower`` covers the non-movers; the movers are covered by ``measured``, or
@@ -172,16 +180,16 @@ def _lower(state: Bounds, gaps: Gaps | None, labels: np.ndarray, upper: np.ndarr
         if measured is None:
             measured = lower - np.float32(state.movers_extra)
             if gaps is not None:
-                np.maximum(measured, (gaps.movers[labels] - upper) * np.float32(1 - _ROUND),
-                           out=measured)
+                np.maximum(measured, (gaps.movers[labels] - upper) * np.float32(1 - _ROUND), out=measured)
         lower = np.minimum(lower, measured)
     if gaps is not None:
         lower = np.maximum(lower, (gaps.nearest[labels] - upper) * np.float32(1 - _ROUND))
     return np.maximum(lower, 0.0)
 
 
-def _settle(x_local, xx, finder: Assigner, state: Bounds, gaps, labels, lower,
-            rows: np.ndarray) -> np.ndarray:
+def _settle(
+    x_local, xx, finder: Assigner, state: Bounds, gaps, labels, lower, rows: np.ndarray
+) -> np.ndarray:
     """Rows that failed the test: tighten to the own distance and retry; decide rows only their
     centroid's nearest neighbour could take from those two distances; rows that fail only
     because of the movers measure them. Returns the rows that still fail."""
@@ -192,16 +200,19 @@ def _settle(x_local, xx, finder: Assigner, state: Bounds, gaps, labels, lower,
     bound = _lower(state, gaps, lab, upper, rows)
     fails = upper >= bound
     if gaps is not None:
-        pair = np.flatnonzero(fails & ((gaps.second[lab] - upper) * np.float32(1 - _ROUND)
-                                       > upper * np.float32(1 + 1e-6)))
+        pair = np.flatnonzero(
+            fails & ((gaps.second[lab] - upper) * np.float32(1 - _ROUND) > upper * np.float32(1 + 1e-6))
+        )
         if len(pair):
             at = rows[pair]
-            labels[at], state.upper[at], bound[pair] = _pair(finder, gaps, xb[pair], lab[pair],
-                                                              upper[pair])
+            labels[at], state.upper[at], bound[pair] = _pair(finder, gaps, xb[pair], lab[pair], upper[pair])
             fails[pair] = False
     if len(state.movers):
-        rest = state.lower[rows] if gaps is None else np.maximum(
-            state.lower[rows], (gaps.nearest[lab] - upper) * np.float32(1 - _ROUND))
+        rest = (
+            state.lower[rows]
+            if gaps is None
+            else np.maximum(state.lower[rows], (gaps.nearest[lab] - upper) * np.float32(1 - _ROUND))
+        )
         only = np.flatnonzero(fails & (upper < rest))  # settled but for the movers
         if len(only):
             measured = finder.lower_to(xb[only], xxb[only], lab[only], state.movers)

@@ -14,15 +14,25 @@ integer addition is associative, so the all-reduced total is exact in any order.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
 
 from hpc.mpi import allreduce_, bcast_, shard_range
 
-__all__ = ["SingleComm", "as_comm", "shard_rows", "blocks", "FixedSum", "ClusterSums",
-           "exact_total", "gather_rows", "global_max", "global_count"]
+__all__ = [
+    "SingleComm",
+    "as_comm",
+    "shard_rows",
+    "blocks",
+    "FixedSum",
+    "ClusterSums",
+    "exact_total",
+    "gather_rows",
+    "global_max",
+    "global_count",
+]
 
 
 class SingleComm:
@@ -109,8 +119,9 @@ def exact_total(values: np.ndarray, bound: float, comm=None) -> float:
     """Σ values over all ranks, each value rounded once onto the grid ``FixedSum`` uses for
     ``bound`` (≥ |total|, the same on every rank): the same bits for any split of the values."""
     scale = float(_scale(bound))
-    total = np.array([int(np.rint(np.asarray(values, dtype=np.float64) * scale)
-                          .astype(np.int64).sum())], dtype=np.int64)
+    total = np.array(
+        [int(np.rint(np.asarray(values, dtype=np.float64) * scale).astype(np.int64).sum())], dtype=np.int64
+    )
     if comm is not None:
         allreduce_(total, comm)
     return float(total[0]) / scale
@@ -144,20 +155,20 @@ class ClusterSums:
     def add(self, x: np.ndarray, labels: np.ndarray) -> None:
         """Add every row of ``x`` to its cluster ``labels[i]``."""
         for lo, fixed in self._fixed(x, None, len(labels)):
-            self._add_fixed(fixed, labels[lo:lo + len(fixed)], 1)
+            self._add_fixed(fixed, labels[lo : lo + len(fixed)], 1)
 
     def move(self, x: np.ndarray, rows: np.ndarray, old: np.ndarray, new: np.ndarray) -> None:
         """Rows ``rows`` of ``x`` left clusters ``old`` for ``new``."""
         for lo, fixed in self._fixed(x, rows, len(rows)):
-            self._add_fixed(fixed, new[lo:lo + len(fixed)], 1)
+            self._add_fixed(fixed, new[lo : lo + len(fixed)], 1)
             np.negative(fixed, out=fixed)
-            self._add_fixed(fixed, old[lo:lo + len(fixed)], -1)
+            self._add_fixed(fixed, old[lo : lo + len(fixed)], -1)
 
     def _fixed(self, x: np.ndarray, rows: np.ndarray | None, n: int):
         """(offset, rows on the fixed-point grid as integer-valued float64) group by group."""
         for lo in range(0, n, _SUM_ROWS):
             hi = min(lo + _SUM_ROWS, n)
-            fixed = self._buf[:hi - lo]
+            fixed = self._buf[: hi - lo]
             np.multiply(x[lo:hi] if rows is None else x[rows[lo:hi]], self.scale, out=fixed)
             np.rint(fixed, out=fixed)
             yield lo, fixed
@@ -193,8 +204,9 @@ def global_max(value: np.ndarray | float, comm) -> np.ndarray:
     return allreduce_(buf, comm, op="max")
 
 
-def gather_rows(x_local: np.ndarray, start: int, stop: int, index: np.ndarray, comm,
-                root: int | None = 0) -> np.ndarray | None:
+def gather_rows(
+    x_local: np.ndarray, start: int, stop: int, index: np.ndarray, comm, root: int | None = 0
+) -> np.ndarray | None:
     """Rows ``index`` (sorted global indices) of a row-sharded array, assembled on ``root``.
 
     Every rank must pass the same ``index``. With ``root=None`` every rank gets the rows. Rows
@@ -220,4 +232,3 @@ def broadcast(array: np.ndarray, comm, root: int = 0) -> np.ndarray:
     """Rank ``root``'s array on every rank (others pass an array of the same shape and dtype)."""
     comm = as_comm(comm)
     return bcast_(np.ascontiguousarray(array), comm, root)
-

@@ -34,8 +34,18 @@ log = logging.getLogger(__name__)
 
 def _fingerprint(cfg: ClusterConfig, n: int, dim: int, seed: int) -> dict:
     """What a checkpoint must agree on to be resumed (iterations/tol may change)."""
-    keys = ("method", "k", "pca_dim", "whiten", "l2_normalize", "init", "init_sample", "init_trials",
-            "init_refine", "block_rows")
+    keys = (
+        "method",
+        "k",
+        "pca_dim",
+        "whiten",
+        "l2_normalize",
+        "init",
+        "init_sample",
+        "init_trials",
+        "init_refine",
+        "block_rows",
+    )
     out = {key: getattr(cfg, key) for key in keys}
     if cfg.method == "rcc":
         out["rcc"] = {k: v for k, v in vars(cfg.rcc).items() if k not in ("iterations",)}
@@ -100,8 +110,11 @@ def _load_resume(ckpt, fingerprint: dict, comm) -> dict | None:
         if found is not None:
             step, state = found
             if state["meta"].get("fingerprint") != fingerprint:
-                log.warning("checkpoint %s was made with other settings (%s); starting over",
-                            ckpt.path_for(step), state["meta"].get("fingerprint"))
+                log.warning(
+                    "checkpoint %s was made with other settings (%s); starting over",
+                    ckpt.path_for(step),
+                    state["meta"].get("fingerprint"),
+                )
                 state = None
     return comm.bcast(state, root=0)
 
@@ -115,8 +128,7 @@ class _Checkpointer:
     def save(self, state: dict, step: int) -> None:
         if self.comm.Get_rank() == 0:
             pca_state = self.pca.state() if self.pca is not None else {}
-            self.ckpt.save({**pca_state, **state, "meta": {**self.meta, **state.get("meta", {})}},
-                           step)
+            self.ckpt.save({**pca_state, **state, "meta": {**self.meta, **state.get("meta", {})}}, step)
 
     def __call__(self, ks: KMeansState) -> None:
         preempted = bool(global_max(float(self.flag.is_set()), self.comm)[0])
@@ -125,21 +137,34 @@ class _Checkpointer:
         if preempted:
             self.comm.Barrier()
             log.warning("preempted after iteration %d: checkpoint saved, requeueing", ks.iteration)
-            requeue_and_exit(is_main=self.comm.Get_rank() == 0,
-                             code=0 if os.environ.get("SLURM_JOB_ID") else 75)
+            requeue_and_exit(
+                is_main=self.comm.Get_rank() == 0, code=0 if os.environ.get("SLURM_JOB_ID") else 75
+            )
 
 
 def _kmeans_state(ks: KMeansState) -> dict:
-    return {"centroids": ks.centroids, "meta": {
-        "iteration": ks.iteration, "inertia": ks.inertia, "empty_split": ks.empty_split,
-        "seconds": ks.seconds, "converged": ks.converged}}
+    return {
+        "centroids": ks.centroids,
+        "meta": {
+            "iteration": ks.iteration,
+            "inertia": ks.inertia,
+            "empty_split": ks.empty_split,
+            "seconds": ks.seconds,
+            "converged": ks.converged,
+        },
+    }
 
 
 def _kmeans_from(state: dict) -> KMeansState:
     m = state["meta"]
-    return KMeansState(np.asarray(state["centroids"], dtype=np.float32), m["iteration"],
-                       list(m["inertia"]), list(m["empty_split"]), list(m["seconds"]),
-                       m["converged"])
+    return KMeansState(
+        np.asarray(state["centroids"], dtype=np.float32),
+        m["iteration"],
+        list(m["inertia"]),
+        list(m["empty_split"]),
+        list(m["seconds"]),
+        m["converged"],
+    )
 
 
 def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dict:
@@ -163,9 +188,18 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
     block = cfg.block_rows
     start, stop = shard_rows(bank.n, rank, size, block)
     if rank == 0:
-        log.info("epoch %d: %d × %d features, %d ranks × %d threads, %s backend, rank 0 rows "
-                 "[%d, %d)%s", epoch, bank.n, bank.dim, size, threads, backend, start, stop,
-                 f", resuming after iteration {resume['meta'].get('iteration', 0)}" if resume else "")
+        log.info(
+            "epoch %d: %d × %d features, %d ranks × %d threads, %s backend, rank 0 rows [%d, %d)%s",
+            epoch,
+            bank.n,
+            bank.dim,
+            size,
+            threads,
+            backend,
+            start,
+            stop,
+            f", resuming after iteration {resume['meta'].get('iteration', 0)}" if resume else "",
+        )
     t0 = time.monotonic()
     raw = bank.rows(start, stop)
     pca = _fit_pca(raw, cfg, resume, comm, block)
@@ -179,16 +213,26 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
     t0 = time.monotonic()
     if cfg.method == "kmeans":
         centroids, labels, stats = kmeans(
-            x, cfg.k, comm, iterations=cfg.iterations, tol=cfg.tol, init=cfg.init,
-            init_sample=cfg.init_sample, init_trials=cfg.init_trials, init_refine=cfg.init_refine,
-            seed=seed, block=block, backend=backend, row0=start,
+            x,
+            cfg.k,
+            comm,
+            iterations=cfg.iterations,
+            tol=cfg.tol,
+            init=cfg.init,
+            init_sample=cfg.init_sample,
+            init_trials=cfg.init_trials,
+            init_refine=cfg.init_refine,
+            seed=seed,
+            block=block,
+            backend=backend,
+            row0=start,
             state=_kmeans_from(resume) if resume and "centroids" in resume else None,
-            on_iteration=saver)
+            on_iteration=saver,
+        )
         phases["init"] = stats.pop("seconds_init")
         phases["kmeans"] = time.monotonic() - t0 - phases["init"]
     else:
-        centroids, labels, stats = _run_rcc(x, cfg, seed, bank.n, start, resume, saver, comm,
-                                            block, backend)
+        centroids, labels, stats = _run_rcc(x, cfg, seed, bank.n, start, resume, saver, comm, block, backend)
         phases["rcc"] = time.monotonic() - t0
     t0 = time.monotonic()
     prev = read_labels_range(run_dir, epoch - 1, bank.n, start, stop)
@@ -199,10 +243,18 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
     writer = LabelsWriter(run_dir, epoch, bank.n, comm)
     writer.begin()
     writer.write_rows(start, labels)
-    stats.update(epoch=epoch, method=cfg.method, nmi_prev=nmi_prev, ranks=size, threads=threads,
-                 backend=backend, seed=seed, block_rows=block,
-                 pca_explained=pca.explained if pca is not None else None,
-                 resumed_from=int(resume["meta"].get("iteration", 0)) if resume else None)
+    stats.update(
+        epoch=epoch,
+        method=cfg.method,
+        nmi_prev=nmi_prev,
+        ranks=size,
+        threads=threads,
+        backend=backend,
+        seed=seed,
+        block_rows=block,
+        pca_explained=pca.explained if pca is not None else None,
+        resumed_from=int(resume["meta"].get("iteration", 0)) if resume else None,
+    )
     phases["write"] = time.monotonic() - t0
     phases["total"] = time.monotonic() - t_start
     stats["seconds"] = {k: round(v, 3) for k, v in phases.items()}
@@ -219,8 +271,13 @@ def _fit_pca(raw, cfg: ClusterConfig, resume, comm, block) -> PCA | None:
         return PCA.from_state(resume)
     pca = pca_fit(raw, cfg.pca_dim, comm, whiten=cfg.whiten, block=block)
     if comm.Get_rank() == 0:
-        log.info("PCA %d → %d%s keeps %.1f%% of the variance", raw.shape[1], pca.proj.shape[1],
-                 " (whitened)" if cfg.whiten else "", 100 * pca.explained)
+        log.info(
+            "PCA %d → %d%s keeps %.1f%% of the variance",
+            raw.shape[1],
+            pca.proj.shape[1],
+            " (whitened)" if cfg.whiten else "",
+            100 * pca.explained,
+        )
     return pca
 
 
@@ -237,10 +294,17 @@ def _run_rcc(x, cfg: ClusterConfig, seed, n, start, resume, saver, comm, block, 
         rows = gather_rows(x, start, start + len(x), index, comm, root=0)
         shape = np.zeros(2, dtype=np.int64)
         if comm.Get_rank() == 0:
-            labels_s, info = rcc(rows, knn=cfg.rcc.knn, dim=cfg.rcc.dim,
-                                 iterations=cfg.rcc.iterations, mu_every=cfg.rcc.mu_every,
-                                 tol=cfg.rcc.tol, cg_tol=cfg.rcc.cg_tol,
-                                 cg_iterations=cfg.rcc.cg_iterations, seed=seed)
+            labels_s, info = rcc(
+                rows,
+                knn=cfg.rcc.knn,
+                dim=cfg.rcc.dim,
+                iterations=cfg.rcc.iterations,
+                mu_every=cfg.rcc.mu_every,
+                tol=cfg.rcc.tol,
+                cg_tol=cfg.rcc.cg_tol,
+                cg_iterations=cfg.rcc.cg_iterations,
+                seed=seed,
+            )
             centroids = _cluster_means(rows, labels_s, cfg.rcc.min_size)
             shape[:] = centroids.shape
         else:
@@ -253,10 +317,19 @@ def _run_rcc(x, cfg: ClusterConfig, seed, n, start, resume, saver, comm, block, 
         saver.save({"rcc_centroids": centroids, "meta": {"rcc": info}}, 0)
     seconds_rcc = time.monotonic() - t0
     labels, counts, inertia = assign_all(x, centroids, comm, block=block, backend=backend)
-    stats = {"k": len(centroids), "n": n, "dim": x.shape[1], "iterations": info["iterations"],
-             "inertia": inertia, "empty_split": 0, "sizes": counts.tolist(),
-             "clusters_used": int((counts > 0).sum()), "largest_share": float(counts.max() / n),
-             "rcc": info, "seconds_rcc": seconds_rcc}
+    stats = {
+        "k": len(centroids),
+        "n": n,
+        "dim": x.shape[1],
+        "iterations": info["iterations"],
+        "inertia": inertia,
+        "empty_split": 0,
+        "sizes": counts.tolist(),
+        "clusters_used": int((counts > 0).sum()),
+        "largest_share": float(counts.max() / n),
+        "rcc": info,
+        "seconds_rcc": seconds_rcc,
+    }
     return centroids, labels.astype(np.int32), stats
 
 
@@ -273,14 +346,30 @@ def _cluster_means(rows: np.ndarray, labels: np.ndarray, min_size: int) -> np.nd
 
 
 def _finish(run_dir: Path, epoch: int, cfg: ClusterConfig, ckpt, stats: dict) -> None:
-    append_jsonl(run_dir / "metrics.jsonl", {
-        "kind": "cluster", "epoch": epoch, "k": stats["k"], "iterations": stats["iterations"],
-        "inertia": stats["inertia"], "nmi_prev": stats["nmi_prev"],
-        "clusters_used": stats["clusters_used"], "empty_split": stats["empty_split"],
-        "largest_share": stats["largest_share"], "seconds": stats["seconds"]})
+    append_jsonl(
+        run_dir / "metrics.jsonl",
+        {
+            "kind": "cluster",
+            "epoch": epoch,
+            "k": stats["k"],
+            "iterations": stats["iterations"],
+            "inertia": stats["inertia"],
+            "nmi_prev": stats["nmi_prev"],
+            "clusters_used": stats["clusters_used"],
+            "empty_split": stats["empty_split"],
+            "largest_share": stats["largest_share"],
+            "seconds": stats["seconds"],
+        },
+    )
     if not cfg.keep_checkpoints_after:
         shutil.rmtree(ckpt.folder, ignore_errors=True)
-    log.info("epoch %d: %d clusters used of %d, largest %.1f%%, NMI with epoch %d: %s, %.1f s",
-             epoch, stats["clusters_used"], stats["k"], 100 * stats["largest_share"], epoch - 1,
-             "n/a" if stats["nmi_prev"] is None else f"{stats['nmi_prev']:.4f}",
-             stats["seconds"]["total"])
+    log.info(
+        "epoch %d: %d clusters used of %d, largest %.1f%%, NMI with epoch %d: %s, %.1f s",
+        epoch,
+        stats["clusters_used"],
+        stats["k"],
+        100 * stats["largest_share"],
+        epoch - 1,
+        "n/a" if stats["nmi_prev"] is None else f"{stats['nmi_prev']:.4f}",
+        stats["seconds"]["total"],
+    )

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from .assigner import TILE, Assigner
 from .bounds import Bounds, centroid_gaps, search_shard
-from .exact import (ClusterSums, as_comm, blocks, broadcast, exact_total, gather_rows, global_count,
-                    global_max)
+from .exact import ClusterSums, as_comm, blocks, broadcast, exact_total, gather_rows, global_count, global_max
 
 __all__ = ["assign", "assign_all", "kmeans", "KMeansState", "init_centroids", "split_empty", "sample_index"]
 
@@ -40,8 +39,9 @@ def _row_norms(x_local: np.ndarray, block: int) -> np.ndarray:
     return xx
 
 
-def assign(x_local: np.ndarray, centroids: np.ndarray, *, block: int = 8192,
-           backend: str = "numpy") -> tuple[np.ndarray, np.ndarray]:
+def assign(
+    x_local: np.ndarray, centroids: np.ndarray, *, block: int = 8192, backend: str = "numpy"
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact nearest centroid of every row: (labels int64, squared distances float32).
 
     ``backend``: numpy (OpenBLAS), torch (MKL) or cuda. Sharded use: each rank calls it on its rows.
@@ -89,9 +89,18 @@ def _kmeanspp(sample: np.ndarray, k: int, seed: int) -> np.ndarray:
     return centers
 
 
-def init_centroids(x_local: np.ndarray, k: int, comm=None, *, method: str = "kmeans++",
-                   sample: int = 0, seed: int = 0, row0: int = 0, trials: int = 5,
-                   refine: int = 20) -> np.ndarray:
+def init_centroids(
+    x_local: np.ndarray,
+    k: int,
+    comm=None,
+    *,
+    method: str = "kmeans++",
+    sample: int = 0,
+    seed: int = 0,
+    row0: int = 0,
+    trials: int = 5,
+    refine: int = 20,
+) -> np.ndarray:
     """k initial centroids chosen on rank 0 from a global sample and broadcast.
 
     ``random``: k distinct rows. ``kmeans++``: ``trials`` runs of greedy k-means++ on ``sample``
@@ -122,8 +131,9 @@ def _best_of(rows: np.ndarray, k: int, seed: int, trials: int, refine: int) -> n
     for trial in range(max(trials, 1)):
         cent = _kmeanspp(rows, k, seed * 1000 + trial)
         if refine:
-            cent, _, st = kmeans(rows, k, None, iterations=refine, tol=0.0,
-                                 state=KMeansState(cent), log_every=0)
+            cent, _, st = kmeans(
+                rows, k, None, iterations=refine, tol=0.0, state=KMeansState(cent), log_every=0
+            )
             inertia = st["inertia"]
         else:
             inertia = float(assign(rows, cent)[1].sum(dtype=np.float64))
@@ -176,8 +186,7 @@ class KMeansState:
 class _Pass:
     """What a rank keeps between Lloyd passes: row norms, pruning bounds, its exact cluster sums."""
 
-    def __init__(self, x_local: np.ndarray, k: int, comm, block: int, backend: str,
-                 centroids: np.ndarray):
+    def __init__(self, x_local: np.ndarray, k: int, comm, block: int, backend: str, centroids: np.ndarray):
         self.x, self.comm = x_local, comm
         n = global_count(len(x_local), comm)
         self.xx = _row_norms(x_local, block)
@@ -215,15 +224,31 @@ def _inertia(xx_total: float, centroids: np.ndarray, sums: np.ndarray, counts: n
     """Σ‖x − c_label‖² = Σ‖x‖² − 2 Σ_j c_j·S_j + Σ_j n_j‖c_j‖², from global quantities only (so
     the same on every rank; pruned rows never measure their distance)."""
     c = centroids.astype(np.float64)
-    value = xx_total - 2.0 * float(np.einsum("ij,ij->", c, sums)) + float(counts @ np.einsum("ij,ij->i", c, c))
+    value = (
+        xx_total - 2.0 * float(np.einsum("ij,ij->", c, sums)) + float(counts @ np.einsum("ij,ij->i", c, c))
+    )
     return max(value, 0.0)
 
 
-def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol: float = 1e-4,
-           init: str = "kmeans++", init_sample: int = 0, seed: int = 0, block: int = 8192,
-           backend: str = "numpy", row0: int = 0, state: KMeansState | None = None,
-           on_iteration: Callable[[KMeansState], None] | None = None, init_trials: int = 5,
-           init_refine: int = 20, log_every: int = 1) -> tuple[np.ndarray, np.ndarray, dict]:
+def kmeans(
+    x_local: np.ndarray,
+    k: int,
+    comm=None,
+    *,
+    iterations: int = 20,
+    tol: float = 1e-4,
+    init: str = "kmeans++",
+    init_sample: int = 0,
+    seed: int = 0,
+    block: int = 8192,
+    backend: str = "numpy",
+    row0: int = 0,
+    state: KMeansState | None = None,
+    on_iteration: Callable[[KMeansState], None] | None = None,
+    init_trials: int = 5,
+    init_refine: int = 20,
+    log_every: int = 1,
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Lloyd's k-means over the rows of all ranks → (centroids, labels_local, stats).
 
     Stops after ``iterations`` or when the inertia improves by less than ``tol`` (relative).
@@ -237,8 +262,17 @@ def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol:
     n, d = global_count(len(x_local), comm), x_local.shape[1]
     if state is None:
         t0 = time.monotonic()
-        cent = init_centroids(x_local, k, comm, method=init, sample=init_sample, seed=seed,
-                              row0=row0, trials=init_trials, refine=init_refine)
+        cent = init_centroids(
+            x_local,
+            k,
+            comm,
+            method=init,
+            sample=init_sample,
+            seed=seed,
+            row0=row0,
+            trials=init_trials,
+            refine=init_refine,
+        )
         state = KMeansState(cent)
         init_s = time.monotonic() - t0
     else:
@@ -249,8 +283,9 @@ def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol:
         t0 = time.monotonic()
         _, sums, counts, inertia = lloyd.run(state.centroids)
         scanned.append(lloyd.scanned)
-        new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
-                       state.centroids).astype(np.float32)
+        new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], state.centroids).astype(
+            np.float32
+        )
         new, _, n_split = split_empty(new, counts)
         new = broadcast(new, comm)  # identical everywhere already; guards mixed CPUs
         lloyd.bounds.shift(state.centroids, new)
@@ -268,23 +303,34 @@ def kmeans(x_local: np.ndarray, k: int, comm=None, *, iterations: int = 20, tol:
     t0 = time.monotonic()
     labels, _, counts, inertia = lloyd.run(state.centroids)
     stats = {
-        "k": k, "n": n, "dim": d, "iterations": state.iteration, "converged": state.converged,
-        "inertia_history": state.inertia, "inertia": inertia, "empty_split": int(sum(state.empty_split)),
-        "empty_split_per_iteration": state.empty_split, "sizes": counts.tolist(),
-        "clusters_used": int((counts > 0).sum()), "largest_share": float(counts.max() / n),
-        "seconds_per_iteration": state.seconds, "seconds_init": init_s,
+        "k": k,
+        "n": n,
+        "dim": d,
+        "iterations": state.iteration,
+        "converged": state.converged,
+        "inertia_history": state.inertia,
+        "inertia": inertia,
+        "empty_split": int(sum(state.empty_split)),
+        "empty_split_per_iteration": state.empty_split,
+        "sizes": counts.tolist(),
+        "clusters_used": int((counts > 0).sum()),
+        "largest_share": float(counts.max() / n),
+        "seconds_per_iteration": state.seconds,
+        "seconds_init": init_s,
         "rescanned_fraction_per_iteration": [round(f, 4) for f in scanned],
         "seconds_final_assign": time.monotonic() - t0,
     }
     return state.centroids, labels, stats
 
 
-def assign_all(x_local: np.ndarray, centroids: np.ndarray, comm=None, *, block: int = 8192,
-               backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, float]:
+def assign_all(
+    x_local: np.ndarray, centroids: np.ndarray, comm=None, *, block: int = 8192, backend: str = "numpy"
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Sharded assignment to fixed centroids → (labels_local int32, global counts, inertia)."""
     comm = as_comm(comm)
-    labels, _, counts, inertia = _Pass(np.asarray(x_local), len(centroids), comm, block, backend,
-                                       centroids).run(centroids)
+    labels, _, counts, inertia = _Pass(
+        np.asarray(x_local), len(centroids), comm, block, backend, centroids
+    ).run(centroids)
     return labels, counts, inertia
 
 
@@ -301,7 +347,13 @@ def _global_extent(x_local, xx, comm, block: int) -> tuple[float, float]:
 def _log_iteration(state: KMeansState, iterations: int, n_split: int, scanned: float) -> None:
     s = state.seconds[-1]
     left = iterations - state.iteration
-    log.info("k-means iteration %d/%d: inertia %.6g, %.2f s/iter, %.0f%% of rows rescanned, "
-             "ETA ≤ %.0f s%s", state.iteration, iterations, state.inertia[-1], s, 100 * scanned,
-             left * s,
-             f", {n_split} empty clusters split" if n_split else "")
+    log.info(
+        "k-means iteration %d/%d: inertia %.6g, %.2f s/iter, %.0f%% of rows rescanned, ETA ≤ %.0f s%s",
+        state.iteration,
+        iterations,
+        state.inertia[-1],
+        s,
+        100 * scanned,
+        left * s,
+        f", {n_split} empty clusters split" if n_split else "",
+    )

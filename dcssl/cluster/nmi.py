@@ -40,8 +40,7 @@ def _route(keys: np.ndarray, counts: np.ndarray, comm) -> tuple[np.ndarray, np.n
     rd = np.concatenate([[0], np.cumsum(recv_n)[:-1]])
     pairs = np.stack([keys, counts], axis=1)
     got = np.empty((int(recv_n.sum()), 2), dtype=np.int64)
-    comm.Alltoallv([pairs, (send_n * 2, sd * 2), MPI.INT64_T],
-                   [got, (recv_n * 2, rd * 2), MPI.INT64_T])
+    comm.Alltoallv([pairs, (send_n * 2, sd * 2), MPI.INT64_T], [got, (recv_n * 2, rd * 2), MPI.INT64_T])
     keys, inverse = np.unique(got[:, 0], return_inverse=True)
     return keys, np.bincount(inverse, weights=got[:, 1], minlength=len(keys)).astype(np.int64)
 

@@ -34,21 +34,31 @@ class PCA:
     """Fraction of the total variance the kept directions carry."""
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"pca_mean": self.mean, "pca_proj": self.proj, "pca_eigenvalues": self.eigenvalues,
-                "pca_explained": np.array(self.explained)}
+        return {
+            "pca_mean": self.mean,
+            "pca_proj": self.proj,
+            "pca_eigenvalues": self.eigenvalues,
+            "pca_explained": np.array(self.explained),
+        }
 
     @classmethod
-    def from_state(cls, state: dict) -> "PCA":
-        return cls(np.asarray(state["pca_mean"]), np.asarray(state["pca_proj"]),
-                   np.asarray(state["pca_eigenvalues"]), float(state["pca_explained"]))
+    def from_state(cls, state: dict) -> PCA:
+        return cls(
+            np.asarray(state["pca_mean"]),
+            np.asarray(state["pca_proj"]),
+            np.asarray(state["pca_eigenvalues"]),
+            float(state["pca_explained"]),
+        )
 
 
 def _rows(x_local: np.ndarray, lo: int, hi: int) -> np.ndarray:
     block = np.asarray(x_local[lo:hi], dtype=np.float32)
     if not np.isfinite(block).all():
         bad = lo + int(np.argwhere(~np.isfinite(block))[0, 0])
-        raise ValueError(f"local row {bad} holds NaN or inf; the features are corrupt "
-                         "(a diverged training run?) — re-extract them")
+        raise ValueError(
+            f"local row {bad} holds NaN or inf; the features are corrupt "
+            "(a diverged training run?) — re-extract them"
+        )
     return block
 
 
@@ -64,12 +74,17 @@ def _progress(name: str, done: int, total: int, t0: float, last: list[float]) ->
     if now - last[0] >= 10 or done == total:
         last[0] = now
         rate = done / max(now - t0, 1e-9)
-        log.info("%s: %d/%d rows (%.0f rows/s, ETA %.0f s)", name, done, total, rate,
-                 (total - done) / max(rate, 1e-9))
+        log.info(
+            "%s: %d/%d rows (%.0f rows/s, ETA %.0f s)",
+            name,
+            done,
+            total,
+            rate,
+            (total - done) / max(rate, 1e-9),
+        )
 
 
-def pca_fit(x_local: np.ndarray, d_out: int, comm=None, *, whiten: bool = True,
-            block: int = 8192) -> PCA:
+def pca_fit(x_local: np.ndarray, d_out: int, comm=None, *, whiten: bool = True, block: int = 8192) -> PCA:
     """Fit PCA (optionally whitening) on the rows of all ranks; every rank gets the same result.
 
     ``x_local`` is this rank's rows (any float dtype, a memmap is fine), taken from a shard of
@@ -87,8 +102,10 @@ def pca_fit(x_local: np.ndarray, d_out: int, comm=None, *, whiten: bool = True,
             np.maximum(maxabs, np.abs(_rows(x_local, lo, hi)).max(axis=0), out=maxabs)
     maxabs = global_max(maxabs, comm)
     # A data row as pivot: sums of (x - p) stay small, so S2/n - m m^T loses no precision.
-    pivot = broadcast(np.asarray(x_local[0], dtype=np.float32).copy() if comm.Get_rank() == 0
-                      else np.zeros(d, np.float32), comm).astype(np.float64)
+    pivot = broadcast(
+        np.asarray(x_local[0], dtype=np.float32).copy() if comm.Get_rank() == 0 else np.zeros(d, np.float32),
+        comm,
+    ).astype(np.float64)
     span = 2 * maxabs + 1e-30
     s1, s2 = FixedSum(d, n * span), FixedSum((d, d), n * np.outer(span, span))
     t0 = time.monotonic()
@@ -116,8 +133,7 @@ def pca_fit(x_local: np.ndarray, d_out: int, comm=None, *, whiten: bool = True,
     if whiten:
         floor = 1e-8 * max(float(values[0]), 1e-30)
         vectors = vectors / np.sqrt(values + floor)
-    return PCA(mean, vectors.astype(np.float32), values,
-               float(values.sum() / total) if total > 0 else 1.0)
+    return PCA(mean, vectors.astype(np.float32), values, float(values.sum() / total) if total > 0 else 1.0)
 
 
 def _eigh_rank0(cov: np.ndarray, comm) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +150,9 @@ def _eigh_rank0(cov: np.ndarray, comm) -> tuple[np.ndarray, np.ndarray]:
     return buf[0].copy(), buf[1:].copy()
 
 
-def pca_transform(x_local: np.ndarray, pca: PCA | None, *, l2_normalize: bool = True,
-                  block: int = 8192) -> np.ndarray:
+def pca_transform(
+    x_local: np.ndarray, pca: PCA | None, *, l2_normalize: bool = True, block: int = 8192
+) -> np.ndarray:
     """Project (and whiten) rows, then L2-normalise them; float32, shape (n_local, d_out).
 
     With ``pca=None`` the rows are only converted (and normalised).

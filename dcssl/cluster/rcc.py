@@ -59,8 +59,9 @@ def rcc_graph(x: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _laplacian(n: int, i: np.ndarray, j: np.ndarray, w: np.ndarray) -> sp.csr_matrix:
-    adj = sp.coo_matrix((np.concatenate([w, w]), (np.concatenate([i, j]), np.concatenate([j, i]))),
-                        shape=(n, n)).tocsr()
+    adj = sp.coo_matrix(
+        (np.concatenate([w, w]), (np.concatenate([i, j]), np.concatenate([j, i]))), shape=(n, n)
+    ).tocsr()
     return (sp.diags(np.asarray(adj.sum(axis=1)).ravel()) - adj).tocsr()
 
 
@@ -103,9 +104,18 @@ def _project(x: np.ndarray, dim: int) -> np.ndarray:
     return x
 
 
-def rcc(x: np.ndarray, *, knn: int = 10, dim: int = 32, iterations: int = 100, mu_every: int = 4,
-        tol: float = 1e-3, cg_tol: float = 1e-4, cg_iterations: int = 100,
-        seed: int = 0) -> tuple[np.ndarray, dict]:
+def rcc(
+    x: np.ndarray,
+    *,
+    knn: int = 10,
+    dim: int = 32,
+    iterations: int = 100,
+    mu_every: int = 4,
+    tol: float = 1e-3,
+    cg_tol: float = 1e-4,
+    cg_iterations: int = 100,
+    seed: int = 0,
+) -> tuple[np.ndarray, dict]:
     """Cluster the rows of ``x`` → (labels 0..K-1 int64 with K found by RCC, info dict)."""
     t0 = time.monotonic()
     n = len(x)
@@ -132,11 +142,12 @@ def rcc(x: np.ndarray, *, knn: int = 10, dim: int = 32, iterations: int = 100, m
     for it in range(1, iterations + 1):
         diff = ((u[i] - u[j]) ** 2).sum(axis=1)
         lpq = (mu / (mu + diff)) ** 2
-        objective.append(0.5 * float(((data - u) ** 2).sum()) + lam * 0.5 * float(
-            (lpq * weights) @ diff + mu * weights @ (np.sqrt(lpq) - 1) ** 2))
+        objective.append(
+            0.5 * float(((data - u) ** 2).sum())
+            + lam * 0.5 * float((lpq * weights) @ diff + mu * weights @ (np.sqrt(lpq) - 1) ** 2)
+        )
         lap = _laplacian(n, i, j, weights * lpq)
-        cg_total += _cg((sp.identity(n, format="csr") + lam * lap).tocsr(), data, u, cg_tol,
-                        cg_iterations)
+        cg_total += _cg((sp.identity(n, format="csr") + lam * lap).tocsr(), data, u, cg_tol, cg_iterations)
         count += 1
         small = len(objective) > 1 and abs(objective[-2] - objective[-1]) < tol * abs(objective[-1])
         if small or count == mu_every:
@@ -149,14 +160,35 @@ def rcc(x: np.ndarray, *, knn: int = 10, dim: int = 32, iterations: int = 100, m
             lam = xi / max(_top_eig(lap, seed), 1e-12)
             count = 0
         if it % 10 == 0:
-            log.info("RCC iteration %d/%d: objective %.6g, μ %.3g, %d CG steps so far, %.1f s",
-                     it, iterations, objective[-1], mu, cg_total, time.monotonic() - t0)
+            log.info(
+                "RCC iteration %d/%d: objective %.6g, μ %.3g, %d CG steps so far, %.1f s",
+                it,
+                iterations,
+                objective[-1],
+                mu,
+                cg_total,
+                time.monotonic() - t0,
+            )
     close = np.sqrt(((u[i] - u[j]) ** 2).sum(axis=1)) < epsilon
     graph = sp.coo_matrix((np.ones(int(close.sum())), (i[close], j[close])), shape=(n, n))
     k, labels = connected_components(graph, directed=False)
-    info = {"clusters": int(k), "iterations": it, "edges": int(len(i)), "cg_steps": cg_total,
-            "delta": delta, "epsilon": epsilon, "seconds_graph": t_graph,
-            "seconds": time.monotonic() - t0, "objective": objective[-1] if objective else None}
-    log.info("RCC on %d points: %d clusters after %d iterations (%d CG steps), %.1f s", n, k, it,
-             cg_total, info["seconds"])
+    info = {
+        "clusters": int(k),
+        "iterations": it,
+        "edges": int(len(i)),
+        "cg_steps": cg_total,
+        "delta": delta,
+        "epsilon": epsilon,
+        "seconds_graph": t_graph,
+        "seconds": time.monotonic() - t0,
+        "objective": objective[-1] if objective else None,
+    }
+    log.info(
+        "RCC on %d points: %d clusters after %d iterations (%d CG steps), %.1f s",
+        n,
+        k,
+        it,
+        cg_total,
+        info["seconds"],
+    )
     return labels.astype(np.int64), info

@@ -18,8 +18,7 @@ import numpy as np
 
 from hpc.checkpoint import CheckpointManager, atomic_path, atomic_write_text
 
-__all__ = ["FeatureBank", "open_features", "labels_dir", "checkpoints", "LabelsWriter",
-           "read_labels_range"]
+__all__ = ["FeatureBank", "open_features", "labels_dir", "checkpoints", "LabelsWriter", "read_labels_range"]
 
 
 def features_dir(run_dir: Path, epoch: int) -> Path:
@@ -40,30 +39,38 @@ class FeatureBank:
         """Memory-map only rows [start, stop) (float16)."""
         if stop <= start:
             return np.zeros((0, self.dim), dtype=np.float16)
-        return np.memmap(self.path, dtype=np.float16, mode="r", offset=start * self.dim * 2,
-                         shape=(stop - start, self.dim))
+        return np.memmap(
+            self.path, dtype=np.float16, mode="r", offset=start * self.dim * 2, shape=(stop - start, self.dim)
+        )
 
 
 def open_features(run_dir: Path, epoch: int) -> FeatureBank:
     """Validate epoch ``epoch``'s feature bank; ValueError with the fix otherwise."""
     folder = features_dir(run_dir, epoch)
     if not (folder / "COMPLETE").is_file():
-        raise ValueError(f"{folder}: no COMPLETE marker — the features of epoch {epoch} are missing "
-                         "or unfinished; run (or finish) that epoch's training segment first")
+        raise ValueError(
+            f"{folder}: no COMPLETE marker — the features of epoch {epoch} are missing "
+            "or unfinished; run (or finish) that epoch's training segment first"
+        )
     try:
         meta = json.loads((folder / "meta.json").read_text())
         n, dim, dtype = int(meta["n"]), int(meta["dim"]), meta.get("dtype", "float16")
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{folder / 'meta.json'}: unreadable ({err}); it must hold "
-                         '{"n": N, "dim": D, "dtype": "float16"} — re-extract the features') from None
+        raise ValueError(
+            f"{folder / 'meta.json'}: unreadable ({err}); it must hold "
+            '{"n": N, "dim": D, "dtype": "float16"} — re-extract the features'
+        ) from None
     if dtype != "float16":
-        raise ValueError(f"{folder / 'meta.json'}: dtype {dtype!r} is not supported; "
-                         "the feature bank must be float16")
+        raise ValueError(
+            f"{folder / 'meta.json'}: dtype {dtype!r} is not supported; the feature bank must be float16"
+        )
     path = folder / "embeddings.f16"
     size = path.stat().st_size if path.is_file() else -1
     if size != n * dim * 2:
-        raise ValueError(f"{path}: {size} bytes, expected n×dim×2 = {n * dim * 2} "
-                         "(truncated or wrong meta.json) — re-extract the features")
+        raise ValueError(
+            f"{path}: {size} bytes, expected n×dim×2 = {n * dim * 2} "
+            "(truncated or wrong meta.json) — re-extract the features"
+        )
     if n < 2:
         raise ValueError(f"{path}: only {n} rows; clustering needs at least 2")
     return FeatureBank(path, n, dim)

@@ -19,8 +19,10 @@ def check_overrides(overrides: list[str], sections: tuple[str, ...]) -> None:
     for item in overrides:
         key = item.split("=", 1)[0]
         if "=" not in item or key.split(".", 1)[0] not in sections or "." not in key:
-            raise UsageError(f"{item!r}: this subcommand takes overrides of "
-                             f"{', '.join(s + '.KEY=VALUE' for s in sections)}")
+            raise UsageError(
+                f"{item!r}: this subcommand takes overrides of "
+                f"{', '.join(s + '.KEY=VALUE' for s in sections)}"
+            )
 
 
 def load_configs(args: argparse.Namespace, cls: type[T], section: str) -> tuple[Path, TrainConfig, T]:

@@ -54,8 +54,7 @@ class EvalConfig:
             raise ValueError("knn_k must be ≥ 1 and knn_temperature > 0")
         if not self.linear_weight_decays or min(self.linear_weight_decays) < 0:
             raise ValueError("linear_weight_decays must be a non-empty list of values ≥ 0")
-        if (self.linear_max_iter < 1 or self.batch_size < 1
-                or min(self.size, self.raw_size, self.threads) < 0):
+        if self.linear_max_iter < 1 or self.batch_size < 1 or min(self.size, self.raw_size, self.threads) < 0:
             raise ValueError("linear_max_iter, batch_size must be ≥ 1; size, raw_size, threads ≥ 0")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")

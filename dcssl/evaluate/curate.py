@@ -59,8 +59,9 @@ def _quotas(sizes: np.ndarray, total: int) -> np.ndarray:
     return quota
 
 
-def sample_cluster(distances: np.ndarray, n: int, bins: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_cluster(
+    distances: np.ndarray, n: int, bins: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(positions picked, their bin) among one cluster's members, given their distances."""
     m = len(distances)
     order = np.argsort(distances, kind="stable")
@@ -99,8 +100,12 @@ def select(labels: np.ndarray, features: np.ndarray, cfg: CurateConfig) -> dict[
         chosen.append((members[pos], np.full(len(pos), c), which, distance[pos]))
     index, cluster, bins, dist = (np.concatenate(a) for a in zip(*chosen))
     keep = np.argsort(index)
-    return {"source_index": index[keep].astype(np.int64), "cluster": cluster[keep].astype(np.int32),
-            "bin": bins[keep].astype(np.int32), "distance": dist[keep].astype(np.float32)}
+    return {
+        "source_index": index[keep].astype(np.int64),
+        "cluster": cluster[keep].astype(np.int32),
+        "bin": bins[keep].astype(np.int32),
+        "distance": dist[keep].astype(np.float32),
+    }
 
 
 def newest_epoch(run_dir: Path) -> int:
@@ -109,16 +114,20 @@ def newest_epoch(run_dir: Path) -> int:
         epoch = int(marker.parent.name.split("-")[1])
         if (run_dir / "features" / f"epoch-{epoch:04d}" / "COMPLETE").is_file():
             return epoch
-    raise CurateError(f"{run_dir}: no epoch with both complete labels and features; train and "
-                      f"cluster the run first (`python -m dcssl.launch train {run_dir}`)")
+    raise CurateError(
+        f"{run_dir}: no epoch with both complete labels and features; train and "
+        f"cluster the run first (`python -m dcssl.launch train {run_dir}`)"
+    )
 
 
 def _load_epoch(run_dir: Path, epoch: int, n_tiles: int) -> tuple[np.ndarray, np.ndarray]:
     labels_dir = run_dir / "labels" / f"epoch-{epoch:04d}"
     features_dir = run_dir / "features" / f"epoch-{epoch:04d}"
     if not (labels_dir / "COMPLETE").is_file() or not (features_dir / "COMPLETE").is_file():
-        raise CurateError(f"epoch {epoch}: labels or features are not complete (features of old "
-                          f"epochs are pruned); pass curate.epoch=-1 for the newest usable one")
+        raise CurateError(
+            f"epoch {epoch}: labels or features are not complete (features of old "
+            f"epochs are pruned); pass curate.epoch=-1 for the newest usable one"
+        )
     meta = json.loads((features_dir / "meta.json").read_text())
     n, dim = int(meta["n"]), int(meta["dim"])
     if n != n_tiles:
@@ -126,8 +135,7 @@ def _load_epoch(run_dir: Path, epoch: int, n_tiles: int) -> tuple[np.ndarray, np
     labels = np.fromfile(labels_dir / "labels.i32", dtype=np.int32)
     if len(labels) != n_tiles:
         raise CurateError(f"{labels_dir / 'labels.i32'}: {len(labels)} labels for {n_tiles} tiles")
-    features = np.memmap(features_dir / "embeddings.f16", dtype=np.float16, mode="r",
-                         shape=(n, dim))
+    features = np.memmap(features_dir / "embeddings.f16", dtype=np.float16, mode="r", shape=(n, dim))
     return labels, features
 
 
@@ -141,15 +149,22 @@ def _copy_tiles(store: Store, index: np.ndarray, root: Path) -> None:
         with store.open_shard(int(s)) as src:
             attrs = dict(src.attrs)
             labelled = "labels" in src
-            with ShardWriter(root / "shards" / info.name, slide_id=info.slide_id,
-                             tile_size=int(attrs.get("tile_size", 0)),
-                             encoding=str(attrs.get("encoding", "jpeg")),
-                             mpp=float(attrs.get("mpp", float("nan"))),
-                             level=int(attrs.get("level", 0)),
-                             source_md5=str(attrs.get("source_md5", "")),
-                             with_labels=labelled) as writer:
-                writer.append(src["tiles"][rows], src["coords"][rows], src["tissue"][rows],
-                              src["labels"][rows] if labelled else None)
+            with ShardWriter(
+                root / "shards" / info.name,
+                slide_id=info.slide_id,
+                tile_size=int(attrs.get("tile_size", 0)),
+                encoding=str(attrs.get("encoding", "jpeg")),
+                mpp=float(attrs.get("mpp", float("nan"))),
+                level=int(attrs.get("level", 0)),
+                source_md5=str(attrs.get("source_md5", "")),
+                with_labels=labelled,
+            ) as writer:
+                writer.append(
+                    src["tiles"][rows],
+                    src["coords"][rows],
+                    src["tissue"][rows],
+                    src["labels"][rows] if labelled else None,
+                )
     for stale in (root / "shards").glob("*.h5"):
         if stale.name not in names:
             stale.unlink()  # from an earlier curation with other settings
@@ -176,14 +191,28 @@ def curate_run(run_dir: str | Path, cfg: CurateConfig) -> dict:
     sizes = np.bincount(labels[labels >= 0])
     picked = np.bincount(chosen["cluster"], minlength=len(sizes))
     document = {
-        "format": FORMAT, "source_store": str(store.root.resolve()), "epoch": epoch,
-        "per_cluster": cfg.per_cluster, "bins": cfg.bins, "seed": cfg.seed,
-        "n_tiles": int(len(index)), "n_clusters": int(np.count_nonzero(sizes)),
-        "shards": [{"name": store.shards[int(s)].name, "slide_id": store.shards[int(s)].slide_id,
-                    "rows": row[shard == s].tolist()} for s in np.unique(shard)],
-        "clusters": [{"cluster": int(c), "size": int(sizes[c]), "picked": int(picked[c])}
-                     for c in np.flatnonzero(sizes)],
-        "store": "store" if cfg.copy_tiles else None, "settings": settings,
+        "format": FORMAT,
+        "source_store": str(store.root.resolve()),
+        "epoch": epoch,
+        "per_cluster": cfg.per_cluster,
+        "bins": cfg.bins,
+        "seed": cfg.seed,
+        "n_tiles": int(len(index)),
+        "n_clusters": int(np.count_nonzero(sizes)),
+        "shards": [
+            {
+                "name": store.shards[int(s)].name,
+                "slide_id": store.shards[int(s)].slide_id,
+                "rows": row[shard == s].tolist(),
+            }
+            for s in np.unique(shard)
+        ],
+        "clusters": [
+            {"cluster": int(c), "size": int(sizes[c]), "picked": int(picked[c])}
+            for c in np.flatnonzero(sizes)
+        ],
+        "store": "store" if cfg.copy_tiles else None,
+        "settings": settings,
     }
     with atomic_path(out / "selection.npz") as tmp:
         with open(tmp, "wb") as handle:
@@ -193,6 +222,7 @@ def curate_run(run_dir: str | Path, cfg: CurateConfig) -> dict:
     elif (out / "store").is_dir():
         shutil.rmtree(out / "store")
     atomic_write_text(manifest, json.dumps(document))  # last: it marks the curation complete
-    log.info("curated %d tiles from %d clusters (epoch %d) into %s", len(index),
-             document["n_clusters"], epoch, out)
+    log.info(
+        "curated %d tiles from %d clusters (epoch %d) into %s", len(index), document["n_clusters"], epoch, out
+    )
     return document

@@ -40,13 +40,18 @@ def default_embed_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / "embed" / "features.h5"
 
 
-def _identity(store: Store, cfg: EmbedConfig, train_cfg: TrainConfig, step: int | None,
-              size: int) -> dict:
+def _identity(store: Store, cfg: EmbedConfig, train_cfg: TrainConfig, step: int | None, size: int) -> dict:
     """What the file's contents depend on: a finished or partial file must match all of it."""
-    return {"store": str(store.root.resolve()), "n_tiles": store.n_tiles,
-            "checkpoint_step": -1 if step is None else step, "layer": cfg.layer,
-            "dtype": cfg.dtype, "size": size, "arch": train_cfg.model.arch,
-            "width": train_cfg.model.width}
+    return {
+        "store": str(store.root.resolve()),
+        "n_tiles": store.n_tiles,
+        "checkpoint_step": -1 if step is None else step,
+        "layer": cfg.layer,
+        "dtype": cfg.dtype,
+        "size": size,
+        "arch": train_cfg.model.arch,
+        "width": train_cfg.model.width,
+    }
 
 
 def _matches(path: Path, identity: dict) -> bool:
@@ -65,7 +70,7 @@ def _write_index(f: h5py.File, store: Store) -> None:
     coords = f.create_dataset("coords", shape=(store.n_tiles, 2), dtype=np.int64)
     for i, info in enumerate(store.shards):
         with store.open_shard(i) as shard:
-            coords[info.offset:info.offset + info.n_tiles] = shard["coords"][:]
+            coords[info.offset : info.offset + info.n_tiles] = shard["coords"][:]
 
 
 def _finish(partial: Path, out: Path) -> None:
@@ -79,8 +84,13 @@ def _finish(partial: Path, out: Path) -> None:
         os.close(fd)
 
 
-def embed_store(run_dir: str | Path, store_path: str | Path, cfg: EmbedConfig,
-                train_cfg: TrainConfig, out: str | Path | None = None) -> dict:
+def embed_store(
+    run_dir: str | Path,
+    store_path: str | Path,
+    cfg: EmbedConfig,
+    train_cfg: TrainConfig,
+    out: str | Path | None = None,
+) -> dict:
     """Write (or finish, or keep) the features file; a summary dict."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else default_embed_path(run_dir)
@@ -110,19 +120,32 @@ def embed_store(run_dir: str | Path, store_path: str | Path, cfg: EmbedConfig,
             log.info("resuming %s at tile %d of %d", partial, done, store.n_tiles)
         for start in range(done, store.n_tiles, cfg.chunk_tiles):
             stop = min(store.n_tiles, start + cfg.chunk_tiles)
-            feats = extract_features(encoder, StoreSource(store, np.arange(start, stop)),
-                                     train_cfg.augment, size, cfg.batch_size,
-                                     f"embed tiles {start}-{stop}")
+            feats = extract_features(
+                encoder,
+                StoreSource(store, np.arange(start, stop)),
+                train_cfg.augment,
+                size,
+                cfg.batch_size,
+                f"embed tiles {start}-{stop}",
+            )
             if "features" not in f:
-                f.create_dataset("features", shape=(store.n_tiles, feats.shape[1]),
-                                 dtype=cfg.dtype, chunks=(min(1024, store.n_tiles),
-                                                          feats.shape[1]))
+                f.create_dataset(
+                    "features",
+                    shape=(store.n_tiles, feats.shape[1]),
+                    dtype=cfg.dtype,
+                    chunks=(min(1024, store.n_tiles), feats.shape[1]),
+                )
                 f.attrs["dim"] = feats.shape[1]
             f["features"][start:stop] = feats.astype(cfg.dtype)
             f.attrs["tiles_done"] = stop  # only after the rows: a crash redoes this chunk
             f.flush()
             rate = (stop - done) / max(time.time() - started, 1e-9)
-            log.info("embedded %d/%d tiles (%.0f tiles/s, ETA %.0f s)", stop, store.n_tiles, rate,
-                     (store.n_tiles - stop) / rate)
+            log.info(
+                "embedded %d/%d tiles (%.0f tiles/s, ETA %.0f s)",
+                stop,
+                store.n_tiles,
+                rate,
+                (store.n_tiles - stop) / rate,
+            )
     _finish(partial, out)
     return {**summary, "skipped": False, "seconds": round(time.time() - started, 1)}

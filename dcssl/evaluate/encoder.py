@@ -13,8 +13,14 @@ from dcssl.train.config import TrainConfig
 from dcssl.train.model import DeepClusterNet
 from dcssl.train.segment import checkpoint_manager
 
-__all__ = ["LoadedEncoder", "FrozenEncoder", "random_encoder", "trained_encoder",
-           "checkpoint_folder", "NoCheckpoint"]
+__all__ = [
+    "LoadedEncoder",
+    "FrozenEncoder",
+    "random_encoder",
+    "trained_encoder",
+    "checkpoint_folder",
+    "NoCheckpoint",
+]
 
 # the head is re-drawn every epoch and its row count follows k: never needed for features
 _SKIP = ("head.", "active_k")
@@ -77,17 +83,19 @@ def trained_encoder(run_dir: str | Path, cfg: TrainConfig) -> LoadedEncoder:
     manager = checkpoint_manager(run_dir)
     latest = manager.load_latest()
     if latest is None:
-        raise NoCheckpoint(f"{folder}: no train checkpoint; train the run first "
-                           f"(`python -m dcssl.launch train {run_dir}`)")
+        raise NoCheckpoint(
+            f"{folder}: no train checkpoint; train the run first (`python -m dcssl.launch train {run_dir}`)"
+        )
     step, state = latest
     weights = {k: v for k, v in _model_state(state).items() if not k.startswith(_SKIP)}
     net = random_encoder(cfg).net
     missing, unexpected = net.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.startswith(_SKIP)]
     if missing or unexpected:
-        raise ValueError(f"{folder}: checkpoint does not match train.model "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}); evaluate with the "
-                         f"run's own config")
+        raise ValueError(
+            f"{folder}: checkpoint does not match train.model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); evaluate with the "
+            f"run's own config"
+        )
     epoch = state.get("epoch") if isinstance(state, dict) else None
-    return LoadedEncoder(net.eval(), step, None if epoch is None else int(epoch),
-                         manager.path_for(step))
+    return LoadedEncoder(net.eval(), step, None if epoch is None else int(epoch), manager.path_for(step))

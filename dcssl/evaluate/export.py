@@ -28,13 +28,14 @@ def default_export_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / "export" / "encoder.pt"
 
 
-def torchvision_state_dict(trunk: torch.nn.Module, seed: int = 0,
-                           num_classes: int = 1000) -> dict[str, torch.Tensor]:
+def torchvision_state_dict(
+    trunk: torch.nn.Module, seed: int = 0, num_classes: int = 1000
+) -> dict[str, torch.Tensor]:
     """The trunk's tensors under torchvision's keys, with a freshly drawn ``fc``."""
     state = {k: v.detach().clone() for k, v in trunk.state_dict().items()}
     generator = torch.Generator().manual_seed(seed)
     fc = torch.nn.Linear(trunk.out_dim, num_classes)
-    bound = 1.0 / trunk.out_dim ** 0.5  # nn.Linear's default init, as torchvision leaves fc
+    bound = 1.0 / trunk.out_dim**0.5  # nn.Linear's default init, as torchvision leaves fc
     with torch.no_grad():
         fc.weight.uniform_(-bound, bound, generator=generator)
         fc.bias.uniform_(-bound, bound, generator=generator)
@@ -66,8 +67,9 @@ def _rebuild_instructions(cfg: TrainConfig) -> str:
         args += ", in_channels=2"
     if cfg.model.stem != "imagenet":
         args += f", stem={cfg.model.stem!r}"
-    how = (f"dcssl.train.model.build_trunk({args}) then load_state_dict(strict=False) "
-           f"(fc is an Identity there)")
+    how = (
+        f"dcssl.train.model.build_trunk({args}) then load_state_dict(strict=False) (fc is an Identity there)"
+    )
     return how + ("; inputs go through dcssl.train.model.Sobel first" if cfg.model.sobel else "")
 
 
@@ -82,18 +84,33 @@ def export_encoder(run_dir: str | Path, cfg: TrainConfig, out: str | Path | None
     # load (width 64) or would compute something else, so it is never called compatible.
     compatible = cfg.model.width == 64 and not cfg.model.sobel and cfg.model.stem == "imagenet"
     run_config = _run_config(run_dir)
-    how = (f"torchvision.models.{cfg.model.arch}().load_state_dict(torch.load(PATH))"
-           if compatible else _rebuild_instructions(cfg))
+    how = (
+        f"torchvision.models.{cfg.model.arch}().load_state_dict(torch.load(PATH))"
+        if compatible
+        else _rebuild_instructions(cfg)
+    )
     document = {
-        "file": out.name, "arch": cfg.model.arch, "width": cfg.model.width,
-        "stem": cfg.model.stem, "sobel": cfg.model.sobel, "feature_dim": trunk.out_dim,
-        "torchvision_compatible": compatible, "load": how,
+        "file": out.name,
+        "arch": cfg.model.arch,
+        "width": cfg.model.width,
+        "stem": cfg.model.stem,
+        "sobel": cfg.model.sobel,
+        "feature_dim": trunk.out_dim,
+        "torchvision_compatible": compatible,
+        "load": how,
         "fc": "fresh nn.Linear init (seed 0): DeepCluster trains no fc; replace it",
-        "input": {"size": cfg.augment.size, "mean": cfg.augment.mean, "std": cfg.augment.std,
-                  "range": "RGB in [0, 1], then (x - mean) / std"},
-        "epoch": loaded.epoch, "k": _clusters(run_dir, run_config),
-        "checkpoint": str(loaded.checkpoint), "checkpoint_step": loaded.step,
-        "run_dir": str(run_dir.resolve()), "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "input": {
+            "size": cfg.augment.size,
+            "mean": cfg.augment.mean,
+            "std": cfg.augment.std,
+            "range": "RGB in [0, 1], then (x - mean) / std",
+        },
+        "epoch": loaded.epoch,
+        "k": _clusters(run_dir, run_config),
+        "checkpoint": str(loaded.checkpoint),
+        "checkpoint_step": loaded.step,
+        "run_dir": str(run_dir.resolve()),
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": run_config,
     }
     with atomic_path(out) as tmp:

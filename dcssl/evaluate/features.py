@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,9 +32,14 @@ def batches(n: int, batch_size: int) -> Iterator[np.ndarray]:
 
 
 @torch.no_grad()
-def extract_features(encoder: Callable[[torch.Tensor], torch.Tensor], source: TileSource,
-                     augment: AugmentConfig, size: int, batch_size: int = 256,
-                     what: str = "features") -> np.ndarray:
+def extract_features(
+    encoder: Callable[[torch.Tensor], torch.Tensor],
+    source: TileSource,
+    augment: AugmentConfig,
+    size: int,
+    batch_size: int = 256,
+    what: str = "features",
+) -> np.ndarray:
     """N×d float32 features of every tile of ``source``, in order."""
     n, out, started, last_log = len(source), None, time.time(), time.time()
     for positions in batches(n, batch_size):
@@ -45,7 +50,6 @@ def extract_features(encoder: Callable[[torch.Tensor], torch.Tensor], source: Ti
         done = int(positions[-1]) + 1
         if time.time() - last_log > 10 or done == n:
             rate = done / max(time.time() - started, 1e-9)
-            log.info("%s: %d/%d tiles, %.0f tiles/s, ETA %.0f s", what, done, n, rate,
-                     (n - done) / rate)
+            log.info("%s: %d/%d tiles, %.0f tiles/s, ETA %.0f s", what, done, n, rate, (n - done) / rate)
             last_log = time.time()
     return out if out is not None else np.empty((0, 0), dtype=np.float32)

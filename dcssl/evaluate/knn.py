@@ -17,9 +17,15 @@ def _normalise(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(t, dim=1)
 
 
-def knn_predict(train_x: np.ndarray, train_y: np.ndarray, query_x: np.ndarray, k: int = 20,
-                temperature: float = 0.07, n_classes: int | None = None,
-                block: int = 1024) -> np.ndarray:
+def knn_predict(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    query_x: np.ndarray,
+    k: int = 20,
+    temperature: float = 0.07,
+    n_classes: int | None = None,
+    block: int = 1024,
+) -> np.ndarray:
     """Predicted class of every query row (int64)."""
     if len(train_x) == 0:
         raise ValueError("k-NN needs at least one reference example")
@@ -30,17 +36,23 @@ def knn_predict(train_x: np.ndarray, train_y: np.ndarray, query_x: np.ndarray, k
     queries = _normalise(query_x)
     out = np.empty(len(queries), dtype=np.int64)
     for start in range(0, len(queries), block):
-        sims = queries[start:start + block] @ ref.T
+        sims = queries[start : start + block] @ ref.T
         top_sim, top_idx = sims.topk(k, dim=1)
         weights = (top_sim / temperature).exp()
         votes = torch.zeros(len(sims), n_classes)
         votes.scatter_add_(1, labels[top_idx], weights)
-        out[start:start + len(sims)] = votes.argmax(1).numpy()
+        out[start : start + len(sims)] = votes.argmax(1).numpy()
     return out
 
 
-def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, query_x: np.ndarray,
-                 query_y: np.ndarray, k: int = 20, temperature: float = 0.07) -> float:
+def knn_accuracy(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    query_x: np.ndarray,
+    query_y: np.ndarray,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> float:
     """Top-1 accuracy in [0, 1] of the weighted k-NN classifier on the queries."""
     n_classes = int(max(np.max(train_y), np.max(query_y)) + 1)
     pred = knn_predict(train_x, train_y, query_x, k, temperature, n_classes)

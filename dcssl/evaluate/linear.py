@@ -7,7 +7,7 @@ picked on a stratified hold-out of the reference set, then the probe is refitted
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -23,8 +23,14 @@ def _standardise(train_x: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]
     return [(torch.as_tensor(np.asarray(o, dtype=np.float32)) - mean) / std for o in (x, *others)]
 
 
-def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float,
-              max_iter: int = 100, start: torch.nn.Linear | None = None) -> torch.nn.Linear:
+def fit_probe(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    weight_decay: float,
+    max_iter: int = 100,
+    start: torch.nn.Linear | None = None,
+) -> torch.nn.Linear:
     """A linear layer fitted by L-BFGS to minimise cross-entropy + weight_decay/2 · ‖W‖².
 
     ``start``: warm start from another probe's weights (a neighbouring penalty converges in a
@@ -34,8 +40,9 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: fl
     with torch.no_grad():
         probe.weight.copy_(start.weight if start is not None else torch.zeros_like(probe.weight))
         probe.bias.copy_(start.bias if start is not None else torch.zeros_like(probe.bias))
-    optimiser = torch.optim.LBFGS(probe.parameters(), lr=1.0, max_iter=max_iter,
-                                  history_size=20, line_search_fn="strong_wolfe")
+    optimiser = torch.optim.LBFGS(
+        probe.parameters(), lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
@@ -65,8 +72,9 @@ def _accuracy(probe: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float
         return float((probe(x).argmax(1) == y).float().mean())
 
 
-def _pick_weight_decay(x: np.ndarray, y: np.ndarray, n_classes: int,
-                       weight_decays: list[float], max_iter: int, seed: int) -> float:
+def _pick_weight_decay(
+    x: np.ndarray, y: np.ndarray, n_classes: int, weight_decays: list[float], max_iter: int, seed: int
+) -> float:
     if len(weight_decays) == 1 or len(y) < 2 * n_classes:
         return weight_decays[len(weight_decays) // 2]
     fit, held = stratified_split(y, 0.2, seed)
@@ -77,8 +85,15 @@ def _pick_weight_decay(x: np.ndarray, y: np.ndarray, n_classes: int,
     return max(scores)[1]  # ties go to the larger penalty
 
 
-def _path(fit_x: torch.Tensor, fit_y: torch.Tensor, held_x: torch.Tensor, held_y: torch.Tensor,
-          n_classes: int, weight_decays: list[float], max_iter: int) -> list[tuple[float, float]]:
+def _path(
+    fit_x: torch.Tensor,
+    fit_y: torch.Tensor,
+    held_x: torch.Tensor,
+    held_y: torch.Tensor,
+    n_classes: int,
+    weight_decays: list[float],
+    max_iter: int,
+) -> list[tuple[float, float]]:
     """(held-out accuracy, penalty) along the regularisation path."""
     scores, probe = [], None
     for wd in sorted(weight_decays, reverse=True):  # strong → weak penalty, each warm-started
@@ -87,15 +102,20 @@ def _path(fit_x: torch.Tensor, fit_y: torch.Tensor, held_x: torch.Tensor, held_y
     return scores
 
 
-def linear_accuracy(train_x: np.ndarray, train_y: np.ndarray, query_x: np.ndarray,
-                    query_y: np.ndarray, weight_decays: list[float] = (1e-4, 1e-3, 1e-2, 1e-1),
-                    max_iter: int = 100, seed: int = 0) -> tuple[float, float]:
+def linear_accuracy(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    query_x: np.ndarray,
+    query_y: np.ndarray,
+    weight_decays: list[float] = (1e-4, 1e-3, 1e-2, 1e-1),
+    max_iter: int = 100,
+    seed: int = 0,
+) -> tuple[float, float]:
     """(top-1 accuracy on the queries, the chosen L2 penalty)."""
     train_y = np.asarray(train_y, dtype=np.int64)
     query_y = np.asarray(query_y, dtype=np.int64)
     n_classes = int(max(train_y.max(), query_y.max()) + 1)
-    wd = _pick_weight_decay(np.asarray(train_x), train_y, n_classes, sorted(weight_decays),
-                            max_iter, seed)
+    wd = _pick_weight_decay(np.asarray(train_x), train_y, n_classes, sorted(weight_decays), max_iter, seed)
     x, q = _standardise(train_x, query_x)
     with _threads_for(x):
         probe = fit_probe(x, torch.as_tensor(train_y), n_classes, wd, max_iter)

@@ -44,42 +44,63 @@ def raw_pixel_features(source: TileSource, size: int = 0, batch_size: int = 1024
     return out
 
 
-def _score(cfg: EvalConfig, name: str, ref: np.ndarray, ref_y: np.ndarray, query: np.ndarray,
-           query_y: np.ndarray, linear: bool = True) -> list[dict]:
+def _score(
+    cfg: EvalConfig,
+    name: str,
+    ref: np.ndarray,
+    ref_y: np.ndarray,
+    query: np.ndarray,
+    query_y: np.ndarray,
+    linear: bool = True,
+) -> list[dict]:
     rows = []
     for fraction in sorted(cfg.fractions):
         subset = fraction_subset(ref_y, fraction, cfg.seed)
         started = time.time()
-        knn = knn_accuracy(ref[subset], ref_y[subset], query, query_y, cfg.knn_k,
-                           cfg.knn_temperature)
+        knn = knn_accuracy(ref[subset], ref_y[subset], query, query_y, cfg.knn_k, cfg.knn_temperature)
         row = {"encoder": name, "fraction": fraction, "n_labels": int(len(subset)), "knn": knn}
         if linear:
             row["linear"], row["linear_weight_decay"] = linear_accuracy(
-                ref[subset], ref_y[subset], query, query_y, cfg.linear_weight_decays,
-                cfg.linear_max_iter, cfg.seed)
-        log.info("%s at %g of the labels (%d): k-NN %.4f%s (%.1f s)", name, fraction, len(subset),
-                 knn, f", linear {row['linear']:.4f}" if linear else "", time.time() - started)
+                ref[subset],
+                ref_y[subset],
+                query,
+                query_y,
+                cfg.linear_weight_decays,
+                cfg.linear_max_iter,
+                cfg.seed,
+            )
+        log.info(
+            "%s at %g of the labels (%d): k-NN %.4f%s (%.1f s)",
+            name,
+            fraction,
+            len(subset),
+            knn,
+            f", linear {row['linear']:.4f}" if linear else "",
+            time.time() - started,
+        )
         rows.append(row)
     return rows
 
 
-def evaluate_encoders(data: LabelledSet, encoders: dict[str, LoadedEncoder], cfg: EvalConfig,
-                      train_cfg: TrainConfig) -> list[dict]:
+def evaluate_encoders(
+    data: LabelledSet, encoders: dict[str, LoadedEncoder], cfg: EvalConfig, train_cfg: TrainConfig
+) -> list[dict]:
     """Rows of {encoder, fraction, n_labels, knn, linear, linear_weight_decay}."""
     size = cfg.size or train_cfg.augment.size
     rows: list[dict] = []
     for name, loaded in encoders.items():
         encoder = FrozenEncoder(loaded.net, cfg.layer)
-        ref = extract_features(encoder, data.reference, train_cfg.augment, size, cfg.batch_size,
-                               f"{name} reference")
-        query = extract_features(encoder, data.queries, train_cfg.augment, size, cfg.batch_size,
-                                 f"{name} queries")
+        ref = extract_features(
+            encoder, data.reference, train_cfg.augment, size, cfg.batch_size, f"{name} reference"
+        )
+        query = extract_features(
+            encoder, data.queries, train_cfg.augment, size, cfg.batch_size, f"{name} queries"
+        )
         rows += _score(cfg, name, ref, data.reference_labels, query, data.query_labels)
     if cfg.raw_pixels:
         ref = raw_pixel_features(data.reference, cfg.raw_size)
         query = raw_pixel_features(data.queries, cfg.raw_size)
-        rows += _score(cfg, "raw_pixels", ref, data.reference_labels, query, data.query_labels,
-                       linear=False)
+        rows += _score(cfg, "raw_pixels", ref, data.reference_labels, query, data.query_labels, linear=False)
     return rows
 
 
@@ -99,30 +120,44 @@ def format_table(rows: list[dict]) -> list[str]:
     lines = [f"{'encoder':<12} {'labels':>7} {'n':>7} {'k-NN':>7} {'linear':>7}"]
     for r in rows:
         linear = f"{r['linear']:7.4f}" if "linear" in r else f"{'-':>7}"
-        lines.append(f"{r['encoder']:<12} {r['fraction']:>7.0%} {r['n_labels']:>7d} "
-                     f"{r['knn']:7.4f} {linear}")
+        lines.append(f"{r['encoder']:<12} {r['fraction']:>7.0%} {r['n_labels']:>7d} {r['knn']:7.4f} {linear}")
     return lines
 
 
-def evaluate(run_dir: str | Path, data_path: str | Path, cfg: EvalConfig,
-             train_cfg: TrainConfig) -> dict:
+def evaluate(run_dir: str | Path, data_path: str | Path, cfg: EvalConfig, train_cfg: TrainConfig) -> dict:
     """Evaluate the run's newest checkpoint and its random init; write RUN/eval/eval.json."""
     started = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_labelled(data_path, cfg.test_fraction, cfg.seed)
-    log.info("%s: %d reference, %d queries, %d classes", data.description,
-             len(data.reference_labels), len(data.query_labels), data.n_classes)
+    log.info(
+        "%s: %d reference, %d queries, %d classes",
+        data.description,
+        len(data.reference_labels),
+        len(data.query_labels),
+        data.n_classes,
+    )
     trained = trained_encoder(run_dir, train_cfg)
     encoders = {"pretrained": trained, "random": random_encoder(train_cfg)}
     rows = evaluate_encoders(data, encoders, cfg, train_cfg)
-    result = {**_headline(rows), "rows": rows, "data": str(data_path),
-              "split": data.description, "n_reference": int(len(data.reference_labels)),
-              "n_queries": int(len(data.query_labels)), "n_classes": data.n_classes,
-              "checkpoint": str(trained.checkpoint), "checkpoint_step": trained.step,
-              "checkpoint_epoch": trained.epoch, "arch": train_cfg.model.arch,
-              "width": train_cfg.model.width, "layer": cfg.layer,
-              "size": cfg.size or train_cfg.augment.size, "knn_k": cfg.knn_k,
-              "knn_temperature": cfg.knn_temperature, "seconds": round(time.time() - started, 1)}
+    result = {
+        **_headline(rows),
+        "rows": rows,
+        "data": str(data_path),
+        "split": data.description,
+        "n_reference": int(len(data.reference_labels)),
+        "n_queries": int(len(data.query_labels)),
+        "n_classes": data.n_classes,
+        "checkpoint": str(trained.checkpoint),
+        "checkpoint_step": trained.step,
+        "checkpoint_epoch": trained.epoch,
+        "arch": train_cfg.model.arch,
+        "width": train_cfg.model.width,
+        "layer": cfg.layer,
+        "size": cfg.size or train_cfg.augment.size,
+        "knn_k": cfg.knn_k,
+        "knn_temperature": cfg.knn_temperature,
+        "seconds": round(time.time() - started, 1),
+    }
     atomic_write_text(eval_path(run_dir), json.dumps(result, indent=1))
     return result

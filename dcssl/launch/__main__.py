@@ -41,8 +41,11 @@ def _load(name: str):
 
 
 def _usage() -> str:
-    lines = ["usage: python -m dcssl.launch <subcommand> [RUN_DIR] [options] [section.key=value …]",
-             "", "subcommands:"]
+    lines = [
+        "usage: python -m dcssl.launch <subcommand> [RUN_DIR] [options] [section.key=value …]",
+        "",
+        "subcommands:",
+    ]
     lines += [f"  {name:<8} {text}" for name, text in SUBCOMMANDS.items()]
     return "\n".join(lines)
 

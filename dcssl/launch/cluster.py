@@ -19,17 +19,21 @@ from dcssl.pipeline.steps import Step
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     parser.add_argument("--epoch", type=int, required=True, help="whose features to cluster")
-    parser.add_argument("--executor", choices=["local", "slurm"], default=None,
-                        help="override executor_cluster.kind")
-    parser.add_argument("--redo", action="store_true",
-                        help="delete this epoch's labels first and cluster again")
+    parser.add_argument(
+        "--executor", choices=["local", "slurm"], default=None, help="override executor_cluster.kind"
+    )
+    parser.add_argument(
+        "--redo", action="store_true", help="delete this epoch's labels first and cluster again"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     paths = RunPaths(existing_run_dir(args.run_dir))
     if not paths.features_complete(args.epoch):
-        raise UsageError(f"{paths.features(args.epoch)}: no complete features for epoch "
-                         f"{args.epoch}; run `launch train` first")
+        raise UsageError(
+            f"{paths.features(args.epoch)}: no complete features for epoch "
+            f"{args.epoch}; run `launch train` first"
+        )
     cfg = load_run_config(paths.root, args.config, args.overrides)
     executor = replace(cfg.executor_cluster, kind=args.executor or cfg.executor_cluster.kind)
     save_run_config(paths.root, cfg)  # the job reads the run's config: overrides are kept

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from dcssl.evaluate.cli import check_overrides, print_json_line
 from dcssl.config import load_section
+from dcssl.evaluate.cli import check_overrides, print_json_line
 from dcssl.evaluate.config import CurateConfig
 from dcssl.evaluate.curate import CurateError, curate_run
 from dcssl.launch.common import UsageError, add_run_arguments, existing_run_dir
@@ -13,8 +13,9 @@ from dcssl.launch.common import UsageError, add_run_arguments, existing_run_dir
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
-    parser.add_argument("--per-cluster", type=int, default=None,
-                        help="tiles per cluster (overrides curate.per_cluster)")
+    parser.add_argument(
+        "--per-cluster", type=int, default=None, help="tiles per cluster (overrides curate.per_cluster)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,8 +29,11 @@ def run(args: argparse.Namespace) -> int:
         document = curate_run(run_dir, cfg)
     except (CurateError, FileNotFoundError) as err:
         raise UsageError(str(err)) from None
-    print(f"curated {document['n_tiles']} tiles from {document['n_clusters']} clusters of epoch "
-          f"{document['epoch']}: {run_dir / 'curated' / 'manifest.json'}")
-    print_json_line({k: document[k] for k in ("n_tiles", "n_clusters", "epoch", "per_cluster",
-                                              "bins", "store")})
+    print(
+        f"curated {document['n_tiles']} tiles from {document['n_clusters']} clusters of epoch "
+        f"{document['epoch']}: {run_dir / 'curated' / 'manifest.json'}"
+    )
+    print_json_line(
+        {k: document[k] for k in ("n_tiles", "n_clusters", "epoch", "per_cluster", "bins", "store")}
+    )
     return 0

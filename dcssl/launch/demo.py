@@ -13,10 +13,14 @@ from importlib import resources
 from pathlib import Path
 
 DEMO_OVERRIDES = [
-    "tile.tile_size=96",            # ≈240 tissue tiles from the small slide instead of ≈45 at 224 px
-    "train.model.arch=resnet18", "train.model.proj_dim=64",  # torchvision resnet18, exportable
-    "train.augment.size=64", "train.data.batch_size=32", "train.data.workers=0",
-    "cluster.k=8", "cluster.pca_dim=32",
+    "tile.tile_size=96",  # ≈240 tissue tiles from the small slide instead of ≈45 at 224 px
+    "train.model.arch=resnet18",
+    "train.model.proj_dim=64",  # torchvision resnet18, exportable
+    "train.augment.size=64",
+    "train.data.batch_size=32",
+    "train.data.workers=0",
+    "cluster.k=8",
+    "cluster.pca_dim=32",
     "loop.epochs=3",
 ]
 
@@ -26,12 +30,22 @@ def demo_slide() -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"),
-                        help="run directory to create or resume (default: runs/demo)")
-    parser.add_argument("--slides", default=None,
-                        help="slides to use instead of the shipped one (folder, glob or manifest)")
-    parser.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
-                        help="override any setting, e.g. loop.epochs=5")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/demo"),
+        help="run directory to create or resume (default: runs/demo)",
+    )
+    parser.add_argument(
+        "--slides", default=None, help="slides to use instead of the shipped one (folder, glob or manifest)"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="section.key=value",
+        help="override any setting, e.g. loop.epochs=5",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     out, overrides = str(args.out), [*DEMO_OVERRIDES, *args.overrides]
     stages = [
-        ["tile", out, "--slides", str(args.slides or demo_slide()), "--executor", "local",
-         *overrides],
+        ["tile", out, "--slides", str(args.slides or demo_slide()), "--executor", "local", *overrides],
         ["train", out, "--executor", "local", *overrides],
         ["export", out],
     ]
@@ -48,9 +61,11 @@ def run(args: argparse.Namespace) -> int:
         code = launch(argv)
         if code != 0:
             return code
-    print(f"\ndemo finished: {out}\n"
-          f"  chart    {args.out / 'charts' / 'progress.png'}\n"
-          f"  metrics  {args.out / 'metrics.jsonl'}\n"
-          f"  encoder  {args.out / 'export'}\n"
-          f"  status   python -m dcssl.launch status {out}")
+    print(
+        f"\ndemo finished: {out}\n"
+        f"  chart    {args.out / 'charts' / 'progress.png'}\n"
+        f"  metrics  {args.out / 'metrics.jsonl'}\n"
+        f"  encoder  {args.out / 'export'}\n"
+        f"  status   python -m dcssl.launch status {out}"
+    )
     return 0

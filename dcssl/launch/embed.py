@@ -15,22 +15,25 @@ from dcssl.launch.common import UsageError, add_run_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
-    parser.add_argument("--store", type=Path, default=None,
-                        help="tile store to embed (a store folder or a run directory; default "
-                             "the run's own store)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="HDF5 file (default RUN/embed/features.h5)")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="tile store to embed (a store folder or a run directory; default the run's own store)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="HDF5 file (default RUN/embed/features.h5)")
 
 
 def run(args: argparse.Namespace) -> int:
     run_dir, train_cfg, cfg = load_configs(args, EmbedConfig, "embed")
     try:
         store = find_store(args.store or run_dir)
-        summary = embed_store(run_dir, store.root, cfg, train_cfg,
-                              args.out or default_embed_path(run_dir))
+        summary = embed_store(run_dir, store.root, cfg, train_cfg, args.out or default_embed_path(run_dir))
     except (LabelledDataError, NoCheckpoint) as err:
         raise UsageError(str(err)) from None
-    print(f"{'kept' if summary['skipped'] else 'wrote'} {summary['out']}: "
-          f"{summary['n_tiles']} tiles, checkpoint step {summary['checkpoint_step']}")
+    print(
+        f"{'kept' if summary['skipped'] else 'wrote'} {summary['out']}: "
+        f"{summary['n_tiles']} tiles, checkpoint step {summary['checkpoint_step']}"
+    )
     print_json_line(summary)
     return 0

@@ -20,10 +20,15 @@ from dcssl.launch.common import UsageError, add_run_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
-    parser.add_argument("--data", type=Path, required=True,
-                        help="labelled set: an ingested store folder or a MedMNIST-style .npz")
-    parser.add_argument("--fractions", default=None,
-                        help="label fractions, comma-separated (default 0.01,0.1,1)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="labelled set: an ingested store folder or a MedMNIST-style .npz",
+    )
+    parser.add_argument(
+        "--fractions", default=None, help="label fractions, comma-separated (default 0.01,0.1,1)"
+    )
 
 
 def _fractions(text: str) -> list[float]:
@@ -44,9 +49,11 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(run_dir, args.data, cfg, train_cfg)
     except (LabelledDataError, NoCheckpoint) as err:
         raise UsageError(str(err)) from None
-    print(f"\n{result['split']}; {result['n_classes']} classes; checkpoint step "
-          f"{result['checkpoint_step']} (epoch {result['checkpoint_epoch']}); {result['layer']} "
-          f"features at {result['size']} px; k-NN k={result['knn_k']}")
+    print(
+        f"\n{result['split']}; {result['n_classes']} classes; checkpoint step "
+        f"{result['checkpoint_step']} (epoch {result['checkpoint_epoch']}); {result['layer']} "
+        f"features at {result['size']} px; k-NN k={result['knn_k']}"
+    )
     for line in format_table(result["rows"]):
         print(line)
     print(f"eval: {eval_path(run_dir)}")

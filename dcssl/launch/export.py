@@ -14,8 +14,12 @@ from dcssl.train.config import TrainConfig
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="state_dict file (default RUN/export/encoder.pt; the JSON goes beside it)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="state_dict file (default RUN/export/encoder.pt; the JSON goes beside it)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,11 +29,27 @@ def run(args: argparse.Namespace) -> int:
         document = export_encoder(run_dir, train_cfg, out)
     except NoCheckpoint as err:
         raise UsageError(str(err)) from None
-    print(f"exported {document['arch']} (width {document['width']}, checkpoint step "
-          f"{document['checkpoint_step']}, epoch {document['epoch']}) to {out}")
+    print(
+        f"exported {document['arch']} (width {document['width']}, checkpoint step "
+        f"{document['checkpoint_step']}, epoch {document['epoch']}) to {out}"
+    )
     print(f"load it with: {document['load']}")
-    print_json_line({"state_dict": str(out), "info": str(out.with_suffix('.json')),
-                     **{k: document[k] for k in ("arch", "width", "feature_dim",
-                                                 "torchvision_compatible", "checkpoint_step",
-                                                 "epoch", "k")}})
+    print_json_line(
+        {
+            "state_dict": str(out),
+            "info": str(out.with_suffix(".json")),
+            **{
+                k: document[k]
+                for k in (
+                    "arch",
+                    "width",
+                    "feature_dim",
+                    "torchvision_compatible",
+                    "checkpoint_step",
+                    "epoch",
+                    "k",
+                )
+            },
+        }
+    )
     return 0

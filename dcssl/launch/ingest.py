@@ -10,29 +10,39 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dcssl.config import load_section
 from dcssl.launch.common import UsageError, add_run_arguments
 from dcssl.tile.config import TileConfig
-from dcssl.config import load_section
 from dcssl.tile.ingest import IngestError, ingest_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
-    parser.add_argument("--tiles", required=True, type=Path, metavar="FOLDER",
-                        help="folder of image tiles, flat or one sub-folder per class")
-    parser.add_argument("--labels", choices=["auto", "folders", "prefix", "none"], default="auto",
-                        help="where class labels come from (auto: sub-folders if any)")
+    parser.add_argument(
+        "--tiles",
+        required=True,
+        type=Path,
+        metavar="FOLDER",
+        help="folder of image tiles, flat or one sub-folder per class",
+    )
+    parser.add_argument(
+        "--labels",
+        choices=["auto", "folders", "prefix", "none"],
+        default="auto",
+        help="where class labels come from (auto: sub-folders if any)",
+    )
     parser.add_argument("--name", default=None, help="shard name prefix (default: folder name)")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_section(TileConfig, "tile", args.run_dir, args.config, args.overrides)
     try:
-        summary = ingest_folder(args.tiles, Path(args.run_dir) / "store", cfg, args.labels,
-                                args.name)
+        summary = ingest_folder(args.tiles, Path(args.run_dir) / "store", cfg, args.labels, args.name)
     except IngestError as err:
         raise UsageError(str(err)) from None
     classes = ", ".join(summary["classes"]) or "none"
-    print(f"{summary['images']} images: {summary['written']} tiles written, "
-          f"{summary['unreadable']} unreadable skipped; classes: {classes}")
+    print(
+        f"{summary['images']} images: {summary['written']} tiles written, "
+        f"{summary['unreadable']} unreadable skipped; classes: {classes}"
+    )
     return 1 if summary["unreadable"] else 0

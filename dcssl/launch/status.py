@@ -40,22 +40,27 @@ def collect(run_dir: Path) -> dict:
     summary = summarize(run_dir) if paths.slide_list.is_file() else _store_only(paths)
     manifest = paths.manifest
     metrics = read_jsonl(paths.metrics)
-    return {**asdict(summary), "manifest": str(manifest) if manifest.is_file() else None,
-            "metrics": metrics[-1] if metrics else None, "loop": loop_progress(run_dir),
-            "epochs": [r for r in metrics if r.get("kind") == "epoch"]}
+    return {
+        **asdict(summary),
+        "manifest": str(manifest) if manifest.is_file() else None,
+        "metrics": metrics[-1] if metrics else None,
+        "loop": loop_progress(run_dir),
+        "epochs": [r for r in metrics if r.get("kind") == "epoch"],
+    }
 
 
 def _print_human(report: dict) -> None:
-    print(f"slides: {report['slides']}  done: {report['done']}  failed: {len(report['failed'])}  "
-          f"pending: {report['pending']}  tiles: {report['tiles']}")
+    print(
+        f"slides: {report['slides']}  done: {report['done']}  failed: {len(report['failed'])}  "
+        f"pending: {report['pending']}  tiles: {report['tiles']}"
+    )
     for item in report["failed"]:
         print(f"  failed  {item['slide']}  [{item['stage']}] {item['reason']}")
     for item in report["notes"]:
         print(f"  note    {item['slide']}  {item['reason']}")
     print(f"manifest: {report['manifest'] or 'not yet (written when every slide was attempted)'}")
     if report["loop"]["steps"]:
-        print(f"\nDeepCluster loop: {report['loop']['done']} of {len(report['loop']['steps'])} "
-              "steps done")
+        print(f"\nDeepCluster loop: {report['loop']['done']} of {len(report['loop']['steps'])} steps done")
         for step in report["loop"]["steps"]:
             where = f"job {step['job_id']}" if step.get("job_id") else ""
             log_hint = f"  log: {step['log']}" if step["status"] == "failed" else ""

@@ -25,13 +25,19 @@ log = logging.getLogger("dcssl.launch.tile")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
-    parser.add_argument("--slides", default=None, metavar="FOLDER|GLOB|MANIFEST.tsv",
-                        help="slides to tile: a folder, a quoted glob, or a GDC manifest "
-                             "(default: the run's existing slide list)")
-    parser.add_argument("--executor", choices=["local", "slurm"], default=None,
-                        help="override executor_tile.kind")
-    parser.add_argument("--wait", action="store_true",
-                        help="slurm: wait for the array and report (local always waits)")
+    parser.add_argument(
+        "--slides",
+        default=None,
+        metavar="FOLDER|GLOB|MANIFEST.tsv",
+        help="slides to tile: a folder, a quoted glob, or a GDC manifest "
+        "(default: the run's existing slide list)",
+    )
+    parser.add_argument(
+        "--executor", choices=["local", "slurm"], default=None, help="override executor_tile.kind"
+    )
+    parser.add_argument(
+        "--wait", action="store_true", help="slurm: wait for the array and report (local always waits)"
+    )
 
 
 class TileTask:
@@ -53,15 +59,19 @@ def _collect(jobs, indices: list[int]) -> list[str]:
         try:
             job.result()
         except Exception as err:  # submitit re-raises whatever ended the job
-            dead.append(f"element {index} (job {job.job_id}) ended without a result "
-                        f"({type(err).__name__}); see {job.paths.stderr}")
+            dead.append(
+                f"element {index} (job {job.job_id}) ended without a result "
+                f"({type(err).__name__}); see {job.paths.stderr}"
+            )
     return dead
 
 
 def _report(paths: RunPaths) -> int:
     summary = summarize(paths.root)
-    print(f"slides: {summary.slides}  done: {summary.done}  failed: {len(summary.failed)}  "
-          f"pending: {summary.pending}  tiles: {summary.tiles}")
+    print(
+        f"slides: {summary.slides}  done: {summary.done}  failed: {len(summary.failed)}  "
+        f"pending: {summary.pending}  tiles: {summary.tiles}"
+    )
     for item in summary.failed:
         print(f"  failed  {item['slide']}  [{item['stage']}] {item['reason']}")
     if paths.manifest.is_file():
@@ -79,19 +89,31 @@ def run(args: argparse.Namespace) -> int:
     except SourceError as err:
         raise UsageError(str(err)) from None
     pending = pending_indices(paths.root, refs)
-    log.info("%d slides: %d already tiled, %d to tile (%s executor, at most %d at once)",
-             len(refs), len(refs) - len(pending), len(pending), executor.kind,
-             executor.array_parallelism)
+    log.info(
+        "%d slides: %d already tiled, %d to tile (%s executor, at most %d at once)",
+        len(refs),
+        len(refs) - len(pending),
+        len(pending),
+        executor.kind,
+        executor.array_parallelism,
+    )
     if not pending:
         finalize(paths.root, refs)
         return _report(paths)
     submitit_executor = make_executor(executor, paths.tile_logs, job_name="dcssl-tile")
-    jobs = submit_array(submitit_executor, TileTask(paths.root, args.config, args.overrides),
-                        pending, executor.array_parallelism, executor.max_array_size)
+    jobs = submit_array(
+        submitit_executor,
+        TileTask(paths.root, args.config, args.overrides),
+        pending,
+        executor.array_parallelism,
+        executor.max_array_size,
+    )
     if executor.kind == "slurm" and not args.wait:
         arrays = sorted({str(job.job_id).split("_")[0] for job in jobs}, key=int)
-        print(f"submitted array job(s) {', '.join(arrays)}: {len(pending)} elements, at most "
-              f"{executor.array_parallelism} at once; logs in {paths.tile_logs}")
+        print(
+            f"submitted array job(s) {', '.join(arrays)}: {len(pending)} elements, at most "
+            f"{executor.array_parallelism} at once; logs in {paths.tile_logs}"
+        )
         print(f"follow it with: python -m dcssl.launch status {paths.root}")
         return 0
     for line in _collect(jobs, pending):

@@ -7,6 +7,7 @@ import logging
 from dataclasses import replace
 
 from dcssl.config import load_run_config, save_run_config
+from dcssl.jsonl import read_jsonl
 from dcssl.launch.common import UsageError, add_run_arguments, existing_run_dir
 from dcssl.paths import RunPaths
 from dcssl.pipeline.local import StepFailed, run_local
@@ -14,26 +15,34 @@ from dcssl.pipeline.report import draw_progress, epoch_table
 from dcssl.pipeline.slurm import submit_chain, wait_chain
 from dcssl.pipeline.state import RunState
 from dcssl.pipeline.steps import Step, pending_steps
-from dcssl.jsonl import read_jsonl
 
 log = logging.getLogger("dcssl.launch.train")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
-    parser.add_argument("--executor", choices=["local", "slurm"], default=None,
-                        help="override executor_train.kind and executor_cluster.kind")
+    parser.add_argument(
+        "--executor",
+        choices=["local", "slurm"],
+        default=None,
+        help="override executor_train.kind and executor_cluster.kind",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override loop.epochs")
-    parser.add_argument("--wait", action="store_true",
-                        help="slurm: stay and report until the chain finishes (local always waits)")
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="slurm: stay and report until the chain finishes (local always waits)",
+    )
 
 
 def resolve(args: argparse.Namespace):
     """Validate everything before anything is written."""
     paths = RunPaths(existing_run_dir(args.run_dir))
     if not paths.manifest.is_file():
-        raise UsageError(f"{paths.manifest}: no tile store in this run; run "
-                         f"`python -m dcssl.launch tile {paths.root} --slides …` first")
+        raise UsageError(
+            f"{paths.manifest}: no tile store in this run; run "
+            f"`python -m dcssl.launch tile {paths.root} --slides …` first"
+        )
     cfg = load_run_config(paths.root, args.config, args.overrides)
     if args.executor:
         cfg.executor_train = replace(cfg.executor_train, kind=args.executor)

@@ -36,8 +36,14 @@ def step_command(step: Step, run_dir: Path, executor: ExecutorConfig) -> list[st
     if procs == 1:
         return [sys.executable, *task]
     if step.kind == "train":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={procs}", *task]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={procs}",
+            *task,
+        ]
     return [mpiexec(), "-n", str(procs), sys.executable, *task]
 
 
@@ -48,8 +54,9 @@ def _run_step(step: Step, paths: RunPaths, executor: ExecutorConfig, state: RunS
     state.update(step.name, status="running", executor="local", log=str(log_file))
     started = time.time()
     with open(log_file, "ab") as out:
-        code = subprocess.run(step_command(step, paths.root, executor), stdout=out,
-                              stderr=subprocess.STDOUT, env=env).returncode
+        code = subprocess.run(
+            step_command(step, paths.root, executor), stdout=out, stderr=subprocess.STDOUT, env=env
+        ).returncode
     seconds = round(time.time() - started, 2)
     if code != 0 or not is_done(paths, step):
         state.update(step.name, status="failed", exit_code=code, seconds=seconds)
@@ -57,8 +64,9 @@ def _run_step(step: Step, paths: RunPaths, executor: ExecutorConfig, state: RunS
     state.update(step.name, status="done", seconds=seconds)
 
 
-def run_local(steps: list[Step], paths: RunPaths, executors: dict[str, ExecutorConfig],
-              state: RunState) -> None:
+def run_local(
+    steps: list[Step], paths: RunPaths, executors: dict[str, ExecutorConfig], state: RunState
+) -> None:
     """Run the pending steps in order; stop at the first failure (re-running resumes there).
 
     A progress bar (steps done, elapsed, ETA) goes to stderr; each step's own progress lines

@@ -38,12 +38,18 @@ def loop_progress(run_dir: Path) -> dict:
         if is_done(paths, step):
             status = "done"
         elif queued:
-            status = ("blocked" if queued[1] == "DependencyNeverSatisfied"
-                      else "running" if queued[0] == "RUNNING" else "pending")
+            status = (
+                "blocked"
+                if queued[1] == "DependencyNeverSatisfied"
+                else "running"
+                if queued[0] == "RUNNING"
+                else "pending"
+            )
         elif record.get("status") in ("failed", "submitted", "running"):
             status = "failed"  # left the queue (or its process) without finishing
         else:
             status = "not started"
-        steps.append({"name": step.name, "status": status, "job_id": record.get("job_id"),
-                      "log": record.get("log")})
+        steps.append(
+            {"name": step.name, "status": status, "job_id": record.get("job_id"), "log": record.get("log")}
+        )
     return {"steps": steps, "done": sum(s["status"] == "done" for s in steps)}

@@ -33,7 +33,8 @@ def epoch_summary(records: list[dict], epoch: int) -> dict:
     cluster_seconds = cluster.get("seconds") or {}
     total_cluster = cluster_seconds.get("total") if isinstance(cluster_seconds, dict) else None
     return {
-        "kind": "epoch", "epoch": epoch,
+        "kind": "epoch",
+        "epoch": epoch,
         "loss": train.get("loss"),
         "nmi_prev": cluster.get("nmi_prev"),
         "k": cluster.get("k"),
@@ -42,8 +43,11 @@ def epoch_summary(records: list[dict], epoch: int) -> dict:
         "largest_share": cluster.get("largest_share"),
         "inertia": cluster.get("inertia"),
         "stale_fraction": train.get("stale_fraction"),
-        "seconds": {"train": train.get("seconds"), "cluster": total_cluster,
-                    "relabel": train.get("relabel_s")},
+        "seconds": {
+            "train": train.get("seconds"),
+            "cluster": total_cluster,
+            "relabel": train.get("relabel_s"),
+        },
     }
 
 
@@ -73,14 +77,14 @@ def draw_progress(paths: RunPaths, records: list[dict]) -> Path | None:
         xs = epoch - 1 + (np.arange(len(mine)) + 1) / len(mine)
         ax_loss.plot(xs, [w["loss"] for w in mine], lw=0.8, color="tab:blue", alpha=0.5)
     trained = [r for r in epochs if r.get("loss") is not None]
-    ax_loss.plot([r["epoch"] for r in trained], [r["loss"] for r in trained], "o-",
-                 color="tab:red", label="epoch mean")
+    ax_loss.plot(
+        [r["epoch"] for r in trained], [r["loss"] for r in trained], "o-", color="tab:red", label="epoch mean"
+    )
     ax_loss.set_xlabel("epoch")
     ax_loss.grid(alpha=0.3)
     ax_loss.set_title("training loss")
     with_nmi = [r for r in epochs if r.get("nmi_prev") is not None]
-    ax_nmi.plot([r["epoch"] for r in with_nmi], [r["nmi_prev"] for r in with_nmi], "o-",
-                color="tab:green")
+    ax_nmi.plot([r["epoch"] for r in with_nmi], [r["nmi_prev"] for r in with_nmi], "o-", color="tab:green")
     ax_nmi.set_ylim(0, 1)
     ax_nmi.set_xlabel("epoch")
     ax_nmi.set_title("NMI(labels t-1, labels t)")
@@ -106,8 +110,7 @@ def _write_tensorboard(paths: RunPaths, summary: dict) -> None:
     except ImportError:  # tensorboard is optional; metrics.jsonl and the chart carry the same
         return
     with SummaryWriter(log_dir=str(paths.tensorboard)) as writer:
-        for key in ("loss", "nmi_prev", "clusters_used", "empty_split", "largest_share",
-                    "stale_fraction"):
+        for key in ("loss", "nmi_prev", "clusters_used", "empty_split", "largest_share", "stale_fraction"):
             if summary.get(key) is not None:
                 writer.add_scalar(f"epoch/{key}", summary[key], summary["epoch"])
         for phase, seconds in summary["seconds"].items():
@@ -125,8 +128,13 @@ def publish_epoch(paths: RunPaths, epoch: int) -> dict:
         _write_tensorboard(paths, summary)
         records.append(summary)
     draw_progress(paths, records)
-    log.info("epoch %d: loss %s, NMI(t-1,t) %s, clusters used %s", epoch, summary.get("loss"),
-             summary.get("nmi_prev"), summary.get("clusters_used"))
+    log.info(
+        "epoch %d: loss %s, NMI(t-1,t) %s, clusters used %s",
+        epoch,
+        summary.get("loss"),
+        summary.get("nmi_prev"),
+        summary.get("clusters_used"),
+    )
     return summary
 
 
@@ -134,8 +142,15 @@ def publish_missing(paths: RunPaths) -> Path | None:
     """Summarise every clustered epoch that has no ``epoch`` record yet (e.g. after a chain of
     plain sbatch jobs), then redraw the chart; returns its path (None: nothing to draw)."""
     done = {r.get("epoch") for r in read_jsonl(paths.metrics) if r.get("kind") == "epoch"}
-    clustered = sorted(int(p.name.split("-")[1]) for p in (paths.root / "labels").glob("epoch-*")
-                       if (p / "COMPLETE").is_file()) if (paths.root / "labels").is_dir() else []
+    clustered = (
+        sorted(
+            int(p.name.split("-")[1])
+            for p in (paths.root / "labels").glob("epoch-*")
+            if (p / "COMPLETE").is_file()
+        )
+        if (paths.root / "labels").is_dir()
+        else []
+    )
     for epoch in clustered:
         if epoch not in done:
             publish_epoch(paths, epoch)
@@ -144,16 +159,20 @@ def publish_missing(paths: RunPaths) -> Path | None:
 
 def epoch_table(records: list[dict]) -> list[str]:
     """Text rows of the per-epoch metrics, for ``status``."""
-    rows = [f"{'epoch':>5} {'loss':>8} {'NMI(t-1,t)':>10} {'used':>6} {'split':>5} "
-            f"{'largest':>7} {'train s':>8} {'cluster s':>9}"]
+    rows = [
+        f"{'epoch':>5} {'loss':>8} {'NMI(t-1,t)':>10} {'used':>6} {'split':>5} "
+        f"{'largest':>7} {'train s':>8} {'cluster s':>9}"
+    ]
 
     def fmt(value, spec):
         return format(value, spec) if isinstance(value, (int, float)) else "-"
 
     for r in (r for r in records if r.get("kind") == "epoch"):
         sec = r.get("seconds") or {}
-        rows.append(f"{r['epoch']:>5} {fmt(r.get('loss'), '8.4f')} {fmt(r.get('nmi_prev'), '10.3f')} "
-                    f"{fmt(r.get('clusters_used'), '6d')} {fmt(r.get('empty_split'), '5d')} "
-                    f"{fmt(r.get('largest_share'), '7.3f')} {fmt(sec.get('train'), '8.1f')} "
-                    f"{fmt(sec.get('cluster'), '9.1f')}")
+        rows.append(
+            f"{r['epoch']:>5} {fmt(r.get('loss'), '8.4f')} {fmt(r.get('nmi_prev'), '10.3f')} "
+            f"{fmt(r.get('clusters_used'), '6d')} {fmt(r.get('empty_split'), '5d')} "
+            f"{fmt(r.get('largest_share'), '7.3f')} {fmt(sec.get('train'), '8.1f')} "
+            f"{fmt(sec.get('cluster'), '9.1f')}"
+        )
     return rows

@@ -29,8 +29,12 @@ def live_jobs(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     """job id → (state, reason) for jobs still known to the queue (pending, running, …)."""
     if not job_ids:
         return {}
-    out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(job_ids)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     jobs = {}
     for line in out.stdout.splitlines():
         job_id, state, reason = (line.split("|") + ["", ""])[:3]
@@ -63,26 +67,35 @@ def _executor_for(step: Step, paths: RunPaths, cfg: ExecutorConfig, dependency: 
     return make_executor(cfg, paths.logs / "slurm" / "%j", job_name=f"dcssl-{step.name}", **extra)
 
 
-def submit_chain(pending: list[Step], paths: RunPaths, executors: dict[str, ExecutorConfig],
-                 state: RunState) -> list[str]:
+def submit_chain(
+    pending: list[Step], paths: RunPaths, executors: dict[str, ExecutorConfig], state: RunState
+) -> list[str]:
     """Submit the pending steps as a dependency chain; return the ids of the chain's jobs."""
     kept, previous = _healthy_prefix(pending, state)
     ids = [state.step(s.name)["job_id"] for s in kept]
-    for step in pending[len(kept):]:
+    for step in pending[len(kept) :]:
         executor = _executor_for(step, paths, executors[step.kind], previous)
         task = train_task if step.kind == "train" else cluster_task
         job = executor.submit(task, str(paths.root), step.epoch)
-        state.update(step.name, status="submitted", executor="slurm", job_id=job.job_id,
-                     log=str(job.paths.stderr).replace("%t", "0"), after=previous)
-        log.info("submitted %s as job %s%s", step.name, job.job_id,
-                 f" (after {previous})" if previous else "")
+        state.update(
+            step.name,
+            status="submitted",
+            executor="slurm",
+            job_id=job.job_id,
+            log=str(job.paths.stderr).replace("%t", "0"),
+            after=previous,
+        )
+        log.info(
+            "submitted %s as job %s%s", step.name, job.job_id, f" (after {previous})" if previous else ""
+        )
         previous = job.job_id
         ids.append(job.job_id)
     return ids
 
 
-def wait_chain(pending: list[Step], paths: RunPaths, state: RunState, poll_s: float = 5.0,
-               timeout_s: float | None = None) -> bool:
+def wait_chain(
+    pending: list[Step], paths: RunPaths, state: RunState, poll_s: float = 5.0, timeout_s: float | None = None
+) -> bool:
     """Wait until every pending step is done (True) or its job left the queue unfinished."""
     started = time.time()
     while True:
@@ -102,10 +115,13 @@ def wait_chain(pending: list[Step], paths: RunPaths, state: RunState, poll_s: fl
             time.sleep(2 * poll_s)  # a job that just finished may still be writing its marker
             if not is_done(paths, head):
                 state.update(head.name, status="failed")
-                log.error("%s (job %s) ended without finishing; see %s", head.name, head_id,
-                          state.step(head.name).get("log"))
+                log.error(
+                    "%s (job %s) ended without finishing; see %s",
+                    head.name,
+                    head_id,
+                    state.step(head.name).get("log"),
+                )
                 return False
         if timeout_s is not None and time.time() - started > timeout_s:
             return False
         time.sleep(poll_s)
-

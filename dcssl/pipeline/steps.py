@@ -9,8 +9,7 @@ from pathlib import Path
 
 from dcssl.paths import RunPaths
 
-__all__ = ["Step", "plan", "is_done", "pending_steps", "train_task", "cluster_task",
-           "prune_features"]
+__all__ = ["Step", "plan", "is_done", "pending_steps", "train_task", "cluster_task", "prune_features"]
 
 
 @dataclass(frozen=True)
@@ -66,14 +65,12 @@ def cluster_task(run_dir: str, epoch: int) -> dict:
     """Cluster epoch's features (MPI ranks of whatever started us), then report the epoch."""
     from dcssl.cluster.config import ClusterConfig
     from dcssl.cluster.job import run_cluster
-    from dcssl.config import load_section
+    from dcssl.config import LoopConfig, load_section
     from dcssl.pipeline.report import publish_epoch
-    from dcssl.config import LoopConfig
     from hpc.mpi import world
 
     comm = world()
-    stats = run_cluster(Path(run_dir), epoch, load_section(ClusterConfig, "cluster", run_dir),
-                        comm=comm)
+    stats = run_cluster(Path(run_dir), epoch, load_section(ClusterConfig, "cluster", run_dir), comm=comm)
     if comm.Get_rank() == 0:
         loop = load_section(LoopConfig, "loop", run_dir)
         publish_epoch(RunPaths(Path(run_dir)), epoch)
@@ -86,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import logging
 
-    logging.basicConfig(level=logging.INFO,
-                        format=f"%(asctime)s r{os.environ.get('RANK', os.environ.get('PMI_RANK', 0))} "
-                               "%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s r{os.environ.get('RANK', os.environ.get('PMI_RANK', 0))} "
+        "%(levelname)s %(name)s: %(message)s",
+    )
     parser = argparse.ArgumentParser(prog="python -m dcssl.pipeline.steps")
     parser.add_argument("kind", choices=["train", "cluster"])
     parser.add_argument("run_dir")

@@ -15,7 +15,6 @@ import http.client
 import logging
 import os
 import shutil
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -44,14 +43,18 @@ def read_token(token_file: str | None) -> str | None:
         return None
     path = Path(token_file).expanduser()
     if not path.is_file():
-        raise DownloadError(f"{path}: token file not found; set tile.download.token_file to the "
-                            "file gdc-client's token was saved in", transient=False)
+        raise DownloadError(
+            f"{path}: token file not found; set tile.download.token_file to the "
+            "file gdc-client's token was saved in",
+            transient=False,
+        )
     if path.stat().st_mode & 0o077:
         log.warning("%s is readable by other users; chmod 600 it", path)
     token = path.read_text().strip()
     if not token:
-        raise DownloadError(f"{path}: token file is empty; download a fresh token from the GDC "
-                            "portal", transient=False)
+        raise DownloadError(
+            f"{path}: token file is empty; download a fresh token from the GDC portal", transient=False
+        )
     return token
 
 
@@ -72,18 +75,22 @@ def _md5_of(path: Path, chunk: int = 8 << 20) -> hashlib._Hash:
 def _check_budget(ref: SlideRef, folder: Path, cfg: DownloadConfig) -> None:
     budget = int(cfg.scratch_budget_gb * 1e9)
     if ref.size is not None and ref.size > budget:
-        raise DownloadError(f"slide is {ref.size / 1e9:.2f} GB, over the scratch budget of "
-                            f"{cfg.scratch_budget_gb:g} GB; raise tile.download.scratch_budget_gb",
-                            transient=False)
+        raise DownloadError(
+            f"slide is {ref.size / 1e9:.2f} GB, over the scratch budget of "
+            f"{cfg.scratch_budget_gb:g} GB; raise tile.download.scratch_budget_gb",
+            transient=False,
+        )
     free = shutil.disk_usage(folder).free
     if ref.size is not None and ref.size > free:
-        raise DownloadError(f"{folder} has {free / 1e9:.2f} GB free, the slide needs "
-                            f"{ref.size / 1e9:.2f} GB; set tile.download.scratch_dir to a larger "
-                            "disk", transient=False)
+        raise DownloadError(
+            f"{folder} has {free / 1e9:.2f} GB free, the slide needs "
+            f"{ref.size / 1e9:.2f} GB; set tile.download.scratch_dir to a larger "
+            "disk",
+            transient=False,
+        )
 
 
-def _open(url: str, token: str | None, offset: int,
-          timeout: float) -> http.client.HTTPResponse | None:
+def _open(url: str, token: str | None, offset: int, timeout: float) -> http.client.HTTPResponse | None:
     """The response, or None when the server has no bytes past ``offset`` (HTTP 416)."""
     headers = {"User-Agent": "dcssl-tile"}
     if token is not None:
@@ -98,9 +105,11 @@ def _open(url: str, token: str | None, offset: int,
         if err.code == 416 and offset:  # nothing past what we have: _verify judges the file
             return None
         transient = err.code in _TRANSIENT_HTTP
-        hint = {401: "; the token is missing or expired: set tile.download.token_file",
-                403: "; access denied: the token lacks access to this controlled file",
-                404: "; no such file id on the server: check the manifest"}.get(err.code, "")
+        hint = {
+            401: "; the token is missing or expired: set tile.download.token_file",
+            403: "; access denied: the token lacks access to this controlled file",
+            404: "; no such file id on the server: check the manifest",
+        }.get(err.code, "")
         raise DownloadError(f"HTTP {err.code} {err.reason}{hint}", transient=transient) from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
@@ -120,8 +129,9 @@ def _stream(ref: SlideRef, part: Path, cfg: DownloadConfig, token: str | None) -
         return 0
     with response:
         if offset and response.status != 206:  # the server ignored Range: start over
-            log.info("%s: server did not resume (HTTP %d); restarting from byte 0",
-                     ref.slide_id, response.status)
+            log.info(
+                "%s: server did not resume (HTTP %d); restarting from byte 0", ref.slide_id, response.status
+            )
             offset = 0
         chunk = int(cfg.chunk_mb * (1 << 20))
         with open(part, "r+b" if offset else "wb") as handle:
@@ -131,9 +141,11 @@ def _stream(ref: SlideRef, part: Path, cfg: DownloadConfig, token: str | None) -
                 while block := response.read(chunk):
                     handle.write(block)
                     received += len(block)
-            except (http.client.IncompleteRead, ConnectionError, socket.timeout, OSError) as err:
-                raise DownloadError(f"connection dropped after {offset + received} bytes "
-                                    f"({type(err).__name__})", transient=True) from None
+            except (TimeoutError, http.client.IncompleteRead, ConnectionError, OSError) as err:
+                raise DownloadError(
+                    f"connection dropped after {offset + received} bytes ({type(err).__name__})",
+                    transient=True,
+                ) from None
     return received
 
 
@@ -141,18 +153,17 @@ def _verify(ref: SlideRef, part: Path) -> None:
     size = part.stat().st_size
     if ref.size is not None and size != ref.size:
         # a short body without a connection error: the server sent less than the manifest says
-        raise DownloadError(f"truncated download: {size} bytes, the manifest says {ref.size}",
-                            transient=True)
+        raise DownloadError(f"truncated download: {size} bytes, the manifest says {ref.size}", transient=True)
     if ref.md5:
         got = _md5_of(part).hexdigest()
         if got != ref.md5:
             part.unlink()
-            raise DownloadError(f"md5 mismatch: got {got}, the manifest says {ref.md5}",
-                                transient=True)
+            raise DownloadError(f"md5 mismatch: got {got}, the manifest says {ref.md5}", transient=True)
 
 
-def download_slide(ref: SlideRef, folder: str | Path, cfg: DownloadConfig,
-                   token: str | None = None, sleep=time.sleep) -> Path:
+def download_slide(
+    ref: SlideRef, folder: str | Path, cfg: DownloadConfig, token: str | None = None, sleep=time.sleep
+) -> Path:
     """Download ``ref`` into ``folder`` (resuming ``<name>.part``); the verified file's path.
 
     Raises DownloadError with the last reason after ``cfg.retries`` attempts.
@@ -171,18 +182,30 @@ def download_slide(ref: SlideRef, folder: str | Path, cfg: DownloadConfig,
             received = _stream(ref, part, cfg, token)
             _verify(ref, part)
             seconds = max(time.monotonic() - start, 1e-6)
-            log.info("%s: downloaded %.1f MB (%.1f MB/s) on attempt %d", ref.slide_id,
-                     part.stat().st_size / 1e6, received / 1e6 / seconds, attempt)
+            log.info(
+                "%s: downloaded %.1f MB (%.1f MB/s) on attempt %d",
+                ref.slide_id,
+                part.stat().st_size / 1e6,
+                received / 1e6 / seconds,
+                attempt,
+            )
             os.replace(part, final)
             return final
         except DownloadError as err:
             last = err
             if not err.transient or attempt == cfg.retries:
                 break
-            log.warning("%s: attempt %d/%d failed (%s); retrying in %.1f s", ref.slide_id,
-                        attempt, cfg.retries, err, delay)
+            log.warning(
+                "%s: attempt %d/%d failed (%s); retrying in %.1f s",
+                ref.slide_id,
+                attempt,
+                cfg.retries,
+                err,
+                delay,
+            )
             sleep(delay)
             delay = min(delay * 2, 60.0)
     assert last is not None
-    raise DownloadError(f"{last} (after {attempt} attempt{'s' if attempt > 1 else ''})",
-                        transient=last.transient)
+    raise DownloadError(
+        f"{last} (after {attempt} attempt{'s' if attempt > 1 else ''})", transient=last.transient
+    )

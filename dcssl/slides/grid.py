@@ -42,7 +42,7 @@ class TileGrid:
 
     def all_tiles(self) -> np.ndarray:
         """(n, 2) int64 grid indices (column i, row j), row-major."""
-        j, i = np.mgrid[0:self.ny, 0:self.nx]
+        j, i = np.mgrid[0 : self.ny, 0 : self.nx]
         return np.stack([i.ravel(), j.ravel()], axis=1).astype(np.int64)
 
     def coords(self, ij: np.ndarray) -> np.ndarray:
@@ -53,9 +53,14 @@ class TileGrid:
 def make_grid(probe: SlideProbe, level: int, tile_size: int, target_mpp: float) -> TileGrid:
     """Every whole tile inside the slide, on a grid anchored at level-0 (0, 0)."""
     step0 = max(1, round(tile_size * target_mpp / probe.mpp))
-    return TileGrid(tile_size=tile_size, step0=step0, level=level,
-                    downsample=probe.level_downsamples[level],
-                    nx=probe.width // step0, ny=probe.height // step0)
+    return TileGrid(
+        tile_size=tile_size,
+        step0=step0,
+        level=level,
+        downsample=probe.level_downsamples[level],
+        nx=probe.width // step0,
+        ny=probe.height // step0,
+    )
 
 
 @dataclass(frozen=True)

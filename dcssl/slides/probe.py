@@ -57,35 +57,47 @@ def resolve_mpp(properties, policy: str, assumed: float) -> tuple[float, str]:
         return 10.0 / power, "objective-power"
     if policy == "assume":
         return assumed, "assumed"
-    raise ProbeError("no resolution metadata (neither openslide.mpp-x nor objective power); set "
-                     "tile.mpp_policy=assume and tile.assumed_mpp=<µm/px> to tile it anyway")
+    raise ProbeError(
+        "no resolution metadata (neither openslide.mpp-x nor objective power); set "
+        "tile.mpp_policy=assume and tile.assumed_mpp=<µm/px> to tile it anyway"
+    )
 
 
-def probe_slide(slide: openslide.AbstractSlide, policy: str = "refuse",
-                assumed: float = 0.25) -> SlideProbe:
+def probe_slide(slide: openslide.AbstractSlide, policy: str = "refuse", assumed: float = 0.25) -> SlideProbe:
     mpp, source = resolve_mpp(slide.properties, policy, assumed)
     width, height = slide.dimensions
-    return SlideProbe(width=width, height=height, mpp=mpp, mpp_source=source,
-                      level_downsamples=tuple(float(d) for d in slide.level_downsamples),
-                      level_dimensions=tuple(tuple(d) for d in slide.level_dimensions),
-                      vendor=str(slide.properties.get("openslide.vendor", "")))
+    return SlideProbe(
+        width=width,
+        height=height,
+        mpp=mpp,
+        mpp_source=source,
+        level_downsamples=tuple(float(d) for d in slide.level_downsamples),
+        level_dimensions=tuple(tuple(d) for d in slide.level_dimensions),
+        vendor=str(slide.properties.get("openslide.vendor", "")),
+    )
 
 
 def choose_level(probe: SlideProbe, target_mpp: float, allow_upsample: bool = False) -> int:
     """The coarsest level whose resolution is at least as fine as ``target_mpp``."""
-    fine_enough = [lvl for lvl in range(len(probe.level_downsamples))
-                   if probe.level_mpp(lvl) <= target_mpp * _LEVEL_SLACK]
+    fine_enough = [
+        lvl
+        for lvl in range(len(probe.level_downsamples))
+        if probe.level_mpp(lvl) <= target_mpp * _LEVEL_SLACK
+    ]
     if fine_enough:
         return max(fine_enough, key=probe.level_mpp)
     if not allow_upsample:
-        raise ProbeError(f"scan resolution {probe.mpp:.3f} µm/px ({probe.mpp_source}) is coarser "
-                         f"than the target {target_mpp} µm/px; set tile.allow_upsample=true or "
-                         "a larger tile.target_mpp")
+        raise ProbeError(
+            f"scan resolution {probe.mpp:.3f} µm/px ({probe.mpp_source}) is coarser "
+            f"than the target {target_mpp} µm/px; set tile.allow_upsample=true or "
+            "a larger tile.target_mpp"
+        )
     return 0
 
 
 def coarsest_level_within(probe: SlideProbe, mpp: float) -> int:
     """The coarsest level no coarser than ``mpp`` (for the tissue mask); level 0 if none is."""
-    fine_enough = [lvl for lvl in range(len(probe.level_downsamples))
-                   if probe.level_mpp(lvl) <= mpp * _LEVEL_SLACK]
+    fine_enough = [
+        lvl for lvl in range(len(probe.level_downsamples)) if probe.level_mpp(lvl) <= mpp * _LEVEL_SLACK
+    ]
     return max(fine_enough, key=probe.level_mpp) if fine_enough else 0

@@ -14,13 +14,21 @@ from pathlib import Path
 
 from hpc.checkpoint import atomic_write_text
 
-__all__ = ["SlideRef", "SourceError", "resolve_slides", "read_gdc_manifest", "save_slide_list",
-           "load_slide_list", "SLIDE_SUFFIXES"]
+__all__ = [
+    "SlideRef",
+    "SourceError",
+    "resolve_slides",
+    "read_gdc_manifest",
+    "save_slide_list",
+    "load_slide_list",
+    "SLIDE_SUFFIXES",
+]
 
 # Formats openslide reads (plus .tif/.tiff: generic tiled TIFF). A folder is filtered by these;
 # a glob is taken as given, so a non-slide file it matches lands in the ledger with a reason.
-SLIDE_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs",
-                            ".svslide", ".bif", ".dcm", ".czi"})
+SLIDE_SUFFIXES = frozenset(
+    {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm", ".czi"}
+)
 _GDC_COLUMNS = ("id", "filename", "md5", "size")
 
 
@@ -60,17 +68,23 @@ def _unique(refs: list[SlideRef], where: str) -> list[SlideRef]:
     for ref in refs:
         if ref.slide_id in seen:
             other = seen[ref.slide_id]
-            raise SourceError(f"{where}: two slides share the id {ref.slide_id!r} "
-                              f"({other.path or other.gdc_id}, {ref.path or ref.gdc_id}); "
-                              "rename one or tile them into separate runs")
+            raise SourceError(
+                f"{where}: two slides share the id {ref.slide_id!r} "
+                f"({other.path or other.gdc_id}, {ref.path or ref.gdc_id}); "
+                "rename one or tile them into separate runs"
+            )
         seen[ref.slide_id] = ref
     return refs
 
 
 def _from_folder(folder: Path) -> list[SlideRef]:
-    files = sorted(p for p in folder.rglob("*")
-                   if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in SLIDE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     refs = []
     for p in files:
         rel = p.relative_to(folder)
@@ -96,8 +110,10 @@ def read_gdc_manifest(path: str | Path) -> list[SlideRef]:
         reader = csv.DictReader(handle, delimiter="\t")
         missing = [c for c in _GDC_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise SourceError(f"{path}: not a GDC manifest (missing column {missing[0]!r}); "
-                              "expected a TSV with id, filename, md5, size as gdc-client writes")
+            raise SourceError(
+                f"{path}: not a GDC manifest (missing column {missing[0]!r}); "
+                "expected a TSV with id, filename, md5, size as gdc-client writes"
+            )
         for line, row in enumerate(reader, start=2):
             file_id, filename = (row.get("id") or "").strip(), (row.get("filename") or "").strip()
             if not file_id or not filename:
@@ -106,8 +122,15 @@ def read_gdc_manifest(path: str | Path) -> list[SlideRef]:
                 size = int(row["size"]) if (row.get("size") or "").strip() else None
             except ValueError:
                 raise SourceError(f"{path}:{line}: size {row['size']!r} is not a number") from None
-            refs.append(SlideRef(slide_id=_stem(filename), gdc_id=file_id, filename=filename,
-                                 md5=(row.get("md5") or "").strip().lower() or None, size=size))
+            refs.append(
+                SlideRef(
+                    slide_id=_stem(filename),
+                    gdc_id=file_id,
+                    filename=filename,
+                    md5=(row.get("md5") or "").strip().lower() or None,
+                    size=size,
+                )
+            )
     return _unique(refs, str(path))
 
 
@@ -118,9 +141,11 @@ def resolve_slides(spec: str | Path) -> list[SlideRef]:
     if path.is_dir():
         refs = _from_folder(path)
         if not refs:
-            raise SourceError(f"{path}: no slide files in this folder (looked for "
-                              f"{', '.join(sorted(SLIDE_SUFFIXES))}); pass a folder of slides, a "
-                              "glob or a GDC manifest")
+            raise SourceError(
+                f"{path}: no slide files in this folder (looked for "
+                f"{', '.join(sorted(SLIDE_SUFFIXES))}); pass a folder of slides, a "
+                "glob or a GDC manifest"
+            )
         return _unique(refs, str(path))
     if path.is_file():
         if _looks_like_manifest(path):
@@ -130,11 +155,15 @@ def resolve_slides(spec: str | Path) -> list[SlideRef]:
         matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
         files = [p for p in matches if p.is_file()]
         if not files:
-            raise SourceError(f"{text}: the glob matches no files; check the pattern (quote it so "
-                              "the shell does not expand it)")
+            raise SourceError(
+                f"{text}: the glob matches no files; check the pattern (quote it so "
+                "the shell does not expand it)"
+            )
         return _unique([SlideRef(slide_id=_stem(p.name), path=str(p.resolve())) for p in files], text)
-    raise SourceError(f"{text}: no such folder, file or glob; pass a folder of slides, a glob "
-                      "such as 'slides/*.svs' or a GDC manifest .tsv")
+    raise SourceError(
+        f"{text}: no such folder, file or glob; pass a folder of slides, a glob "
+        "such as 'slides/*.svs' or a GDC manifest .tsv"
+    )
 
 
 def save_slide_list(path: str | Path, refs: list[SlideRef]) -> None:
@@ -145,6 +174,7 @@ def save_slide_list(path: str | Path, refs: list[SlideRef]) -> None:
 def load_slide_list(path: str | Path) -> list[SlideRef]:
     path = Path(path)
     if not path.is_file():
-        raise SourceError(f"{path}: no slide list; run `python -m dcssl.launch tile RUN_DIR "
-                          "--slides …` first")
+        raise SourceError(
+            f"{path}: no slide list; run `python -m dcssl.launch tile RUN_DIR --slides …` first"
+        )
     return [SlideRef(**item) for item in json.loads(path.read_text())["slides"]]

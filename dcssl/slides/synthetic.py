@@ -6,9 +6,9 @@ openslide opens them as ``generic-tiff``: tiled pages, one per level, with resol
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -29,16 +29,23 @@ class Rect:
     color: tuple[int, int, int] = TISSUE
 
 
-def write_slide(path: str | Path, width: int, height: int, rects: Sequence[Rect] = (),
-                mpp: float | None = 0.25, downsamples: Sequence[int] = (1, 4),
-                tile: int = 256, background: tuple[int, int, int] = GLASS) -> Path:
+def write_slide(
+    path: str | Path,
+    width: int,
+    height: int,
+    rects: Sequence[Rect] = (),
+    mpp: float | None = 0.25,
+    downsamples: Sequence[int] = (1, 4),
+    tile: int = 256,
+    background: tuple[int, int, int] = GLASS,
+) -> Path:
     """Write a tiled, zlib-compressed pyramid; ``mpp=None`` writes no resolution tags."""
     import tifffile
 
     image = np.empty((height, width, 3), dtype=np.uint8)
     image[:] = background
     for r in rects:
-        image[r.y:r.y + r.h, r.x:r.x + r.w] = r.color
+        image[r.y : r.y + r.h, r.x : r.x + r.w] = r.color
     path = Path(path)
     with tifffile.TiffWriter(path) as tif:
         for n, down in enumerate(downsamples):
@@ -47,8 +54,14 @@ def write_slide(path: str | Path, width: int, height: int, rects: Sequence[Rect]
             if mpp is not None:
                 per_cm = 1e4 / (mpp * down)
                 extra = dict(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
-            tif.write(np.ascontiguousarray(level), tile=(tile, tile), compression="zlib",
-                      photometric="rgb", subfiletype=0 if n == 0 else 1, **extra)
+            tif.write(
+                np.ascontiguousarray(level),
+                tile=(tile, tile),
+                compression="zlib",
+                photometric="rgb",
+                subfiletype=0 if n == 0 else 1,
+                **extra,
+            )
     return path
 
 

@@ -49,13 +49,12 @@ class TiffJpegLevel0:
         raw_rgb = int(page.photometric) == 2  # RGB stored as is: no YCbCr conversion
         # Every tile's stream: SOI, the Adobe marker where needed, the shared tables (without
         # their SOI and EOI), then the tile's own segments (without its SOI).
-        self.head = b"\xff\xd8" + (_ADOBE_RGB if raw_rgb else b"") + (
-            bytes(tables)[2:-2] if tables else b"")
+        self.head = b"\xff\xd8" + (_ADOBE_RGB if raw_rgb else b"") + (bytes(tables)[2:-2] if tables else b"")
         self.fd = os.open(path, os.O_RDONLY)
         self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @classmethod
-    def open(cls, path: str, slide: openslide.AbstractSlide) -> "TiffJpegLevel0 | None":
+    def open(cls, path: str, slide: openslide.AbstractSlide) -> TiffJpegLevel0 | None:
         """A reader for ``path``'s level 0, or None where openslide must do the reading."""
         if slide.properties.get("openslide.vendor") not in _PLAIN_LAYOUTS:
             return None
@@ -105,8 +104,7 @@ class TiffJpegLevel0:
         data = os.pread(self.fd, count, int(self.offsets[index]))
         pixels = simplejpeg.decode_jpeg(self.head + data[2:], colorspace="RGB", strict=True)
         if pixels.shape != (self.tile_h, self.tile_w, 3):
-            raise OSError(f"tile {index}: decoded {pixels.shape}, expected "
-                          f"{(self.tile_h, self.tile_w, 3)}")
+            raise OSError(f"tile {index}: decoded {pixels.shape}, expected {(self.tile_h, self.tile_w, 3)}")
         self.cache[index] = pixels
         if len(self.cache) > _CACHE_TILES:
             self.cache.popitem(last=False)
@@ -126,8 +124,9 @@ class TiffJpegLevel0:
                 left, top = tx * self.tile_w, ty * self.tile_h
                 sx0, sy0 = max(x0, left), max(y0, top)
                 sx1, sy1 = min(x1, left + self.tile_w), min(y1, top + self.tile_h)
-                out[sy0 - y:sy1 - y, sx0 - x:sx1 - x] = pixels[sy0 - top:sy1 - top,
-                                                              sx0 - left:sx1 - left]
+                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = pixels[
+                    sy0 - top : sy1 - top, sx0 - left : sx1 - left
+                ]
         return out
 
 
@@ -136,8 +135,14 @@ def _level0_page(tif, dimensions: tuple[int, int]):
     for page in tif.pages:
         if (int(page.imagewidth), int(page.imagelength)) != tuple(dimensions):
             continue
-        ok = (page.is_tiled and int(page.compression) == 7 and page.bitspersample == 8
-              and page.samplesperpixel == 3 and int(page.planarconfig) == 1
-              and int(page.photometric) in (2, 6) and page.imagedepth == 1)
+        ok = (
+            page.is_tiled
+            and int(page.compression) == 7
+            and page.bitspersample == 8
+            and page.samplesperpixel == 3
+            and int(page.planarconfig) == 1
+            and int(page.photometric) in (2, 6)
+            and page.imagedepth == 1
+        )
         return page if ok else None
     return None

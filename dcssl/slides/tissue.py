@@ -19,8 +19,17 @@ from scipy import ndimage
 from dcssl.slides.probe import SlideProbe, coarsest_level_within
 from dcssl.tile.config import TissueConfig
 
-__all__ = ["TissueMask", "saturation", "otsu_threshold", "mask_from_rgb", "read_low_res",
-           "tissue_mask", "background_fraction", "rgba_to_rgb", "region_to_rgb"]
+__all__ = [
+    "TissueMask",
+    "saturation",
+    "otsu_threshold",
+    "mask_from_rgb",
+    "read_low_res",
+    "tissue_mask",
+    "background_fraction",
+    "rgba_to_rgb",
+    "region_to_rgb",
+]
 
 _BLOCK = 4096  # level pixels per side of one read while building a low-resolution view
 
@@ -116,8 +125,9 @@ def mask_from_rgb(rgb: np.ndarray, cfg: TissueConfig, pixel_um: float) -> np.nda
     return mask
 
 
-def _associated_thumbnail(slide: openslide.AbstractSlide, probe: SlideProbe,
-                          mpp: float) -> tuple[np.ndarray, float] | None:
+def _associated_thumbnail(
+    slide: openslide.AbstractSlide, probe: SlideProbe, mpp: float
+) -> tuple[np.ndarray, float] | None:
     """The scanner's stored thumbnail (Aperio, …) when it shows the whole of level 0 (same aspect
     ratio) at no coarser than 2 × ``mpp``: decoding it is far cheaper than level 0."""
     try:
@@ -167,8 +177,7 @@ def read_low_res(slide: openslide.AbstractSlide, probe: SlideProbe, mpp: float) 
             x0, y0 = round(lx / shrink), round(ly / shrink)
             x1, y1 = round((lx + bw) / shrink), round((ly + bh) / shrink)
             if x1 > x0 and y1 > y0:
-                small = Image.fromarray(np.ascontiguousarray(block)).resize((x1 - x0, y1 - y0),
-                                                                            Image.BOX)
+                small = Image.fromarray(np.ascontiguousarray(block)).resize((x1 - x0, y1 - y0), Image.BOX)
                 out[y0:y1, x0:x1] = np.asarray(small)
     return out, probe.width / out_w
 
@@ -178,8 +187,7 @@ def tissue_mask(slide: openslide.AbstractSlide, probe: SlideProbe, cfg: TissueCo
     return TissueMask(mask_from_rgb(rgb, cfg, probe.mpp * scale), scale)
 
 
-def background_fraction(tiles: np.ndarray, white_level: int, black_level: int,
-                        stride: int = 2) -> np.ndarray:
+def background_fraction(tiles: np.ndarray, white_level: int, black_level: int, stride: int = 2) -> np.ndarray:
     """Per tile (k×H×W×3 uint8): the fraction of near-white or near-black pixels.
 
     Every ``stride``-th pixel is inspected: a quarter of the work, the same answer to ±1 %.

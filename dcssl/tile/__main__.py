@@ -23,8 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", type=Path)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--index", type=int, help="tile slide I of RUN_DIR/tile/slides.json")
-    what.add_argument("--prepare", metavar="SLIDES",
-                      help="resolve a folder, glob or GDC manifest into the slide list")
+    what.add_argument(
+        "--prepare", metavar="SLIDES", help="resolve a folder, glob or GDC manifest into the slide list"
+    )
     what.add_argument("--finalize", action="store_true", help="write the store manifest")
     parser.add_argument("--config", type=Path, default=None, help="YAML config (section tile)")
     parser.add_argument("overrides", nargs="*", default=[], metavar="tile.key=value")

@@ -49,15 +49,13 @@ def _encode(tile: np.ndarray, quality: int) -> bytes:
 class BlockReader:
     """Holds an open slide (reopened after errors) and turns blocks into kept, encoded tiles."""
 
-    def __init__(self, path: str, grid: TileGrid, cfg: TileConfig,
-                 slide: openslide.OpenSlide | None = None):
+    def __init__(self, path: str, grid: TileGrid, cfg: TileConfig, slide: openslide.OpenSlide | None = None):
         self.path = path
         self.grid = grid
         self.cfg = cfg
         self.slide = slide if slide is not None else openslide.OpenSlide(path)
         self._owned = slide is None  # a handle passed in is closed by whoever opened it
-        self.direct = (TiffJpegLevel0.open(path, self.slide)
-                       if cfg.direct_jpeg and grid.level == 0 else None)
+        self.direct = TiffJpegLevel0.open(path, self.slide) if cfg.direct_jpeg and grid.level == 0 else None
 
     def close(self) -> None:
         if self.direct is not None:
@@ -105,7 +103,7 @@ class BlockReader:
             strip = self._read(i_lo, j, int(columns.max()) - i_lo + 1, 1)
             for n, i in zip(members, columns):
                 x = (int(i) - i_lo) * size
-                tiles[n] = strip[:size, x:x + size]
+                tiles[n] = strip[:size, x : x + size]
         return tiles, np.ones(k, dtype=bool)
 
     def _tiles_one_by_one(self, block: Block) -> tuple[np.ndarray, np.ndarray]:
@@ -134,9 +132,13 @@ class BlockReader:
             encoded: list[bytes] | np.ndarray = [_encode(t, self.cfg.jpeg_quality) for t in kept]
         else:
             encoded = kept
-        return BlockResult(coords=self.grid.coords(block.tiles[keep]),
-                           tissue=(1.0 - background[keep]).astype(np.float32), tiles=encoded,
-                           errors=int((~ok).sum()), candidates=len(block.tiles))
+        return BlockResult(
+            coords=self.grid.coords(block.tiles[keep]),
+            tissue=(1.0 - background[keep]).astype(np.float32),
+            tiles=encoded,
+            errors=int((~ok).sum()),
+            candidates=len(block.tiles),
+        )
 
 
 # One reader per pool process, set by the pool initializer (a slide handle cannot be pickled).

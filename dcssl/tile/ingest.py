@@ -38,12 +38,18 @@ class IngestError(ValueError):
 
 def find_images(folder: Path, labels: LabelMode) -> tuple[list[Path], list[int] | None, list[str]]:
     """(image files in a stable order, their class numbers or None, class names)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file()
-                   and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(s.startswith(".") for s in p.relative_to(folder).parts))
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(s.startswith(".") for s in p.relative_to(folder).parts)
+    )
     if not files:
-        raise IngestError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); pass "
-                          "a folder of tiles, flat or with one sub-folder per class")
+        raise IngestError(
+            f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); pass "
+            "a folder of tiles, flat or with one sub-folder per class"
+        )
     nested = any(p.parent != folder for p in files)
     mode = ("folders" if nested else "none") if labels == "auto" else labels
     if mode == "none":
@@ -72,8 +78,15 @@ def _load(path: Path, size: int) -> np.ndarray:
     return np.asarray(rgb)
 
 
-def _write_shard(path: Path, name: str, files: list[Path], labels: list[int] | None,
-                 classes: list[str], cfg: TileConfig, folder: Path) -> tuple[int, list[str]]:
+def _write_shard(
+    path: Path,
+    name: str,
+    files: list[Path],
+    labels: list[int] | None,
+    classes: list[str],
+    cfg: TileConfig,
+    folder: Path,
+) -> tuple[int, list[str]]:
     tiles, keep_labels, bad = [], [], []
     for n, file in enumerate(files):
         try:
@@ -85,17 +98,32 @@ def _write_shard(path: Path, name: str, files: list[Path], labels: list[int] | N
     tissue = 1.0 - background_fraction(stack, cfg.tissue.white_level, cfg.tissue.black_level)
     encoded = [encode_jpeg(t, cfg.jpeg_quality) for t in stack] if cfg.encoding == "jpeg" else stack
     attrs = {"pretiled": True, "classes": json.dumps(classes), "source_folder": str(folder)}
-    with ShardWriter(path, slide_id=name, tile_size=cfg.tile_size, encoding=cfg.encoding,
-                     with_labels=labels is not None, attrs=attrs) as writer:
+    with ShardWriter(
+        path,
+        slide_id=name,
+        tile_size=cfg.tile_size,
+        encoding=cfg.encoding,
+        with_labels=labels is not None,
+        attrs=attrs,
+    ) as writer:
         # pre-tiled images have no position on a slide: coords are (0, 0)
-        writer.append(encoded, np.zeros((len(stack), 2), np.int64), tissue.astype(np.float32),
-                      np.asarray(keep_labels, np.int64) if labels is not None else None)
+        writer.append(
+            encoded,
+            np.zeros((len(stack), 2), np.int64),
+            tissue.astype(np.float32),
+            np.asarray(keep_labels, np.int64) if labels is not None else None,
+        )
     return len(stack), bad
 
 
-def ingest_folder(folder: str | Path, store_root: str | Path, cfg: TileConfig,
-                  labels: LabelMode = "auto", name: str | None = None,
-                  shard_size: int = 10_000) -> dict:
+def ingest_folder(
+    folder: str | Path,
+    store_root: str | Path,
+    cfg: TileConfig,
+    labels: LabelMode = "auto",
+    name: str | None = None,
+    shard_size: int = 10_000,
+) -> dict:
     """Ingest ``folder`` into ``store_root`` and rebuild its manifest; a summary dict."""
     folder, root = Path(folder), Path(store_root)
     if not folder.is_dir():
@@ -110,21 +138,29 @@ def ingest_folder(folder: str | Path, store_root: str | Path, cfg: TileConfig,
         path = root / "shards" / shard_name(part)
         if path.is_file():
             continue
-        chunk = files[start:start + shard_size]
-        chunk_labels = numbers[start:start + shard_size] if numbers is not None else None
+        chunk = files[start : start + shard_size]
+        chunk_labels = numbers[start : start + shard_size] if numbers is not None else None
         n, bad = _write_shard(path, part, chunk, chunk_labels, classes, cfg, folder)
         for item in bad:
             log.warning("%s: unreadable image skipped: %s", part, item)
         written += n
         skipped_files += len(bad)
-        append_ledger(root, {"slide": part, "status": "ok", "stage": "ingest", "tiles": n,
-                             "errors": len(bad), "reason": f"{len(bad)} unreadable images skipped"
-                             if bad else "", "source": str(folder)})
+        append_ledger(
+            root,
+            {
+                "slide": part,
+                "status": "ok",
+                "stage": "ingest",
+                "tiles": n,
+                "errors": len(bad),
+                "reason": f"{len(bad)} unreadable images skipped" if bad else "",
+                "source": str(folder),
+            },
+        )
     if (root.parent / "tile" / "slides.json").is_file() and root.name == "store":
         from dcssl.tile.run import finalize  # a run's store: keep the slide list's order first
 
         finalize(root.parent)
     else:
         build_manifest(root)
-    return {"images": len(files), "written": written, "unreadable": skipped_files,
-            "classes": classes}
+    return {"images": len(files), "written": written, "unreadable": skipped_files, "classes": classes}

@@ -23,8 +23,9 @@ from hpc.submit import ExecutorConfig
 __all__ = ["prepare_run", "load_tile_settings"]
 
 
-def load_tile_settings(run_dir: Path, config_path: Path | None,
-                       overrides: list[str]) -> tuple[TileConfig, ExecutorConfig]:
+def load_tile_settings(
+    run_dir: Path, config_path: Path | None, overrides: list[str]
+) -> tuple[TileConfig, ExecutorConfig]:
     tile = load_section(TileConfig, "tile", run_dir, config_path, overrides)
     executor = load_section(ExecutorConfig, "executor_tile", run_dir, config_path, overrides)
     return tile, executor
@@ -38,9 +39,13 @@ def _pin_config(run_dir: Path, tile: TileConfig, executor: ExecutorConfig) -> No
     atomic_write_text(path, yaml.safe_dump(document, sort_keys=False))
 
 
-def prepare_run(run_dir: str | Path, slides: str | None, config_path: str | Path | None = None,
-                overrides: list[str] | tuple[str, ...] = (),
-                executor: ExecutorConfig | None = None) -> list[SlideRef]:
+def prepare_run(
+    run_dir: str | Path,
+    slides: str | None,
+    config_path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    executor: ExecutorConfig | None = None,
+) -> list[SlideRef]:
     """Resolve ``slides`` (or reuse the saved list when None), save it, pin the config.
 
     Raises SourceError / ConfigError with one line naming the problem and the fix.

@@ -33,8 +33,7 @@ from dcssl.store import append_ledger, build_manifest, latest_attempts, shard_na
 from dcssl.tile.config import TileConfig
 from dcssl.tile.worker import SlideFailure, effective_workers, tile_slide
 
-__all__ = ["tile_element", "pending_indices", "finalize", "Summary", "summarize",
-           "file_md5"]
+__all__ = ["tile_element", "pending_indices", "finalize", "Summary", "summarize", "file_md5"]
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +75,18 @@ def _tile_one(ref: SlideRef, cfg: TileConfig, paths: RunPaths) -> dict:
         else:
             local = Path(ref.path or "")
             md5 = file_md5(local) if cfg.hash_local and local.is_file() else ""
-        result = tile_slide(local, shard, ref.slide_id, cfg, source_md5=md5,
-                            workers=effective_workers(cfg))
-        return dict(status="ok", stage="done", reason=result.note, tiles=result.tiles,
-                    errors=result.errors, candidates=result.candidates, level=result.level,
-                    mpp=result.mpp, mpp_source=result.mpp_source)
+        result = tile_slide(local, shard, ref.slide_id, cfg, source_md5=md5, workers=effective_workers(cfg))
+        return dict(
+            status="ok",
+            stage="done",
+            reason=result.note,
+            tiles=result.tiles,
+            errors=result.errors,
+            candidates=result.candidates,
+            level=result.level,
+            mpp=result.mpp,
+            mpp_source=result.mpp_source,
+        )
     finally:
         if scratch is not None:
             # delete the download whatever happened: the disk budget holds one slide per task
@@ -90,12 +96,17 @@ def _tile_one(ref: SlideRef, cfg: TileConfig, paths: RunPaths) -> dict:
 
 def _ensure_logging() -> None:
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
 
 
-def tile_element(run_dir: str | Path, index: int, config_path: str | Path | None = None,
-                 overrides: list[str] | tuple[str, ...] = ()) -> dict:
+def tile_element(
+    run_dir: str | Path,
+    index: int,
+    config_path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> dict:
     """Array element ``index``: tile slide ``index`` of the run's slide list; its ledger record.
 
     A failed slide is recorded (status failed, stage, reason) and returned, not raised: one bad
@@ -106,8 +117,9 @@ def tile_element(run_dir: str | Path, index: int, config_path: str | Path | None
     cfg = load_section(TileConfig, "tile", paths.root, config_path, list(overrides))
     refs = load_slide_list(paths.slide_list)
     if not 0 <= index < len(refs):
-        raise IndexError(f"index {index} is outside the slide list (0..{len(refs) - 1}) of "
-                         f"{paths.slide_list}")
+        raise IndexError(
+            f"index {index} is outside the slide list (0..{len(refs) - 1}) of {paths.slide_list}"
+        )
     ref = refs[index]
     if paths.shard(ref.slide_id).is_file():
         log.info("%s: shard exists, skipping", ref.slide_id)
@@ -119,16 +131,29 @@ def tile_element(run_dir: str | Path, index: int, config_path: str | Path | None
         record = dict(status="failed", stage=err.stage, reason=err.reason, tiles=0, errors=0)
     except Exception as err:  # an unforeseen bug must still land in the ledger, with its type
         log.error("%s: unexpected error\n%s", ref.slide_id, traceback.format_exc())
-        record = dict(status="failed", stage="internal", reason=f"{type(err).__name__}: {err}",
-                      tiles=0, errors=0)
-    record = dict(slide=ref.slide_id, index=index, **record,
-                  seconds=round(time.monotonic() - start, 2), host=socket.gethostname(),
-                  job=os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID"))
+        record = dict(
+            status="failed", stage="internal", reason=f"{type(err).__name__}: {err}", tiles=0, errors=0
+        )
+    record = dict(
+        slide=ref.slide_id,
+        index=index,
+        **record,
+        seconds=round(time.monotonic() - start, 2),
+        host=socket.gethostname(),
+        job=os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID"),
+    )
     append_ledger(paths.store, record)
     level = logging.INFO if record["status"] == "ok" else logging.ERROR
-    log.log(level, "%s: %s %s%s (%d tiles, %.1f s)", ref.slide_id, record["status"],
-            record["stage"], f": {record['reason']}" if record.get("reason") else "",
-            record["tiles"], record["seconds"])
+    log.log(
+        level,
+        "%s: %s %s%s (%d tiles, %.1f s)",
+        ref.slide_id,
+        record["status"],
+        record["stage"],
+        f": {record['reason']}" if record.get("reason") else "",
+        record["tiles"],
+        record["seconds"],
+    )
     maybe_finalize(paths.root, refs)
     return record
 
@@ -161,8 +186,13 @@ def maybe_finalize(run_dir: str | Path, refs: list[SlideRef]) -> bool:
     if summary.pending:
         return False
     finalize(run_dir, refs)
-    log.info("all %d slides attempted: %d done, %d failed, %d tiles; wrote the store manifest",
-             len(refs), summary.done, len(summary.failed), summary.tiles)
+    log.info(
+        "all %d slides attempted: %d done, %d failed, %d tiles; wrote the store manifest",
+        len(refs),
+        summary.done,
+        len(summary.failed),
+        summary.tiles,
+    )
     return True
 
 
@@ -201,8 +231,9 @@ def summarize(run_dir: str | Path, refs: list[SlideRef] | None = None) -> Summar
             if record.get("reason"):
                 summary.notes.append({"slide": ref.slide_id, "reason": record["reason"]})
         elif record.get("status") == "failed":
-            summary.failed.append({"slide": ref.slide_id, "stage": record.get("stage", "?"),
-                                   "reason": record.get("reason", "")})
+            summary.failed.append(
+                {"slide": ref.slide_id, "stage": record.get("stage", "?"), "reason": record.get("reason", "")}
+            )
         else:
             summary.pending += 1
     return summary

@@ -12,11 +12,11 @@ import multiprocessing
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import openslide
 
@@ -75,9 +75,12 @@ def _open(path: str) -> openslide.OpenSlide:
     try:
         return openslide.OpenSlide(path)
     except openslide.OpenSlideUnsupportedFormatError:
-        raise SlideFailure("open", "not a slide format openslide can read (corrupt, truncated or "
-                           "not a whole-slide image; plain images go through `dcssl.launch "
-                           "ingest`)") from None
+        raise SlideFailure(
+            "open",
+            "not a slide format openslide can read (corrupt, truncated or "
+            "not a whole-slide image; plain images go through `dcssl.launch "
+            "ingest`)",
+        ) from None
     except openslide.OpenSlideError as err:
         raise SlideFailure("open", f"openslide cannot open it: {err}") from None
     except OSError as err:
@@ -110,8 +113,9 @@ def plan_slide(slide: openslide.OpenSlide, cfg: TileConfig) -> tuple[SlideProbe,
     return probe, grid, group_blocks(grid, candidates, cfg.block_tiles)
 
 
-def _results_inline(path: str, grid: TileGrid, cfg: TileConfig, blocks: list[Block],
-                    slide: openslide.OpenSlide) -> Iterator[BlockResult]:
+def _results_inline(
+    path: str, grid: TileGrid, cfg: TileConfig, blocks: list[Block], slide: openslide.OpenSlide
+) -> Iterator[BlockResult]:
     reader = BlockReader(path, grid, cfg, slide)  # reuses the planning handle: no second open
     try:
         for block in blocks:
@@ -120,14 +124,16 @@ def _results_inline(path: str, grid: TileGrid, cfg: TileConfig, blocks: list[Blo
         reader.close()
 
 
-def _results_pooled(path: str, grid: TileGrid, cfg: TileConfig, blocks: list[Block],
-                    workers: int) -> Iterator[BlockResult]:
+def _results_pooled(
+    path: str, grid: TileGrid, cfg: TileConfig, blocks: list[Block], workers: int
+) -> Iterator[BlockResult]:
     """Blocks processed by ``workers`` processes, yielded in order; at most 2 per worker in
     flight so memory stays bounded whatever the slide size."""
     # spawn: openslide/glib state must not be forked from a process that already opened a slide
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=init_pool_reader,
-                             initargs=(path, grid, cfg)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=init_pool_reader, initargs=(path, grid, cfg)
+    ) as pool:
         pending: deque[Future] = deque()
         queue = iter(blocks)
         for block in queue:
@@ -146,19 +152,31 @@ def _log_progress(slide_id: str, done: int, total: int, written: int, start: flo
     elapsed = time.monotonic() - start
     rate = done / elapsed if elapsed > 0 else 0.0
     eta = (total - done) / rate if rate > 0 else float("nan")
-    log.info("%s: %d/%d candidate tiles, %d written, %.0f tiles/s, ETA %.0f s",
-             slide_id, done, total, written, rate, eta)
+    log.info(
+        "%s: %d/%d candidate tiles, %d written, %.0f tiles/s, ETA %.0f s",
+        slide_id,
+        done,
+        total,
+        written,
+        rate,
+        eta,
+    )
 
 
-def tile_slide(path: str | Path, shard_path: str | Path, slide_id: str, cfg: TileConfig,
-               source_md5: str = "", workers: int = 1) -> SlideResult:
+def tile_slide(
+    path: str | Path,
+    shard_path: str | Path,
+    slide_id: str,
+    cfg: TileConfig,
+    source_md5: str = "",
+    workers: int = 1,
+) -> SlideResult:
     """Tile ``path`` into ``shard_path``; raises SlideFailure with the stage and reason."""
     start = time.monotonic()
     path = str(path)
     slide = _open(path)
     try:
-        return _tile_open_slide(slide, path, Path(shard_path), slide_id, cfg, source_md5,
-                                workers, start)
+        return _tile_open_slide(slide, path, Path(shard_path), slide_id, cfg, source_md5, workers, start)
     finally:
         slide.close()
 
@@ -171,25 +189,56 @@ def _note(grid: TileGrid, total: int, errors: int) -> str:
     return "no tissue found" if total == 0 else ""
 
 
-def _tile_open_slide(slide: openslide.OpenSlide, path: str, shard_path: Path, slide_id: str,
-                     cfg: TileConfig, source_md5: str, workers: int, start: float) -> SlideResult:
+def _tile_open_slide(
+    slide: openslide.OpenSlide,
+    path: str,
+    shard_path: Path,
+    slide_id: str,
+    cfg: TileConfig,
+    source_md5: str,
+    workers: int,
+    start: float,
+) -> SlideResult:
     probe, grid, blocks = plan_slide(slide, cfg)
     total = sum(len(b.tiles) for b in blocks)
-    log.info("%s: %dx%d px, %.3f µm/px (%s), level %d, %d candidate tiles in %d blocks",
-             slide_id, probe.width, probe.height, probe.mpp, probe.mpp_source, grid.level,
-             total, len(blocks))
-    attrs = dict(mpp_source=probe.mpp_source, target_mpp=cfg.target_mpp, step0=grid.step0,
-                 source_path=path, vendor=probe.vendor)
+    log.info(
+        "%s: %dx%d px, %.3f µm/px (%s), level %d, %d candidate tiles in %d blocks",
+        slide_id,
+        probe.width,
+        probe.height,
+        probe.mpp,
+        probe.mpp_source,
+        grid.level,
+        total,
+        len(blocks),
+    )
+    attrs = dict(
+        mpp_source=probe.mpp_source,
+        target_mpp=cfg.target_mpp,
+        step0=grid.step0,
+        source_path=path,
+        vendor=probe.vendor,
+    )
     errors = done = 0
     last_log = time.monotonic()
     try:
-        with ShardWriter(shard_path, slide_id=slide_id, tile_size=cfg.tile_size,
-                         encoding=cfg.encoding, mpp=probe.mpp, level=grid.level,
-                         source_md5=source_md5, attrs=attrs) as writer:
+        with ShardWriter(
+            shard_path,
+            slide_id=slide_id,
+            tile_size=cfg.tile_size,
+            encoding=cfg.encoding,
+            mpp=probe.mpp,
+            level=grid.level,
+            source_md5=source_md5,
+            attrs=attrs,
+        ) as writer:
             # a pool costs ~1 s of process start-up: worth it only with blocks to share out
             pooled = workers > 1 and len(blocks) >= 2 * workers
-            results = (_results_pooled(path, grid, cfg, blocks, workers) if pooled
-                       else _results_inline(path, grid, cfg, blocks, slide))
+            results = (
+                _results_pooled(path, grid, cfg, blocks, workers)
+                if pooled
+                else _results_inline(path, grid, cfg, blocks, slide)
+            )
             for result in results:
                 writer.append(result.tiles, result.coords, result.tissue)
                 errors += result.errors
@@ -198,18 +247,32 @@ def _tile_open_slide(slide: openslide.OpenSlide, path: str, shard_path: Path, sl
                     _log_progress(slide_id, done, total, writer.n_tiles, start)
                     last_log = time.monotonic()
             if total and errors > cfg.max_error_fraction * total:
-                raise SlideFailure("read", f"{errors} of {total} tiles unreadable (over "
-                                   f"tile.max_error_fraction={cfg.max_error_fraction}); the file "
-                                   "is probably corrupt: download it again")
+                raise SlideFailure(
+                    "read",
+                    f"{errors} of {total} tiles unreadable (over "
+                    f"tile.max_error_fraction={cfg.max_error_fraction}); the file "
+                    "is probably corrupt: download it again",
+                )
             written = writer.n_tiles
     except openslide.OpenSlideError as err:  # the slide failed in a way a reopen did not fix
         raise SlideFailure("read", f"openslide failed while reading tiles: {err}") from None
     except BrokenProcessPool:
-        raise SlideFailure("read", "a tiling process died while reading (a crash in the slide "
-                           "decoder or out of memory); try tile.workers=1") from None
+        raise SlideFailure(
+            "read",
+            "a tiling process died while reading (a crash in the slide "
+            "decoder or out of memory); try tile.workers=1",
+        ) from None
     except OSError as err:
         raise SlideFailure("write", f"cannot write {shard_path}: {err}") from None
     _share_like_umask(shard_path)
-    return SlideResult(slide_id=slide_id, tiles=written, candidates=total, errors=errors,
-                       level=grid.level, mpp=probe.mpp, mpp_source=probe.mpp_source,
-                       seconds=time.monotonic() - start, note=_note(grid, total, errors))
+    return SlideResult(
+        slide_id=slide_id,
+        tiles=written,
+        candidates=total,
+        errors=errors,
+        level=grid.level,
+        mpp=probe.mpp,
+        mpp_source=probe.mpp_source,
+        seconds=time.monotonic() - start,
+        note=_note(grid, total, errors),
+    )

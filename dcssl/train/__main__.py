@@ -30,8 +30,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _setup_logging() -> None:
     rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

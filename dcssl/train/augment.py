@@ -20,8 +20,7 @@ import torch.nn.functional as F
 
 from dcssl.train.config import AugmentConfig
 
-__all__ = ["N_PARAMS", "mix_seed", "sample_seeds", "uniforms", "BatchAugment", "eval_transform",
-           "to_float"]
+__all__ = ["N_PARAMS", "mix_seed", "sample_seeds", "uniforms", "BatchAugment", "eval_transform", "to_float"]
 
 N_PARAMS = 20
 _U64 = np.uint64
@@ -73,21 +72,20 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
-def _normalise(x: torch.Tensor, mean: list[float], std: list[float],
-               out: torch.Tensor | None = None) -> torch.Tensor:
+def _normalise(
+    x: torch.Tensor, mean: list[float], std: list[float], out: torch.Tensor | None = None
+) -> torch.Tensor:
     scale = 1.0 / torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     shift = -torch.tensor(mean, device=x.device).view(1, 3, 1, 1) * scale
     return torch.addcmul(shift, x, scale, out=out)  # (x - mean) / std in one pass
 
 
-def eval_transform(images: torch.Tensor, cfg: AugmentConfig,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
+def eval_transform(images: torch.Tensor, cfg: AugmentConfig, out: torch.Tensor | None = None) -> torch.Tensor:
     """Extraction view: the whole tile resized to ``cfg.size``, normalised (no randomness).
     ``out``: where to write the result (e.g. a shared-memory batch in a loader worker)."""
     x = to_float(images)
     if x.shape[-1] != cfg.size or x.shape[-2] != cfg.size:
-        x = F.interpolate(x, size=(cfg.size, cfg.size), mode="bilinear", antialias=True,
-                          align_corners=False)
+        x = F.interpolate(x, size=(cfg.size, cfg.size), mode="bilinear", antialias=True, align_corners=False)
     return _normalise(x, cfg.mean, cfg.std, out)
 
 
@@ -97,8 +95,9 @@ class BatchAugment:
     def __init__(self, cfg: AugmentConfig):
         self.cfg = cfg
 
-    def __call__(self, images: torch.Tensor, u: torch.Tensor,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         u = u.to(images.device, torch.float32)
         x = self._geometry(to_float(images), u)
         # Colour jitter and grayscale are linear per pixel: each tile's chain folds into one 3×3
@@ -137,8 +136,7 @@ class BatchAugment:
         theta[:, 0, 2], theta[:, 1, 2] = cx, cy
         size = (len(x), x.shape[1], c.size, c.size)
         grid = F.affine_grid(theta, size, align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
-                             align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
     # ---------------------------------------------------------------- colour: u[:, 7:12]
     def _jitter(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +153,8 @@ class BatchAugment:
         mean = b * (x.mean(dim=(2, 3)) @ luma)  # N
         eye = torch.eye(3, device=x.device)
         sat = s.view(-1, 1, 1) * eye + (1 - s).view(-1, 1, 1) * torch.outer(
-            torch.ones(3, device=x.device), luma)
+            torch.ones(3, device=x.device), luma
+        )
         turns = torch.where(on, (2 * u[:, 11] - 1) * c.hue, torch.zeros_like(u[:, 11]))
         hs = _hue_matrix(turns) @ sat  # N×3×3
         matrix = (k * b).view(-1, 1, 1) * hs

@@ -17,13 +17,14 @@ from __future__ import annotations
 import os
 import warnings
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import h5py
-from h5py import h5s, h5t
 import numpy as np
 import torch
 import torch.nn.functional as F
+from h5py import h5s, h5t
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from dcssl.store import Store, decode_tile, open_h5
@@ -46,8 +47,9 @@ def decode_batch(encoded: Sequence[np.ndarray], size: int) -> torch.Tensor:
             # torchvision ≥ 0.29 warns on every call that its codecs move to torchcodec;
             # decode_jpeg is still the fastest CPU decoder here (libjpeg-turbo, no PIL round trip)
             warnings.simplefilter("ignore", DeprecationWarning)
-            images = decode_jpeg([torch.from_numpy(np.asarray(t, dtype=np.uint8)) for t in encoded],
-                                 mode=ImageReadMode.RGB)
+            images = decode_jpeg(
+                [torch.from_numpy(np.asarray(t, dtype=np.uint8)) for t in encoded], mode=ImageReadMode.RGB
+            )
     images = [_fit(im, size) for im in images]
     return torch.stack(images, out=new_batch((len(images), 3, size, size), torch.uint8))
 
@@ -69,8 +71,9 @@ def _fit(image: torch.Tensor, size: int) -> torch.Tensor:
     if image.shape[-2:] == (size, size):
         return image
     # a shard cut at another tile size: bring it to the common size so batches stack
-    resized = F.interpolate(image[None].float(), size=(size, size), mode="bilinear",
-                            antialias=True, align_corners=False)
+    resized = F.interpolate(
+        image[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return resized[0].round().clamp(0, 255).to(torch.uint8)
 
 
@@ -82,9 +85,15 @@ class TileDataset(Dataset):
     augments on its device (``BatchAugment``) — the CPU then only reads and decodes.
     """
 
-    def __init__(self, store_root: str | os.PathLike, augment: AugmentConfig, *,
-                 locking: bool | None = None, transform_in_worker: bool = True,
-                 max_open: int = 256):
+    def __init__(
+        self,
+        store_root: str | os.PathLike,
+        augment: AugmentConfig,
+        *,
+        locking: bool | None = None,
+        transform_in_worker: bool = True,
+        max_open: int = 256,
+    ):
         self.store = Store(store_root, locking=locking)
         self.augment_cfg = augment
         self.transform_in_worker = transform_in_worker
@@ -132,7 +141,7 @@ class TileDataset(Dataset):
         return torch.from_numpy(self.labels[index.numpy()].astype(np.int64))
 
     # ------------------------------------------------------------------ reading
-    def _reader(self, shard: int) -> "_ShardReader":
+    def _reader(self, shard: int) -> _ShardReader:
         if os.getpid() != self._pid:  # forked since the handles were opened: start afresh
             self._files, self._pid = OrderedDict(), os.getpid()
         reader = self._files.get(shard)
@@ -154,8 +163,11 @@ class TileDataset(Dataset):
         bounds = np.flatnonzero(np.diff(shards)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, index.size]):
             part = rows[lo:hi]
-            uniq, inverse = (np.unique(part, return_inverse=True)
-                             if (np.diff(part) == 0).any() else (part, np.arange(part.size)))
+            uniq, inverse = (
+                np.unique(part, return_inverse=True)
+                if (np.diff(part) == 0).any()
+                else (part, np.arange(part.size))
+            )
             data = self._reader(int(shards[lo])).read(uniq)
             for slot, k in zip(order[lo:hi].tolist(), inverse.tolist()):
                 out[slot] = data[k]
@@ -164,9 +176,11 @@ class TileDataset(Dataset):
     def __getitems__(self, keys: list) -> dict[str, torch.Tensor]:
         if not keys:  # the tail of a lockstep extraction plan
             size = self.augment_cfg.size if self.transform_in_worker else self.tile_size
-            return {"index": torch.empty(0, dtype=torch.int64),
-                    "owner": torch.empty(0, dtype=torch.bool),
-                    "images": torch.empty(0, 3, size, size)}
+            return {
+                "index": torch.empty(0, dtype=torch.int64),
+                "owner": torch.empty(0, dtype=torch.bool),
+                "images": torch.empty(0, 3, size, size),
+            }
         train = isinstance(keys[0], tuple)
         if train:
             index = np.fromiter((k[0] for k in keys), dtype=np.int64, count=len(keys))
@@ -181,8 +195,7 @@ class TileDataset(Dataset):
         if self.transform_in_worker:
             size = self.augment_cfg.size
             out = new_batch((len(keys), 3, size, size), torch.float32)
-            images = (self.augment(images, u, out) if train
-                      else eval_transform(images, self.augment_cfg, out))
+            images = self.augment(images, u, out) if train else eval_transform(images, self.augment_cfg, out)
         elif train:
             batch["u"] = u
         batch["images"] = images
@@ -206,7 +219,7 @@ class _ShardReader:
         """Rows (increasing, unique) as JPEG byte vectors, or an N×H×W×3 array for raw tiles."""
         if rows[-1] - rows[0] + 1 == rows.size:  # consecutive rows (extraction): one slice
             if not self.vlen:
-                return self.tiles[int(rows[0]):int(rows[-1]) + 1]
+                return self.tiles[int(rows[0]) : int(rows[-1]) + 1]
             space = self.tiles.id.get_space()
             space.select_hyperslab((int(rows[0]),), (rows.size,))
         elif not self.vlen:
@@ -226,17 +239,41 @@ def _passthrough(batch: dict) -> dict:
     return batch  # __getitems__ already returns a whole batch
 
 
-def make_loader(dataset: TileDataset, *, batch_size: int | None = None,
-                sampler: Sampler | None = None, batch_sampler: Sampler | None = None,
-                workers: int = 0, prefetch_factor: int = 4, pin_memory: bool = False,
-                persistent_workers: bool = False) -> DataLoader:
+def make_loader(
+    dataset: TileDataset,
+    *,
+    batch_size: int | None = None,
+    sampler: Sampler | None = None,
+    batch_sampler: Sampler | None = None,
+    workers: int = 0,
+    prefetch_factor: int = 4,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+) -> DataLoader:
     """A DataLoader over ``dataset`` whose batches come from ``__getitems__`` in one piece."""
     extra: dict[str, Any] = {}
     if workers > 0:
-        extra = dict(prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
-                     multiprocessing_context="fork" if os.name == "posix" else None)
+        extra = dict(
+            prefetch_factor=prefetch_factor,
+            persistent_workers=persistent_workers,
+            multiprocessing_context="fork" if os.name == "posix" else None,
+        )
     if batch_sampler is not None:
-        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
-                          collate_fn=_passthrough, pin_memory=pin_memory, **extra)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-                      num_workers=workers, collate_fn=_passthrough, pin_memory=pin_memory, **extra)
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=workers,
+            collate_fn=_passthrough,
+            pin_memory=pin_memory,
+            **extra,
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        collate_fn=_passthrough,
+        pin_memory=pin_memory,
+        **extra,
+    )

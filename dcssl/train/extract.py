@@ -18,9 +18,9 @@ import time
 
 import torch
 
+from dcssl.train.data import make_loader
 from dcssl.train.featurebank import BankWriter, bank_dir
 from dcssl.train.trainer import Trainer, all_reduce_sum
-from dcssl.train.data import make_loader
 from hpc.checkpoint import atomic_write_text
 from hpc.distributed import barrier
 from hpc.mpi import shard_range
@@ -52,11 +52,16 @@ def extract_pass(trainer: Trainer, run_dir, epoch: int, bank_path, flag: Preempt
     iters = math.ceil(math.ceil(n / env.world_size) / bs)
     progress = bank_dir(run_dir, epoch) / PROGRESS
     first = _resume_point(progress, env.world_size, bs)
-    plan = [list(range(min(stop, start + i * bs), min(stop, start + (i + 1) * bs)))
-            for i in range(first, iters)]
-    loader = make_loader(trainer.dataset, batch_sampler=plan, workers=cfg.data.workers,
-                         prefetch_factor=cfg.data.prefetch_factor,
-                         pin_memory=cfg.data.pin_memory and trainer.device.type == "cuda")
+    plan = [
+        list(range(min(stop, start + i * bs), min(stop, start + (i + 1) * bs))) for i in range(first, iters)
+    ]
+    loader = make_loader(
+        trainer.dataset,
+        batch_sampler=plan,
+        workers=cfg.data.workers,
+        prefetch_factor=cfg.data.prefetch_factor,
+        pin_memory=cfg.data.pin_memory and trainer.device.type == "cuda",
+    )
     writer = BankWriter(bank_path, n, cfg.model.proj_dim)
     t0, done_rows = time.monotonic(), 0
     try:
@@ -73,16 +78,23 @@ def extract_pass(trainer: Trainer, run_dir, epoch: int, bank_path, flag: Preempt
                 writer.sync()
                 barrier()  # every rank's rows up to batch i are on disk before progress says so
             if (save or stop_now.item() > 0) and env.is_main:
-                atomic_write_text(progress, json.dumps(
-                    {"world_size": env.world_size, "batch": bs, "next": i + 1}))
+                atomic_write_text(
+                    progress, json.dumps({"world_size": env.world_size, "batch": bs, "next": i + 1})
+                )
             if stop_now.item() > 0:
                 log.warning("extraction preempted after batch %d/%d", i + 1, iters)
                 raise Preempted(f"extraction of epoch {epoch} preempted at batch {i + 1}")
             if env.is_main and (i + 1) % cfg.log_every == 0:
                 rate = done_rows / max(time.monotonic() - t0, 1e-9)
                 eta = (stop - start - done_rows) / max(rate, 1e-9)
-                log.info("extract epoch %d: batch %d/%d, %.0f tiles/s per rank, ETA %.0f s",
-                         epoch, i + 1, iters, rate, eta)
+                log.info(
+                    "extract epoch %d: batch %d/%d, %.0f tiles/s per rank, ETA %.0f s",
+                    epoch,
+                    i + 1,
+                    iters,
+                    rate,
+                    eta,
+                )
     finally:
         writer.close()
     return done_rows

@@ -25,8 +25,16 @@ import numpy as np
 
 from hpc.checkpoint import atomic_path, atomic_write_text
 
-__all__ = ["bank_dir", "is_complete", "read_meta", "open_bank", "BankWriter", "prepare_bank",
-           "finalize_bank", "write_bank"]
+__all__ = [
+    "bank_dir",
+    "is_complete",
+    "read_meta",
+    "open_bank",
+    "BankWriter",
+    "prepare_bank",
+    "finalize_bank",
+    "write_bank",
+]
 
 EMBEDDINGS, META, COMPLETE = "embeddings.f16", "meta.json", "COMPLETE"
 
@@ -47,15 +55,17 @@ def open_bank(run_dir: str | os.PathLike, epoch: int) -> np.memmap:
     """The complete bank of ``epoch`` as a read-only (n, dim) float16 memmap."""
     folder = bank_dir(run_dir, epoch)
     if not (folder / COMPLETE).is_file():
-        raise FileNotFoundError(f"{folder}: feature bank is not complete; run train segment "
-                                f"{epoch} (python -m dcssl.train RUN_DIR --epoch {epoch}) first")
+        raise FileNotFoundError(
+            f"{folder}: feature bank is not complete; run train segment "
+            f"{epoch} (python -m dcssl.train RUN_DIR --epoch {epoch}) first"
+        )
     meta = read_meta(run_dir, epoch)
-    return np.memmap(folder / EMBEDDINGS, dtype=np.float16, mode="r",
-                     shape=(int(meta["n"]), int(meta["dim"])))
+    return np.memmap(
+        folder / EMBEDDINGS, dtype=np.float16, mode="r", shape=(int(meta["n"]), int(meta["dim"]))
+    )
 
 
-def prepare_bank(run_dir: str | os.PathLike, epoch: int, n: int, dim: int,
-                 init_from: int | None) -> Path:
+def prepare_bank(run_dir: str | os.PathLike, epoch: int, n: int, dim: int, init_from: int | None) -> Path:
     """Create epoch's embeddings file once (call on one rank, then a barrier). Idempotent."""
     path = bank_dir(run_dir, epoch) / EMBEDDINGS
     if path.is_file() and path.stat().st_size == n * dim * 2:
@@ -65,8 +75,10 @@ def prepare_bank(run_dir: str | os.PathLike, epoch: int, n: int, dim: int,
             source = bank_dir(run_dir, init_from) / EMBEDDINGS
             meta = read_meta(run_dir, init_from)
             if (int(meta["n"]), int(meta["dim"])) != (n, dim):
-                raise ValueError(f"{source}: bank is {meta['n']}×{meta['dim']}, this epoch needs "
-                                 f"{n}×{dim}; the store or model.proj_dim changed — start a new run")
+                raise ValueError(
+                    f"{source}: bank is {meta['n']}×{meta['dim']}, this epoch needs "
+                    f"{n}×{dim}; the store or model.proj_dim changed — start a new run"
+                )
             shutil.copyfile(source, tmp)
         else:
             with open(tmp, "wb") as handle:
@@ -74,18 +86,26 @@ def prepare_bank(run_dir: str | os.PathLike, epoch: int, n: int, dim: int,
     return path
 
 
-def finalize_bank(run_dir: str | os.PathLike, epoch: int, n: int, dim: int, source: str,
-                  stale_fraction: float) -> None:
+def finalize_bank(
+    run_dir: str | os.PathLike, epoch: int, n: int, dim: int, source: str, stale_fraction: float
+) -> None:
     """Write meta.json, then COMPLETE (both atomic). Call on one rank after every writer synced."""
     folder = bank_dir(run_dir, epoch)
-    meta = {"n": n, "dim": dim, "dtype": "float16", "epoch": epoch, "source": source,
-            "stale_fraction": round(float(stale_fraction), 6)}
+    meta = {
+        "n": n,
+        "dim": dim,
+        "dtype": "float16",
+        "epoch": epoch,
+        "source": source,
+        "stale_fraction": round(float(stale_fraction), 6),
+    }
     atomic_write_text(folder / META, json.dumps(meta, indent=1))
     atomic_write_text(folder / COMPLETE, "")
 
 
-def write_bank(run_dir: str | os.PathLike, epoch: int, features: np.ndarray,
-               source: str = "external") -> Path:
+def write_bank(
+    run_dir: str | os.PathLike, epoch: int, features: np.ndarray, source: str = "external"
+) -> Path:
     """A complete bank for ``epoch`` from an in-memory n×dim array — features computed elsewhere,
     to cluster them with ``python -m dcssl.cluster RUN --epoch E``. One process."""
     n, dim = features.shape

@@ -49,18 +49,17 @@ class _ScaledResNet(ResNet):
         self.fc = nn.Identity()
 
     def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
-        if planes == 64 and (self._width != 64 or self._in_channels != 3
-                             or self._stem != "imagenet"):
+        if planes == 64 and (self._width != 64 or self._in_channels != 3 or self._stem != "imagenet"):
             self.inplanes = self._width
             kernel, step, pad = (3, 1, 1) if self._stem == "small" else (7, 2, 3)
-            self.conv1 = nn.Conv2d(self._in_channels, self._width, kernel_size=kernel,
-                                   stride=step, padding=pad, bias=False)
+            self.conv1 = nn.Conv2d(
+                self._in_channels, self._width, kernel_size=kernel, stride=step, padding=pad, bias=False
+            )
             self.bn1 = self._norm_layer(self._width)
         return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
 
 
-def build_trunk(arch: str, width: int = 64, in_channels: int = 3,
-                stem: str = "imagenet") -> _ScaledResNet:
+def build_trunk(arch: str, width: int = 64, in_channels: int = 3, stem: str = "imagenet") -> _ScaledResNet:
     """A torchvision ResNet without its classifier; ``.out_dim`` is its feature size.
 
     ``stem``: "imagenet" (torchvision's) or "small" (3×3 stride-1 conv, no max-pool)."""
@@ -95,8 +94,11 @@ class DeepClusterNet(nn.Module):
         feat = self.trunk.out_dim
         if cfg.proj_hidden:
             self.projection: nn.Module = nn.Sequential(
-                nn.Linear(feat, cfg.proj_hidden), nn.BatchNorm1d(cfg.proj_hidden),
-                nn.ReLU(inplace=True), nn.Linear(cfg.proj_hidden, cfg.proj_dim))
+                nn.Linear(feat, cfg.proj_hidden),
+                nn.BatchNorm1d(cfg.proj_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(cfg.proj_hidden, cfg.proj_dim),
+            )
         else:
             self.projection = nn.Linear(feat, cfg.proj_dim)
         self.head = nn.Linear(cfg.proj_dim, k)
@@ -139,8 +141,10 @@ class DeepClusterNet(nn.Module):
         if rows == self.head_rows:
             return False
         old = {"weight": self.head.weight, "bias": self.head.bias}
-        new = {"weight": nn.Parameter(old["weight"].new_zeros(rows, old["weight"].shape[1])),
-               "bias": nn.Parameter(old["bias"].new_zeros(rows))}
+        new = {
+            "weight": nn.Parameter(old["weight"].new_zeros(rows, old["weight"].shape[1])),
+            "bias": nn.Parameter(old["bias"].new_zeros(rows)),
+        }
         for name, param in new.items():
             setattr(self.head, name, param)
         self.head.out_features = rows
@@ -153,8 +157,12 @@ class DeepClusterNet(nn.Module):
         return True
 
     @torch.no_grad()
-    def reset_head(self, k: int | None = None, optimizer: torch.optim.Optimizer | None = None,
-                   generator: torch.Generator | None = None) -> bool:
+    def reset_head(
+        self,
+        k: int | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        generator: torch.Generator | None = None,
+    ) -> bool:
         """Re-draw the head in place: weights N(0, head_init_std), bias 0; forget its optimizer
         state (momentum). ``k`` sets the number of active classes (None: keep it).
 

@@ -18,7 +18,7 @@ sampler nor the DataLoader holding it is rebuilt.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -72,8 +72,15 @@ class UniformClusterSampler(Sampler):
     ``owner`` is True at a tile's first position in the global list (see module docstring).
     """
 
-    def __init__(self, labels: np.ndarray, *, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 samples_per_epoch: int = 0):
+    def __init__(
+        self,
+        labels: np.ndarray,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        samples_per_epoch: int = 0,
+    ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of size {world_size}")
         self.rank, self.world_size = rank, world_size

@@ -20,8 +20,8 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -30,8 +30,7 @@ from dcssl.jsonl import append_jsonl
 from dcssl.store import Store
 from dcssl.train.config import TrainConfig
 from dcssl.train.extract import extract_pass
-from dcssl.train.featurebank import (BankWriter, bank_dir, finalize_bank, is_complete,
-                                     prepare_bank)
+from dcssl.train.featurebank import BankWriter, bank_dir, finalize_bank, is_complete, prepare_bank
 from dcssl.train.sampler import labels_digest
 from dcssl.train.trainer import Trainer, all_reduce_sum
 from hpc.checkpoint import CheckpointManager, atomic_write_text
@@ -39,8 +38,7 @@ from hpc.distributed import barrier, init_distributed
 from hpc.env import DistEnv
 from hpc.preemption import Preempted, PreemptionFlag, requeue_and_exit
 
-__all__ = ["run_segment", "SegmentError", "NonFiniteLoss", "load_labels", "done_path",
-           "checkpoint_manager"]
+__all__ = ["run_segment", "SegmentError", "NonFiniteLoss", "load_labels", "done_path", "checkpoint_manager"]
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +63,38 @@ def load_labels(run_dir: str | Path, epoch: int, n_tiles: int) -> tuple[np.ndarr
     """(labels int32 by global index, k) written by the cluster job for ``epoch``."""
     folder = Path(run_dir) / "labels" / f"epoch-{epoch:04d}"
     if not (folder / "COMPLETE").is_file():
-        raise SegmentError(f"{folder}: pseudo-labels of epoch {epoch} are not complete; run the "
-                           f"cluster job for epoch {epoch} first")
+        raise SegmentError(
+            f"{folder}: pseudo-labels of epoch {epoch} are not complete; run the "
+            f"cluster job for epoch {epoch} first"
+        )
     path = folder / "labels.i32"
     size = path.stat().st_size if path.is_file() else -1
     if size != 4 * n_tiles:
-        raise SegmentError(f"{path}: holds {size // 4} labels, the store has {n_tiles} tiles; "
-                           f"re-run the cluster job for epoch {epoch} on this store")
+        raise SegmentError(
+            f"{path}: holds {size // 4} labels, the store has {n_tiles} tiles; "
+            f"re-run the cluster job for epoch {epoch} on this store"
+        )
     labels = np.array(np.memmap(path, dtype=np.int32, mode="r"))
     stats = json.loads((folder / "stats.json").read_text())
     k = int(stats["k"])
     if labels.max() >= k or labels.min() < -1:
-        raise SegmentError(f"{path}: labels outside [-1, {k}) (stats.json k={k}); re-run the "
-                           f"cluster job for epoch {epoch}")
+        raise SegmentError(
+            f"{path}: labels outside [-1, {k}) (stats.json k={k}); re-run the cluster job for epoch {epoch}"
+        )
     if labels.max() < 0:
         raise SegmentError(f"{path}: every tile is unassigned (-1); re-run the cluster job")
     return labels, k
 
 
-def run_segment(run_dir: str | Path, epoch: int, cfg: TrainConfig, *,
-                flag: PreemptionFlag | None = None, on_step: Callable[[int], None] | None = None,
-                requeue: bool = True) -> dict:
+def run_segment(
+    run_dir: str | Path,
+    epoch: int,
+    cfg: TrainConfig,
+    *,
+    flag: PreemptionFlag | None = None,
+    on_step: Callable[[int], None] | None = None,
+    requeue: bool = True,
+) -> dict:
     """Run training segment ``epoch`` as the current rank and return the epoch summary.
 
     On preemption it checkpoints and, with ``requeue``, requeues the SLURM job and exits
@@ -105,9 +114,18 @@ def run_segment(run_dir: str | Path, epoch: int, cfg: TrainConfig, *,
     if not (run_dir / "store" / "manifest.json").is_file():
         raise SegmentError(f"{run_dir / 'store'}: no tile store; run the tile stage first")
     env, device = init_distributed(timeout_s=cfg.dist_timeout_s)
-    log.info("segment %d: rank %d of %d (local %d, node %d of %d: %s) via %s on %s", epoch,
-             env.rank, env.world_size, env.local_rank, env.node_rank + 1, max(len(env.nodes), 1),
-             os.environ.get("SLURMD_NODENAME") or socket.gethostname(), env.source, device)
+    log.info(
+        "segment %d: rank %d of %d (local %d, node %d of %d: %s) via %s on %s",
+        epoch,
+        env.rank,
+        env.world_size,
+        env.local_rank,
+        env.node_rank + 1,
+        max(len(env.nodes), 1),
+        os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+        env.source,
+        device,
+    )
     try:
         summary = _Segment(run_dir, epoch, cfg, env, device, flag, on_step).run()
     except Preempted:
@@ -121,14 +139,21 @@ def run_segment(run_dir: str | Path, epoch: int, cfg: TrainConfig, *,
 
 
 class _Segment:
-    def __init__(self, run_dir: Path, epoch: int, cfg: TrainConfig, env: DistEnv,
-                 device: torch.device, flag: PreemptionFlag, on_step):
+    def __init__(
+        self,
+        run_dir: Path,
+        epoch: int,
+        cfg: TrainConfig,
+        env: DistEnv,
+        device: torch.device,
+        flag: PreemptionFlag,
+        on_step,
+    ):
         self.run_dir, self.epoch, self.cfg, self.env, self.device = run_dir, epoch, cfg, env, device
         self.flag, self.on_step = flag, on_step
         self.ckpt = checkpoint_manager(run_dir, cfg.keep_checkpoints)
         self.n_tiles = Store(run_dir / "store").n_tiles
-        self.stats = {"loss_sum": 0.0, "steps": 0, "images": 0, "train_seconds": 0.0,
-                      "seconds": 0.0}
+        self.stats = {"loss_sum": 0.0, "steps": 0, "images": 0, "train_seconds": 0.0, "seconds": 0.0}
         self.t0 = time.monotonic()
         self.rows_written = 0  # feature-bank rows this rank wrote in this job
 
@@ -165,9 +190,11 @@ class _Segment:
         elif int(state["epoch"]) == 0:
             self._restore_stats(state)
         else:
-            raise SegmentError(f"{self.ckpt.folder}: checkpoints are past epoch 0, so the "
-                               f"bootstrap ran already; restore {done_path(self.run_dir, 0)} "
-                               f"or start a new run directory")
+            raise SegmentError(
+                f"{self.ckpt.folder}: checkpoints are past epoch 0, so the "
+                f"bootstrap ran already; restore {done_path(self.run_dir, 0)} "
+                f"or start a new run directory"
+            )
         if state is None or state["phase"] == "extract":
             self._extract(trainer)
         return self._finish(trainer)
@@ -176,36 +203,54 @@ class _Segment:
         """Load the newest checkpoint and put the trainer where this segment must go on."""
         state = self._load(trainer)
         if state is None:
-            log.warning("no checkpoint in %s: epoch %d starts from the seed's initial weights",
-                        self.ckpt.folder, self.epoch)
+            log.warning(
+                "no checkpoint in %s: epoch %d starts from the seed's initial weights",
+                self.ckpt.folder,
+                self.epoch,
+            )
             trainer.start_epoch(self.epoch, labels, k)
             return "train"
         last, phase = int(state["epoch"]), state["phase"]
         if last > self.epoch:
-            raise SegmentError(f"{self.ckpt.folder}: checkpoints are from epoch {last}, past "
-                               f"epoch {self.epoch}; this segment ran already — restore "
-                               f"{done_path(self.run_dir, self.epoch)} or use a new run directory")
+            raise SegmentError(
+                f"{self.ckpt.folder}: checkpoints are from epoch {last}, past "
+                f"epoch {self.epoch}; this segment ran already — restore "
+                f"{done_path(self.run_dir, self.epoch)} or use a new run directory"
+            )
         if last < self.epoch:
             if last != self.epoch - 1 or phase != "done":
-                raise SegmentError(f"train segment {last} has not finished (checkpoint phase "
-                                   f"{phase!r}); run it before segment {self.epoch}")
+                raise SegmentError(
+                    f"train segment {last} has not finished (checkpoint phase "
+                    f"{phase!r}); run it before segment {self.epoch}"
+                )
             trainer.start_epoch(self.epoch, labels, k)
             return "train"
         self._restore_stats(state)
         position = int(state["position"])
         if phase == "train":
             if state["labels_digest"] != labels_digest(labels):
-                raise SegmentError(f"labels of epoch {self.epoch - 1} changed since segment "
-                                   f"{self.epoch} began; restore them or delete {self.ckpt.folder}"
-                                   f" checkpoints of epoch {self.epoch}")
+                raise SegmentError(
+                    f"labels of epoch {self.epoch - 1} changed since segment "
+                    f"{self.epoch} began; restore them or delete {self.ckpt.folder}"
+                    f" checkpoints of epoch {self.epoch}"
+                )
             if int(state["world_size"]) != self.env.world_size:
-                log.warning("world size changed %s → %d: resuming near global sample %d (exact "
-                            "resume needs the same world size)", state["world_size"],
-                            self.env.world_size, position * int(state["world_size"]))
+                log.warning(
+                    "world size changed %s → %d: resuming near global sample %d (exact "
+                    "resume needs the same world size)",
+                    state["world_size"],
+                    self.env.world_size,
+                    position * int(state["world_size"]),
+                )
                 position = position * int(state["world_size"]) // self.env.world_size
         trainer.resume_epoch(self.epoch, labels, position)
-        log.info("resuming epoch %d in phase %s at step %d (global step %d)", self.epoch, phase,
-                 trainer.step_in_epoch, trainer.global_step)
+        log.info(
+            "resuming epoch %d in phase %s at step %d (global step %d)",
+            self.epoch,
+            phase,
+            trainer.step_in_epoch,
+            trainer.global_step,
+        )
         return phase
 
     # ------------------------------------------------------------------ checkpoints
@@ -218,16 +263,18 @@ class _Segment:
             trainer.load_state_dict(state)
         except RuntimeError as err:
             first = " ".join(line.strip() for line in str(err).strip().splitlines()[:2])
-            raise SegmentError(f"{self.ckpt.path_for(step)}: does not fit this train.model "
-                               f"({first}); use the run's model settings or a new run directory"
-                               ) from None
+            raise SegmentError(
+                f"{self.ckpt.path_for(step)}: does not fit this train.model "
+                f"({first}); use the run's model settings or a new run directory"
+            ) from None
         return state
 
     def _save(self, trainer: Trainer, phase: str) -> None:
         if self.env.is_main:
             self.stats["seconds"] = self._seconds()
-            self.ckpt.save({**trainer.state_dict(), "phase": phase, "stats": dict(self.stats)},
-                           trainer.global_step)
+            self.ckpt.save(
+                {**trainer.state_dict(), "phase": phase, "stats": dict(self.stats)}, trainer.global_step
+            )
 
     def _restore_stats(self, state: dict) -> None:
         """Carry the epoch's loss and time totals over from the run that checkpointed."""
@@ -241,8 +288,10 @@ class _Segment:
     def _previous_bank(self) -> int:
         previous = self.epoch - 1
         if not is_complete(self.run_dir, previous):
-            raise SegmentError(f"features of epoch {previous} are not complete; run train "
-                               f"segment {previous} first (its bank seeds the unvisited rows)")
+            raise SegmentError(
+                f"features of epoch {previous} are not complete; run train "
+                f"segment {previous} first (its bank seeds the unvisited rows)"
+            )
         return previous
 
     def _prepare_bank(self, init_from: int | None) -> Path:
@@ -263,17 +312,20 @@ class _Segment:
     # ------------------------------------------------------------------ training
     def _train(self, trainer: Trainer) -> bool:
         """Train to the epoch's end or the step budget; True when the epoch is complete."""
-        cfg, env = self.cfg, self.env
+        cfg = self.cfg
         total = trainer.steps_per_epoch
         if total == 0:
-            raise SegmentError(f"each rank draws {trainer.sampler.local_len} samples, fewer than "
-                               f"one batch; lower train.data.batch_size")
+            raise SegmentError(
+                f"each rank draws {trainer.sampler.local_len} samples, fewer than "
+                f"one batch; lower train.data.batch_size"
+            )
         remaining = total - trainer.step_in_epoch
         limit = min(remaining, cfg.max_steps) if cfg.max_steps else remaining
         writer = None
         if cfg.feature_source == "train":
-            writer = BankWriter(bank_dir(self.run_dir, self.epoch) / "embeddings.f16",
-                                self.n_tiles, cfg.model.proj_dim)
+            writer = BankWriter(
+                bank_dir(self.run_dir, self.epoch) / "embeddings.f16", self.n_tiles, cfg.model.proj_dim
+            )
         window = _Window()
         self._tick = time.monotonic()
         try:
@@ -285,12 +337,18 @@ class _Segment:
         complete = trainer.step_in_epoch >= total
         if not complete:
             self._save(trainer, "train")
-            log.info("step budget of %d reached at step %d/%d: checkpointed; run segment %d "
-                     "again to continue", cfg.max_steps, trainer.step_in_epoch, total, self.epoch)
+            log.info(
+                "step budget of %d reached at step %d/%d: checkpointed; run segment %d again to continue",
+                cfg.max_steps,
+                trainer.step_in_epoch,
+                total,
+                self.epoch,
+            )
         return complete
 
-    def _step(self, trainer: Trainer, batch: dict, writer: BankWriter | None, window: "_Window",
-              total: int) -> None:
+    def _step(
+        self, trainer: Trainer, batch: dict, writer: BankWriter | None, window: _Window, total: int
+    ) -> None:
         cfg, env = self.cfg, self.env
         out = trainer.train_step(batch)
         if writer is not None and bool(out.owner.any()):
@@ -300,8 +358,9 @@ class _Segment:
         if self.on_step is not None:
             self.on_step(trainer.global_step)
         # one collective per step: the mean loss and whether any rank was told to stop
-        agreed = all_reduce_sum(torch.stack([out.loss.float(), torch.tensor(
-            float(self.flag.is_set()), device=out.loss.device)])).cpu()
+        agreed = all_reduce_sum(
+            torch.stack([out.loss.float(), torch.tensor(float(self.flag.is_set()), device=out.loss.device)])
+        ).cpu()
         loss = float(agreed[0]) / env.world_size
         if not math.isfinite(loss):
             last = self.ckpt.steps()
@@ -309,7 +368,8 @@ class _Segment:
                 f"epoch {self.epoch} step {trainer.step_in_epoch}: loss is {loss}; stopped "
                 f"without saving, the last good checkpoint "
                 f"({self.ckpt.path_for(last[-1]) if last else 'none'}) is kept — lower "
-                f"train.optim.lr or check the tiles")
+                f"train.optim.lr or check the tiles"
+            )
         now = time.monotonic()  # wall time per step, waiting for data included
         seconds, self._tick = now - self._tick, now
         images = len(out.index) * env.world_size
@@ -325,26 +385,46 @@ class _Segment:
             if writer is not None:
                 writer.sync()
             self._save(trainer, "train")
-            log.warning("preempted at epoch %d step %d (global %d): checkpointed", self.epoch,
-                        trainer.step_in_epoch, step)
+            log.warning(
+                "preempted at epoch %d step %d (global %d): checkpointed",
+                self.epoch,
+                trainer.step_in_epoch,
+                step,
+            )
             raise Preempted(f"segment {self.epoch} preempted at global step {step}")
         if step % cfg.checkpoint_every == 0 and trainer.step_in_epoch < total:
             if writer is not None:
                 writer.sync()
             self._save(trainer, "train")
 
-    def _report(self, trainer: Trainer, window: "_Window", total: int) -> None:
+    def _report(self, trainer: Trainer, window: _Window, total: int) -> None:
         if not self.env.is_main or not window.steps:
             return
         lr = trainer.optimizer.param_groups[0]["lr"]
         rate = window.images / max(window.seconds, 1e-9)
         eta = (total - trainer.step_in_epoch) * window.seconds / window.steps
-        log.info("epoch %d step %d/%d (global %d) loss %.4f lr %.4g %.1f img/s ETA %.0f s",
-                 self.epoch, trainer.step_in_epoch, total, trainer.global_step, window.mean,
-                 lr, rate, eta)
-        append_jsonl(self.run_dir / "metrics.jsonl", {
-            "kind": "train_window", "epoch": self.epoch, "step": trainer.global_step,
-            "loss": window.mean, "lr": lr, "images_per_s": rate})
+        log.info(
+            "epoch %d step %d/%d (global %d) loss %.4f lr %.4g %.1f img/s ETA %.0f s",
+            self.epoch,
+            trainer.step_in_epoch,
+            total,
+            trainer.global_step,
+            window.mean,
+            lr,
+            rate,
+            eta,
+        )
+        append_jsonl(
+            self.run_dir / "metrics.jsonl",
+            {
+                "kind": "train_window",
+                "epoch": self.epoch,
+                "step": trainer.global_step,
+                "loss": window.mean,
+                "lr": lr,
+                "images_per_s": rate,
+            },
+        )
         window.reset()
 
     # ------------------------------------------------------------------ the end
@@ -355,15 +435,21 @@ class _Segment:
 
     def _summary(self, trainer: Trainer, complete: bool) -> dict:
         s = self.stats
-        return {"epoch": self.epoch, "complete": complete,
-                "loss": s["loss_sum"] / s["steps"] if s["steps"] else None,
-                "steps": trainer.step_in_epoch, "global_step": trainer.global_step,
-                "seconds": round(self._seconds(), 3),
-                "images_per_s": s["images"] / s["train_seconds"] if s["train_seconds"] else None,
-                "stale_fraction": self._stale_fraction(trainer),
-                "feature_source": "extract" if self.epoch == 0 else self.cfg.feature_source,
-                "k": trainer.model.k if self.epoch else None, "world_size": self.env.world_size,
-                "relabel_s": s.get("relabel_s"), "extract_s": round(s.get("extract_s", 0.0), 3)}
+        return {
+            "epoch": self.epoch,
+            "complete": complete,
+            "loss": s["loss_sum"] / s["steps"] if s["steps"] else None,
+            "steps": trainer.step_in_epoch,
+            "global_step": trainer.global_step,
+            "seconds": round(self._seconds(), 3),
+            "images_per_s": s["images"] / s["train_seconds"] if s["train_seconds"] else None,
+            "stale_fraction": self._stale_fraction(trainer),
+            "feature_source": "extract" if self.epoch == 0 else self.cfg.feature_source,
+            "k": trainer.model.k if self.epoch else None,
+            "world_size": self.env.world_size,
+            "relabel_s": s.get("relabel_s"),
+            "extract_s": round(s.get("extract_s", 0.0), 3),
+        }
 
     def _finish(self, trainer: Trainer) -> dict:
         summary = self._summary(trainer, complete=True)
@@ -372,12 +458,33 @@ class _Segment:
         rows = all_reduce_sum(torch.tensor([float(self.rows_written)], device=self.device))
         summary["bank_rows_written_this_job"] = int(rows.item())
         if self.env.is_main:
-            finalize_bank(self.run_dir, self.epoch, self.n_tiles, self.cfg.model.proj_dim,
-                          summary["feature_source"], summary["stale_fraction"])
-            append_jsonl(self.run_dir / "metrics.jsonl", {
-                "kind": "train_epoch", **{k: summary[k] for k in (
-                    "epoch", "loss", "steps", "seconds", "images_per_s", "stale_fraction",
-                    "relabel_s", "extract_s")}})
+            finalize_bank(
+                self.run_dir,
+                self.epoch,
+                self.n_tiles,
+                self.cfg.model.proj_dim,
+                summary["feature_source"],
+                summary["stale_fraction"],
+            )
+            append_jsonl(
+                self.run_dir / "metrics.jsonl",
+                {
+                    "kind": "train_epoch",
+                    **{
+                        k: summary[k]
+                        for k in (
+                            "epoch",
+                            "loss",
+                            "steps",
+                            "seconds",
+                            "images_per_s",
+                            "stale_fraction",
+                            "relabel_s",
+                            "extract_s",
+                        )
+                    },
+                },
+            )
             atomic_write_text(done_path(self.run_dir, self.epoch), json.dumps(summary, indent=1))
             log.info("train segment %d done: %s", self.epoch, summary)
         barrier()

@@ -38,9 +38,17 @@ def synthetic_tile(rng: np.random.Generator, label: int, size: int, n_classes: i
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def make_store(root: str | Path, *, n_shards: int = 2, tiles_per_shard: int = 100,
-               size: int = 32, n_classes: int = 4, seed: int = 0, quality: int = 90,
-               encoding: str = "jpeg") -> Store:
+def make_store(
+    root: str | Path,
+    *,
+    n_shards: int = 2,
+    tiles_per_shard: int = 100,
+    size: int = 32,
+    n_classes: int = 4,
+    seed: int = 0,
+    quality: int = 90,
+    encoding: str = "jpeg",
+) -> Store:
     """Write ``n_shards`` labelled shards of synthetic tiles under ``root`` and index them."""
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -49,15 +57,15 @@ def make_store(root: str | Path, *, n_shards: int = 2, tiles_per_shard: int = 10
         tiles = [synthetic_tile(rng, int(c), size, n_classes) for c in labels]
         coords = np.stack([np.arange(tiles_per_shard) * size, np.zeros(tiles_per_shard)], 1)
         path = root / "shards" / f"slide-{s:03d}.h5"
-        with ShardWriter(path, slide_id=f"slide-{s:03d}", tile_size=size, encoding=encoding,
-                         mpp=0.5, with_labels=True) as writer:
+        with ShardWriter(
+            path, slide_id=f"slide-{s:03d}", tile_size=size, encoding=encoding, mpp=0.5, with_labels=True
+        ) as writer:
             data = [encode_jpeg(t, quality) for t in tiles] if encoding == "jpeg" else np.stack(tiles)
             writer.append(data, coords, np.ones(tiles_per_shard), labels)
     return build_manifest(root)
 
 
-def write_pseudo_labels(run_dir: str | Path, epoch: int, labels: np.ndarray, k: int,
-                        dim: int = 1) -> Path:
+def write_pseudo_labels(run_dir: str | Path, epoch: int, labels: np.ndarray, k: int, dim: int = 1) -> Path:
     """labels/epoch-NNNN/{labels.i32, centroids.npy, stats.json, COMPLETE} as the cluster job
     writes them (centroids are zeros: only the training side reads this folder here)."""
     folder = Path(run_dir) / "labels" / f"epoch-{epoch:04d}"
@@ -68,8 +76,10 @@ def write_pseudo_labels(run_dir: str | Path, epoch: int, labels: np.ndarray, k: 
         with open(tmp, "wb") as handle:
             np.save(handle, np.zeros((k, dim), dtype=np.float32))
     sizes = np.bincount(labels[labels >= 0], minlength=k)
-    atomic_write_text(folder / "stats.json", json.dumps(
-        {"k": int(k), "n": int(labels.size), "sizes": sizes.tolist(), "epoch": epoch}))
+    atomic_write_text(
+        folder / "stats.json",
+        json.dumps({"k": int(k), "n": int(labels.size), "sizes": sizes.tolist(), "epoch": epoch}),
+    )
     atomic_write_text(folder / "COMPLETE", "")
     return folder
 
@@ -84,4 +94,6 @@ def tiny_config(size: int = 32, batch_size: int = 16, workers: int = 0, **top) -
         model=ModelConfig(arch="resnet18", width=8, proj_dim=32, temperature=0.5),
         data=DataConfig(batch_size=batch_size, workers=workers, prefetch_factor=2),
         augment=AugmentConfig(size=size, color="none"),
-        optim=OptimConfig(lr=0.05), **top)
+        optim=OptimConfig(lr=0.05),
+        **top,
+    )

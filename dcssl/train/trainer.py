@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -74,16 +74,19 @@ class StepOutput:
 class Trainer:
     """One rank's training state; ``state_dict`` / ``load_state_dict`` are the checkpoint."""
 
-    def __init__(self, run_dir: str | Path, cfg: TrainConfig, env: DistEnv, device: torch.device,
-                 k: int = 1):
+    def __init__(self, run_dir: str | Path, cfg: TrainConfig, env: DistEnv, device: torch.device, k: int = 1):
         self.cfg, self.env, self.device = cfg, env, device
         self.amp_dtype = resolve_precision(cfg.precision, device)
         self.channels_last = cfg.channels_last
         where = cfg.augment.device
         self.augment_on_device = where == "gpu" or (where == "auto" and device.type == "cuda")
-        self.dataset = TileDataset(Path(run_dir) / "store", cfg.augment, locking=cfg.data.locking,
-                                   transform_in_worker=not self.augment_on_device,
-                                   max_open=cfg.data.max_open_shards)
+        self.dataset = TileDataset(
+            Path(run_dir) / "store",
+            cfg.augment,
+            locking=cfg.data.locking,
+            transform_in_worker=not self.augment_on_device,
+            max_open=cfg.data.max_open_shards,
+        )
         self.device_augment = BatchAugment(cfg.augment)
         torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed alone
         self.model = DeepClusterNet(cfg.model, k).to(device)
@@ -91,9 +94,14 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         o = cfg.optim
         self.optimizer = torch.optim.SGD(
-            [{"params": self.model.trunk_parameters(), "lr_scale": 1.0},
-             {"params": list(self.model.head.parameters()), "lr_scale": o.head_lr_scale}],
-            lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+            [
+                {"params": self.model.trunk_parameters(), "lr_scale": 1.0},
+                {"params": list(self.model.head.parameters()), "lr_scale": o.head_lr_scale},
+            ],
+            lr=o.lr,
+            momentum=o.momentum,
+            weight_decay=o.weight_decay,
+        )
         self.sampler: UniformClusterSampler | None = None
         self.loader = None
         self.ddp: torch.nn.Module | None = None
@@ -108,12 +116,21 @@ class Trainer:
         if self.sampler is None:
             d = self.cfg.data
             self.sampler = UniformClusterSampler(
-                labels, rank=self.env.rank, world_size=self.env.world_size, seed=self.cfg.seed,
-                samples_per_epoch=d.samples_per_epoch)
+                labels,
+                rank=self.env.rank,
+                world_size=self.env.world_size,
+                seed=self.cfg.seed,
+                samples_per_epoch=d.samples_per_epoch,
+            )
             self.loader = make_loader(
-                self.dataset, batch_size=d.batch_size, sampler=self.sampler, workers=d.workers,
-                prefetch_factor=d.prefetch_factor, persistent_workers=d.workers > 0,
-                pin_memory=d.pin_memory and self.device.type == "cuda")
+                self.dataset,
+                batch_size=d.batch_size,
+                sampler=self.sampler,
+                workers=d.workers,
+                prefetch_factor=d.prefetch_factor,
+                persistent_workers=d.workers > 0,
+                pin_memory=d.pin_memory and self.device.type == "cuda",
+            )
         else:
             self.sampler.set_labels(labels)
 
@@ -182,8 +199,9 @@ class Trainer:
         return images
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        )
 
     def train_step(self, batch: dict) -> StepOutput:
         """One optimizer step on a batch; advances the position and the global step."""
@@ -214,16 +232,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict:
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-               "python": random.getstate()}
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": None,  # bf16 needs no loss scaling; the slot keeps the format stable
-                "epoch": self.epoch, "position": self.position, "global_step": self.global_step,
-                "world_size": self.env.world_size, "batch_size": self.cfg.data.batch_size,
-                "k": self.model.k, "head_rows": self.model.head_rows,
-                "labels_digest": self.labels_digest, "seed": self.cfg.seed, "rng": rng}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": None,  # bf16 needs no loss scaling; the slot keeps the format stable
+            "epoch": self.epoch,
+            "position": self.position,
+            "global_step": self.global_step,
+            "world_size": self.env.world_size,
+            "batch_size": self.cfg.data.batch_size,
+            "k": self.model.k,
+            "head_rows": self.model.head_rows,
+            "labels_digest": self.labels_digest,
+            "seed": self.cfg.seed,
+            "rng": rng,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if self.model.set_head_rows(int(state["head_rows"]), self.optimizer):

@@ -9,19 +9,37 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 __all__ = [
-    "TERMINAL_STATES", "SbatchResult", "sbatch", "run_sbatch_and_wait", "show_job", "job_state",
-    "wait_for_state", "wait_until", "wait_for_job_end", "scancel",
+    "TERMINAL_STATES",
+    "SbatchResult",
+    "sbatch",
+    "run_sbatch_and_wait",
+    "show_job",
+    "job_state",
+    "wait_for_state",
+    "wait_until",
+    "wait_for_job_end",
+    "scancel",
 ]
 
-TERMINAL_STATES = frozenset({
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-    "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT",
-})
+TERMINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "SPECIAL_EXIT",
+    }
+)
 
 
 def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -44,8 +62,11 @@ def show_job_records(job_id: str) -> list[dict[str, str]]:
     proc = _run(["scontrol", "show", "job", "-o", str(job_id)])
     if proc.returncode != 0:
         return []
-    return [dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
-            for line in proc.stdout.strip().splitlines() if line.strip()]
+    return [
+        dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
+        for line in proc.stdout.strip().splitlines()
+        if line.strip()
+    ]
 
 
 def job_state(job_id: str) -> str:
@@ -70,8 +91,7 @@ def wait_until(predicate, timeout: float, poll_s: float = 0.5, what: str = "cond
         time.sleep(poll_s)
 
 
-def wait_for_state(job_id: str, states: Iterable[str], timeout: float = 120,
-                   poll_s: float = 0.5) -> str:
+def wait_for_state(job_id: str, states: Iterable[str], timeout: float = 120, poll_s: float = 0.5) -> str:
     """Wait until the job is in one of `states` and return it. Raises TimeoutError, or
     RuntimeError when the job reaches another terminal state first."""
     wanted = set(states)
@@ -122,8 +142,9 @@ def sbatch(script_text: str, folder: Path, args: Iterable[str] = ()) -> tuple[st
         script_text = "#!/bin/bash\n" + script_text
     script.write_text(script_text)
     out, err = folder / "job.out", folder / "job.err"
-    proc = _run(["sbatch", "--parsable", f"--chdir={folder}", f"--output={out}", f"--error={err}",
-                 *args, str(script)])
+    proc = _run(
+        ["sbatch", "--parsable", f"--chdir={folder}", f"--output={out}", f"--error={err}", *args, str(script)]
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"sbatch failed ({proc.returncode}): {proc.stderr.strip()}")
     job_id = proc.stdout.strip().split(";")[0]
@@ -146,12 +167,12 @@ class SbatchResult:
 
     def describe(self) -> str:
         """For assertion messages: state, job id and both outputs."""
-        return (f"job {self.job_id} ended {self.state}\n--- stdout:\n{self.stdout}"
-                f"\n--- stderr:\n{self.stderr}")
+        return f"job {self.job_id} ended {self.state}\n--- stdout:\n{self.stdout}\n--- stderr:\n{self.stderr}"
 
 
-def run_sbatch_and_wait(script_text: str, tmp_path: Path, timeout: float = 120,
-                        args: Iterable[str] = ()) -> SbatchResult:
+def run_sbatch_and_wait(
+    script_text: str, tmp_path: Path, timeout: float = 120, args: Iterable[str] = ()
+) -> SbatchResult:
     """Submit a batch script, wait for it to end (cancelling it after `timeout` s) and return
     its final state (e.g. 'COMPLETED') and the text of its stdout (stderr: `.stderr`)."""
     job_id, out, err = sbatch(script_text, Path(tmp_path), args)

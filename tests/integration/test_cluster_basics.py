@@ -18,26 +18,35 @@ from pathlib import Path
 
 import pytest
 import submitit
+from slurm_helpers import (
+    run_sbatch_and_wait,
+    sbatch,
+    scancel,
+    show_job_records,
+    wait_for_job_end,
+    wait_for_state,
+    wait_until,
+)
 
 from hpc.checkpoint import atomic_write_text
 from hpc.submit import ExecutorConfig, make_executor, submit_array
-from slurm_helpers import (
-    run_sbatch_and_wait, sbatch, scancel, show_job_records, wait_for_job_end, wait_for_state,
-    wait_until,
-)
 
 pytestmark = pytest.mark.slurm
 
 PY = sys.executable
 THIS_MODULE = __name__  # how jobs import the functions below (this folder is on their PYTHONPATH)
-JOB_TIMEOUT_S = 120     # generous: 2 cores shared with other engineers' work
+JOB_TIMEOUT_S = 120  # generous: 2 cores shared with other engineers' work
 
 
 def _wait_submitit(jobs: list[submitit.Job], timeout: float = JOB_TIMEOUT_S) -> None:
     """Wait for submitit jobs with a deadline (job.result() alone would wait forever)."""
     try:
-        wait_until(lambda: all(job.done() for job in jobs), timeout, poll_s=0.5,
-                   what=f"submitit jobs {[j.job_id for j in jobs]}")
+        wait_until(
+            lambda: all(job.done() for job in jobs),
+            timeout,
+            poll_s=0.5,
+            what=f"submitit jobs {[j.job_id for j in jobs]}",
+        )
     except TimeoutError:
         for job in jobs:
             job.cancel(check=False)
@@ -46,17 +55,25 @@ def _wait_submitit(jobs: list[submitit.Job], timeout: float = JOB_TIMEOUT_S) -> 
 
 # --------------------------------------------------------------------------- throttled array
 
+
 def nap_and_square(x: int) -> dict:
     """Array element: record when it ran, so the test can count how many ran at once."""
     start = time.time()
     time.sleep(1.5)
-    return {"x": x, "y": x * x, "start": start, "end": time.time(),
-            "task": os.environ.get("SLURM_ARRAY_TASK_ID"), "node": os.environ.get("SLURMD_NODENAME")}
+    return {
+        "x": x,
+        "y": x * x,
+        "start": start,
+        "end": time.time(),
+        "task": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "node": os.environ.get("SLURMD_NODENAME"),
+    }
 
 
 def _max_overlap(intervals: list[tuple[float, float]]) -> int:
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals],
-                    key=lambda ev: (ev[0], ev[1]))  # an end before a start at the same instant
+    events = sorted(
+        [(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda ev: (ev[0], ev[1])
+    )  # an end before a start at the same instant
     running = peak = 0
     for _, delta in events:
         running += delta
@@ -65,8 +82,7 @@ def _max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 
 def test_submitit_array_throttled_to_two(slurm_cluster, submitit_folder):
-    cfg = ExecutorConfig(kind="slurm", partition=slurm_cluster.partition, timeout_min=5,
-                         array_parallelism=2)
+    cfg = ExecutorConfig(kind="slurm", partition=slurm_cluster.partition, timeout_min=5, array_parallelism=2)
     executor = make_executor(cfg, submitit_folder, job_name="dcssl-array")
     items = list(range(6))
     jobs = submit_array(executor, nap_and_square, items, parallelism=2)
@@ -110,11 +126,15 @@ print(json.dumps({"rank": rank, "size": size, "procid": int(os.environ["SLURM_PR
 def test_mpi_allreduce_under_srun_pmi2(slurm_cluster, tmp_path):
     snippet = tmp_path / "mpi_allreduce.py"
     snippet.write_text(MPI_SNIPPET)
-    result = run_sbatch_and_wait(f"""#!/bin/bash
+    result = run_sbatch_and_wait(
+        f"""#!/bin/bash
 #SBATCH --partition={slurm_cluster.partition} --ntasks=2 --time=5 --job-name=dcssl-mpi
 export OMP_NUM_THREADS=1
 srun --mpi=pmi2 -n 2 {PY} {snippet}
-""", tmp_path, timeout=JOB_TIMEOUT_S)
+""",
+        tmp_path,
+        timeout=JOB_TIMEOUT_S,
+    )
     assert result.state == "COMPLETED", result.describe()
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == 2, result.describe()
@@ -128,6 +148,7 @@ srun --mpi=pmi2 -n 2 {PY} {snippet}
 
 
 # --------------------------------------------------------------------------- gloo DDP
+
 
 def _ddp_model():
     import torch
@@ -163,8 +184,11 @@ def ddp_one_step(outdir: str) -> dict:
     F.mse_loss(ddp(x.to(device)), y.to(device)).backward()
     optimizer.step()
     record = {
-        "rank": env.rank, "world_size": env.world_size, "local_rank": env.local_rank,
-        "master_addr": env.master_addr, "source": env.source,
+        "rank": env.rank,
+        "world_size": env.world_size,
+        "local_rank": env.local_rank,
+        "master_addr": env.master_addr,
+        "source": env.source,
         "slurm_procid": int(os.environ["SLURM_PROCID"]),
         "slurm_ntasks": int(os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ["SLURM_NTASKS"]),
         "node": os.environ.get("SLURMD_NODENAME"),
@@ -213,18 +237,23 @@ def _assert_ddp_records(records: list[dict], world_size: int) -> None:
     assert any(b != a for b, a in zip(before, first)), "the optimizer step changed nothing"
 
 
-@pytest.mark.parametrize("layout", ["-N 1 -n 2", "-N 2 --ntasks-per-node=1"],
-                         ids=["1node-2tasks", "2nodes-1task"])
+@pytest.mark.parametrize(
+    "layout", ["-N 1 -n 2", "-N 2 --ntasks-per-node=1"], ids=["1node-2tasks", "2nodes-1task"]
+)
 def test_ddp_gloo_from_srun(slurm_cluster, tmp_path, layout):
     outdir = tmp_path / "ranks"
     outdir.mkdir()
-    result = run_sbatch_and_wait(f"""#!/bin/bash
+    result = run_sbatch_and_wait(
+        f"""#!/bin/bash
 #SBATCH --partition={slurm_cluster.partition} {layout} --time=5 --job-name=dcssl-ddp
 export OMP_NUM_THREADS=1
 export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 echo "MASTER_ADDR=$MASTER_ADDR"
 srun {PY} -c "import sys; from {THIS_MODULE} import ddp_one_step; ddp_one_step(sys.argv[1])" {outdir}
-""", tmp_path, timeout=JOB_TIMEOUT_S)
+""",
+        tmp_path,
+        timeout=JOB_TIMEOUT_S,
+    )
     assert result.state == "COMPLETED", result.describe()
     records = [json.loads(p.read_text()) for p in sorted(outdir.glob("rank-*.json"))]
     assert len(records) == 2, result.describe()
@@ -238,8 +267,7 @@ srun {PY} -c "import sys; from {THIS_MODULE} import ddp_one_step; ddp_one_step(s
 def test_ddp_gloo_from_submitit_tasks_per_node(slurm_cluster, submitit_folder, tmp_path):
     outdir = tmp_path / "ranks"
     outdir.mkdir()
-    cfg = ExecutorConfig(kind="slurm", partition=slurm_cluster.partition, tasks_per_node=2,
-                         timeout_min=5)
+    cfg = ExecutorConfig(kind="slurm", partition=slurm_cluster.partition, tasks_per_node=2, timeout_min=5)
     executor = make_executor(cfg, submitit_folder, job_name="dcssl-ddp-submitit")
     job = executor.submit(ddp_one_step, str(outdir))
     _wait_submitit([job])
@@ -252,13 +280,18 @@ def test_ddp_gloo_from_submitit_tasks_per_node(slurm_cluster, submitit_folder, t
 
 # --------------------------------------------------------------------------- two nodes
 
+
 def test_two_node_job(slurm_cluster, tmp_path):
     assert len(slurm_cluster.nodes) >= 2, slurm_cluster
-    result = run_sbatch_and_wait(f"""#!/bin/bash
+    result = run_sbatch_and_wait(
+        f"""#!/bin/bash
 #SBATCH --partition={slurm_cluster.partition} --nodes=2 --ntasks-per-node=1 --time=5
 #SBATCH --job-name=dcssl-2nodes
 srun bash -c 'echo "task $SLURM_PROCID $SLURM_JOB_NUM_NODES $SLURMD_NODENAME"'
-""", tmp_path, timeout=JOB_TIMEOUT_S)
+""",
+        tmp_path,
+        timeout=JOB_TIMEOUT_S,
+    )
     assert result.state == "COMPLETED", result.describe()
     rows = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("task ")]
     assert len(rows) == 2, result.describe()
@@ -268,6 +301,7 @@ srun bash -c 'echo "task $SLURM_PROCID $SLURM_JOB_NUM_NODES $SLURMD_NODENAME"'
 
 
 # --------------------------------------------------------------------------- preemption → requeue
+
 
 def _read_json(path: Path, default):
     try:
@@ -311,8 +345,9 @@ def test_checkpointable_job_requeued_on_usr2(slurm_cluster, submitit_folder, tmp
     job = executor.submit(CountToN(), n, str(progress), 0.5)
 
     wait_for_state(job.job_id, {"RUNNING"}, timeout=JOB_TIMEOUT_S)
-    wait_until(lambda: _read_json(progress, {}).get("step", 0) >= 2, JOB_TIMEOUT_S,
-               what="the job to make progress")
+    wait_until(
+        lambda: _read_json(progress, {}).get("step", 0) >= 2, JOB_TIMEOUT_S, what="the job to make progress"
+    )
     scancel(job.job_id, signal="USR2")  # what preemption / the time limit sends (submitit's signal)
 
     _wait_submitit([job])
@@ -360,15 +395,21 @@ def test_preemption_flag_checkpoint_and_requeue(slurm_cluster, tmp_path):
     folder.mkdir()
     snippet = tmp_path / "preemptible.py"
     snippet.write_text(PREEMPTIBLE_SNIPPET)
-    job_id, out, err = sbatch(f"""#!/bin/bash
+    job_id, out, err = sbatch(
+        f"""#!/bin/bash
 #SBATCH --partition={slurm_cluster.partition} --ntasks=1 --time=5 --requeue --open-mode=append
 #SBATCH --job-name=dcssl-preempt
 srun {PY} {snippet} {n} {folder}
-""", tmp_path)
+""",
+        tmp_path,
+    )
     progress = folder / "progress"
     wait_for_state(job_id, {"RUNNING"}, timeout=JOB_TIMEOUT_S)
-    wait_until(lambda: progress.exists() and int(progress.read_text() or 0) >= 2, JOB_TIMEOUT_S,
-               what="the job to make progress")
+    wait_until(
+        lambda: progress.exists() and int(progress.read_text() or 0) >= 2,
+        JOB_TIMEOUT_S,
+        what="the job to make progress",
+    )
     scancel(job_id, signal="USR2")
     state = wait_for_job_end(job_id, timeout=JOB_TIMEOUT_S)
     text = out.read_text() if out.exists() else ""

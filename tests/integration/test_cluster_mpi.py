@@ -26,15 +26,15 @@ REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
-
 def _cmd(run: Path, epoch: int, ranks: int, overrides: list[str]) -> list[str]:
     base = [sys.executable, "-m", "dcssl.cluster", str(run), "--epoch", str(epoch), *overrides]
     return base if ranks == 0 else [mpiexec(), "-n", str(ranks), *base]
 
 
 def _run(run: Path, epoch: int, ranks: int, overrides: list[str]) -> dict:
-    proc = subprocess.run(_cmd(run, epoch, ranks, overrides), env=ENV, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        _cmd(run, epoch, ranks, overrides), env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((run / "labels" / f"epoch-{epoch:04d}" / "stats.json").read_text())
 
@@ -74,8 +74,15 @@ def test_1_2_4_ranks_give_identical_labels_and_nmi(tmp_path):
         assert s["nmi_prev"] == pytest.approx(dense, abs=1e-12)
 
 
-SLOW = ["k=200", "pca_dim=0", "block_rows=4096", "iterations=60", "tol=0", "init=random",
-        "keep_checkpoints_after=true"]
+SLOW = [
+    "k=200",
+    "pca_dim=0",
+    "block_rows=4096",
+    "iterations=60",
+    "tol=0",
+    "init=random",
+    "keep_checkpoints_after=true",
+]
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +97,14 @@ def slow_reference(tmp_path_factory):
 
 
 def _start_and_kill(run: Path, ranks: int, at_least: int, sig: int = signal.SIGKILL) -> subprocess.Popen:
-    proc = subprocess.Popen(_cmd(run, 0, ranks, SLOW), env=ENV, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(run, 0, ranks, SLOW),
+        env=ENV,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ckpt = checkpoints(run, 0, 2)
     deadline = time.monotonic() + 120
     while not any(s >= at_least for s in ckpt.steps()):
@@ -134,8 +147,7 @@ def test_finished_epoch_rerun_is_a_no_op(tmp_path):
     write_bank(tmp_path, 0, np.random.default_rng(2).standard_normal((3000, 8)))
     _run(tmp_path, 0, 2, SMALL)
     before = (tmp_path / "labels/epoch-0000/labels.i32").stat().st_mtime_ns
-    proc = subprocess.run(_cmd(tmp_path, 0, 2, SMALL), env=ENV, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(_cmd(tmp_path, 0, 2, SMALL), env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "nothing to do" in proc.stderr
     assert (tmp_path / "labels/epoch-0000/labels.i32").stat().st_mtime_ns == before
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -154,10 +166,22 @@ def test_srun_pmi2_two_ranks_match_one_rank(slurm_cluster, tmp_path):
     _run(one, 0, 0, SMALL)
     log = tmp_path / "job.log"
     submit = subprocess.run(
-        ["sbatch", "--parsable", "--ntasks=2", f"--partition={slurm_cluster.partition}",
-         f"--output={log}", f"--export=ALL,PYTHONPATH={REPO},PYTHON={sys.executable}",
-         str(REPO / "slurm" / "cluster.sbatch"), str(two), "0", *SMALL],
-        capture_output=True, text=True, timeout=60)
+        [
+            "sbatch",
+            "--parsable",
+            "--ntasks=2",
+            f"--partition={slurm_cluster.partition}",
+            f"--output={log}",
+            f"--export=ALL,PYTHONPATH={REPO},PYTHON={sys.executable}",
+            str(REPO / "slurm" / "cluster.sbatch"),
+            str(two),
+            "0",
+            *SMALL,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert submit.returncode == 0, submit.stderr
     state = wait_for_job_end(submit.stdout.strip().split(";")[0], timeout=240)
     assert state == "COMPLETED", log.read_text()[-3000:] if log.exists() else state

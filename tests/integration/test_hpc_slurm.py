@@ -10,11 +10,11 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
+from slurm_helpers import scancel, wait_until
 
 from hpc.checkpoint import CheckpointManager
 from hpc.preemption import Preempted, RequeueableJob
 from hpc.submit import ExecutorConfig, make_executor, submit_array, wait_all
-from slurm_helpers import scancel, wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -25,8 +25,9 @@ def _square(x):
 
 @pytest.mark.slurm
 def test_array_split_into_chained_chunks(slurm_cluster, submitit_folder):
-    executor = make_executor(ExecutorConfig(kind="slurm", partition=slurm_cluster.partition,
-                                            timeout_min=5), submitit_folder / "%j")
+    executor = make_executor(
+        ExecutorConfig(kind="slurm", partition=slurm_cluster.partition, timeout_min=5), submitit_folder / "%j"
+    )
     jobs = submit_array(executor, _square, list(range(7)), parallelism=2, max_array_size=3)
     array_ids = sorted({job.job_id.split("_")[0] for job in jobs}, key=int)
     assert len(array_ids) == 3
@@ -38,8 +39,12 @@ def test_array_split_into_chained_chunks(slurm_cluster, submitit_folder):
 
 
 def _spans(array_id: str) -> list[tuple[datetime, datetime]] | None:
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", array_id, "--format=Start,End"],
-                         capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", array_id, "--format=Start,End"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     rows = [line.split("|") for line in out.splitlines() if line.strip()]
     if not rows or any("Unknown" in r or "None" in r for row in rows for r in row):
         return None
@@ -76,12 +81,15 @@ def _load_json(path):
 
 @pytest.mark.slurm
 def test_requeueable_job_checkpoints_on_usr2_and_resumes(slurm_cluster, submitit_folder, tmp_path):
-    executor = make_executor(ExecutorConfig(kind="slurm", partition=slurm_cluster.partition,
-                                            timeout_min=10), submitit_folder / "%j")
+    executor = make_executor(
+        ExecutorConfig(kind="slurm", partition=slurm_cluster.partition, timeout_min=10),
+        submitit_folder / "%j",
+    )
     progress = tmp_path / "progress"
     job = executor.submit(_CountTo(tmp_path / "ckpt", 60), progress_file=str(progress))
-    wait_until(lambda: progress.is_file() and int(progress.read_text() or 0) >= 10, 120, 0.2,
-               "the job's progress")
+    wait_until(
+        lambda: progress.is_file() and int(progress.read_text() or 0) >= 10, 120, 0.2, "the job's progress"
+    )
     scancel(job.job_id, signal="USR2")
     total, restarts = job.result()
     assert total == sum(range(61)) and restarts == 1

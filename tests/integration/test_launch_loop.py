@@ -9,26 +9,32 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from slurm_helpers import scancel, wait_until
 
 from dcssl.jsonl import read_jsonl
 from dcssl.launch.demo import demo_slide
 from dcssl.store import Store
 
-from slurm_helpers import scancel, wait_until
-
-TINY = ["train.model.arch=resnet18", "train.model.width=8", "train.model.proj_dim=32",
-        "train.augment.size=48", "train.data.batch_size=32", "train.data.workers=0",
-        "cluster.k=6", "cluster.pca_dim=16"]
+TINY = [
+    "train.model.arch=resnet18",
+    "train.model.width=8",
+    "train.model.proj_dim=32",
+    "train.augment.size=48",
+    "train.data.batch_size=32",
+    "train.data.workers=0",
+    "cluster.k=6",
+    "cluster.pca_dim=16",
+]
 
 
 def launch(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dcssl.launch", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dcssl.launch", *args], capture_output=True, text=True, timeout=timeout
+    )
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -38,8 +44,7 @@ def launch(*args: str, check: bool = True, timeout: float = 600) -> subprocess.C
 def tiled_run(tmp_path_factory) -> Path:
     """A run directory whose store holds the shipped real slide, tiled at 96 px."""
     run = tmp_path_factory.mktemp("tiled") / "run"
-    launch("tile", str(run), "--slides", str(demo_slide()), "--executor", "local",
-           "tile.tile_size=96")
+    launch("tile", str(run), "--slides", str(demo_slide()), "--executor", "local", "tile.tile_size=96")
     return run
 
 
@@ -50,8 +55,11 @@ def fresh_run(tiled_run: Path, tmp_path: Path) -> Path:
 
 
 def records(run: Path, kind: str, epoch: int | None = None) -> list[dict]:
-    return [r for r in read_jsonl(run / "metrics.jsonl")
-            if r.get("kind") == kind and (epoch is None or r.get("epoch") == epoch)]
+    return [
+        r
+        for r in read_jsonl(run / "metrics.jsonl")
+        if r.get("kind") == kind and (epoch is None or r.get("epoch") == epoch)
+    ]
 
 
 def assert_finished(run: Path, epochs: int) -> None:
@@ -60,8 +68,9 @@ def assert_finished(run: Path, epochs: int) -> None:
         labels = np.fromfile(run / "labels" / f"epoch-{epoch:04d}" / "labels.i32", dtype=np.int32)
         assert labels.shape == (n_tiles,) and labels.min() >= 0
         assert len(records(run, "epoch", epoch)) == 1
-    assert all(r["nmi_prev"] is not None and 0 <= r["nmi_prev"] <= 1
-               for r in records(run, "epoch") if r["epoch"] > 0)
+    assert all(
+        r["nmi_prev"] is not None and 0 <= r["nmi_prev"] <= 1 for r in records(run, "epoch") if r["epoch"] > 0
+    )
     assert (run / "charts" / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -72,7 +81,8 @@ def test_local_loop_on_a_real_slide_then_rerun_is_a_no_op(tiled_run, tmp_path):
     assert "NMI(t-1,t)" in out.stdout and "progress.png" in out.stdout
     state = json.loads((run / "state.json").read_text())
     assert {name: s["status"] for name, s in state["steps"].items()} == {
-        f"{kind}-{e:04d}": "done" for e in range(3) for kind in ("train", "cluster")}
+        f"{kind}-{e:04d}": "done" for e in range(3) for kind in ("train", "cluster")
+    }
     before = (run / "metrics.jsonl").read_bytes()
     again = launch("train", str(run), "--executor", "local", "--epochs", "2", *TINY)
     assert "nothing to run" in again.stderr
@@ -83,14 +93,26 @@ def test_local_loop_on_a_real_slide_then_rerun_is_a_no_op(tiled_run, tmp_path):
 
 def test_killed_launcher_resumes_without_redoing_finished_steps(tiled_run, tmp_path):
     run = fresh_run(tiled_run, tmp_path)
-    argv = [sys.executable, "-m", "dcssl.launch", "train", str(run), "--executor", "local",
-            "--epochs", "2", *TINY]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "dcssl.launch",
+        "train",
+        str(run),
+        "--executor",
+        "local",
+        "--epochs",
+        "2",
+        *TINY,
+    ]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     first_labels = run / "labels" / "epoch-0000" / "COMPLETE"
     try:
-        wait_until(lambda: first_labels.is_file() or proc.poll() is not None, 300, 0.5,
-                   "the first clustering")
+        wait_until(
+            lambda: first_labels.is_file() or proc.poll() is not None, 300, 0.5, "the first clustering"
+        )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the step it was running
         proc.wait()
@@ -105,14 +127,26 @@ def test_killed_launcher_resumes_without_redoing_finished_steps(tiled_run, tmp_p
 @pytest.mark.slurm
 def test_slurm_chain_survives_a_cancelled_job(slurm_cluster, tiled_run, tmp_path):
     run = fresh_run(tiled_run, tmp_path)
-    common = ["--executor", "slurm", "--epochs", "2", *TINY, "executor_train.tasks_per_node=2",
-              "executor_cluster.tasks_per_node=2", "executor_train.timeout_min=15",
-              "executor_cluster.timeout_min=15"]
+    common = [
+        "--executor",
+        "slurm",
+        "--epochs",
+        "2",
+        *TINY,
+        "executor_train.tasks_per_node=2",
+        "executor_cluster.tasks_per_node=2",
+        "executor_train.timeout_min=15",
+        "executor_cluster.timeout_min=15",
+    ]
     launch("train", str(run), *common)  # submits the chain and returns
     state = json.loads((run / "state.json").read_text())["steps"]
     victim = state["train-0001"]["job_id"]
-    wait_until(lambda: (run / "labels" / "epoch-0000" / "COMPLETE").is_file(), 300, 1.0,
-               "the first clustering on SLURM")
+    wait_until(
+        lambda: (run / "labels" / "epoch-0000" / "COMPLETE").is_file(),
+        300,
+        1.0,
+        "the first clustering on SLURM",
+    )
     scancel(victim)
     waited = launch("train", str(run), *common, "--wait", timeout=900)
     assert "cancelled" in waited.stderr or "submitted train-0001" in waited.stderr
@@ -123,8 +157,9 @@ def test_slurm_chain_survives_a_cancelled_job(slurm_cluster, tiled_run, tmp_path
     assert len(records(run, "cluster", 0)) == 1
 
 
-@pytest.mark.parametrize("case", ["bad-yaml", "unknown-key", "wrong-type", "no-run-dir",
-                                  "unknown-subcommand"])
+@pytest.mark.parametrize(
+    "case", ["bad-yaml", "unknown-key", "wrong-type", "no-run-dir", "unknown-subcommand"]
+)
 def test_bad_invocations_exit_2_with_one_line_and_write_nothing(tiled_run, tmp_path, case):
     run = fresh_run(tiled_run, tmp_path)
     bad = tmp_path / "bad.yaml"

@@ -15,7 +15,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-
 from slurm_helpers import TERMINAL_STATES, show_job_records, wait_until
 
 pytestmark = pytest.mark.slurm
@@ -28,8 +27,14 @@ TIMEOUT_S = 300  # 2 cores shared with other engineers' work
 
 def _launch(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([PY, "-m", "dcssl.launch", *args], capture_output=True, text=True,
-                          timeout=TIMEOUT_S, env=env, cwd=REPO)
+    return subprocess.run(
+        [PY, "-m", "dcssl.launch", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def _status(run: Path) -> dict:
@@ -47,8 +52,12 @@ def _slides(folder: Path) -> Path:
 
 
 def _wait_attempted(run: Path) -> dict:
-    return wait_until(lambda: (s := _status(run))["pending"] == 0 and s["manifest"] and s,
-                      TIMEOUT_S, poll_s=2, what=f"every slide of {run} attempted")
+    return wait_until(
+        lambda: (s := _status(run))["pending"] == 0 and s["manifest"] and s,
+        TIMEOUT_S,
+        poll_s=2,
+        what=f"every slide of {run} attempted",
+    )
 
 
 def _throttle(array_id: str) -> str | None:
@@ -59,8 +68,12 @@ def _throttle(array_id: str) -> str | None:
 
 
 def _element_times(array_id: str) -> list[tuple[datetime, datetime]]:
-    proc = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,Start,End"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,Start,End"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     times = []
     for line in proc.stdout.splitlines():
         job, start, end = line.split("|")
@@ -72,11 +85,19 @@ def _element_times(array_id: str) -> list[tuple[datetime, datetime]]:
 def _final_states(array_id: str, n: int) -> list[str]:
     """The n elements' end states, once accounting has them all: the ledger is written before an
     element exits, and slurmdbd records the exit a moment later."""
+
     def states():
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,State"],
-                             capture_output=True, text=True, timeout=60).stdout
-        found = sorted(line.split("|")[1].split()[0] for line in out.splitlines()
-                       if re.fullmatch(rf"{array_id}_\d+", line.split("|")[0]))
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,State"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        found = sorted(
+            line.split("|")[1].split()[0]
+            for line in out.splitlines()
+            if re.fullmatch(rf"{array_id}_\d+", line.split("|")[0])
+        )
         return len(found) == n and set(found) <= TERMINAL_STATES and found
 
     return wait_until(states, TIMEOUT_S, poll_s=1, what=f"{n} ended elements of {array_id}")
@@ -94,10 +115,18 @@ def _check_outcome(run: Path) -> None:
 def test_submitit_array_throttled(slurm_cluster, tmp_path):
     slides = _slides(tmp_path / "slides")
     run = tmp_path / "run"
-    proc = _launch("tile", str(run), "--slides", str(slides), "--executor", "slurm",
-                   f"executor_tile.partition={slurm_cluster.partition}",
-                   "executor_tile.array_parallelism=1", "executor_tile.timeout_min=10",
-                   "tile.workers=1")
+    proc = _launch(
+        "tile",
+        str(run),
+        "--slides",
+        str(slides),
+        "--executor",
+        "slurm",
+        f"executor_tile.partition={slurm_cluster.partition}",
+        "executor_tile.array_parallelism=1",
+        "executor_tile.timeout_min=10",
+        "tile.workers=1",
+    )
     assert proc.returncode == 0, proc.stderr
     array_id = re.search(r"submitted array job\(s\) (\d+)", proc.stdout).group(1)
     assert _throttle(array_id) == "1"
@@ -112,26 +141,53 @@ def test_submitit_array_throttled(slurm_cluster, tmp_path):
     assert {r["host"] for r in ledger} <= set(slurm_cluster.nodes) | {os.uname().nodename}
     assert all(r["job"] for r in ledger)
     # re-run with --wait: only the broken slide is attempted again, and the exit status says so
-    again = _launch("tile", str(run), "--executor", "slurm", "--wait",
-                    f"executor_tile.partition={slurm_cluster.partition}", "tile.workers=1")
+    again = _launch(
+        "tile",
+        str(run),
+        "--executor",
+        "slurm",
+        "--wait",
+        f"executor_tile.partition={slurm_cluster.partition}",
+        "tile.workers=1",
+    )
     assert again.returncode == 1, again.stderr
     ledger2 = [json.loads(x) for x in (run / "store" / "ledger.jsonl").read_text().splitlines()]
-    assert [r["slide"] for r in ledger2[len(ledger):]] == ["broken"]
+    assert [r["slide"] for r in ledger2[len(ledger) :]] == ["broken"]
 
 
 def test_plain_sbatch_array(slurm_cluster, tmp_path):
     slides = _slides(tmp_path / "slides")
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHON": PY,
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    prep = subprocess.run([PY, "-m", "dcssl.tile", str(run), "--prepare", str(slides)],
-                          capture_output=True, text=True, env=env, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHON": PY,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    prep = subprocess.run(
+        [PY, "-m", "dcssl.tile", str(run), "--prepare", str(slides)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert prep.returncode == 0, prep.stderr
     n = int(prep.stdout.strip())
     submit = subprocess.run(
-        ["sbatch", "--parsable", f"--array=0-{n - 1}%2", f"--partition={slurm_cluster.partition}",
-         f"--output={tmp_path}/tile-%A_%a.out", str(REPO / "slurm" / "tile.sbatch"), str(run),
-         "tile.workers=1"], capture_output=True, text=True, env=env, timeout=60)
+        [
+            "sbatch",
+            "--parsable",
+            f"--array=0-{n - 1}%2",
+            f"--partition={slurm_cluster.partition}",
+            f"--output={tmp_path}/tile-%A_%a.out",
+            str(REPO / "slurm" / "tile.sbatch"),
+            str(run),
+            "tile.workers=1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert submit.returncode == 0, submit.stderr
     array_id = submit.stdout.strip().split(";")[0]
     assert _throttle(array_id) == "2"
@@ -140,5 +196,5 @@ def test_plain_sbatch_array(slurm_cluster, tmp_path):
     # the broken slide's element exits 1
     assert _final_states(array_id, n) == ["COMPLETED", "COMPLETED", "COMPLETED", "FAILED"]
     times = _element_times(array_id)
-    for k, (start, _) in enumerate(times):  # never more than 2 running at once
+    for start, _ in times:  # never more than 2 running at once
         assert sum(1 for s, e in times if s <= start < e) <= 2, times

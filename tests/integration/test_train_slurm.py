@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from slurm_helpers import scancel, wait_for_job_end, wait_for_state, wait_until
 
 from dcssl.config import load_section
 from dcssl.jsonl import read_jsonl
@@ -32,7 +33,6 @@ from dcssl.train.synthetic import make_store, write_pseudo_labels
 from hpc.checkpoint import atomic_write_text
 from hpc.preemption import PreemptionFlag
 from hpc.submit import ExecutorConfig, make_executor
-from slurm_helpers import scancel, wait_for_job_end, wait_for_state, wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -42,25 +42,43 @@ TRAIN_SBATCH = REPO / "slurm" / "train.sbatch"
 THIS_MODULE = __name__
 JOB_TIMEOUT_S = 240  # two cores shared by two ranks, their loader workers and other engineers
 N_TILES, STEPS = 192, 60  # 60 steps of 2 × 16 tiles: time to signal a job mid-epoch
-CONFIG = {"train": {
-    "model": {"arch": "resnet18", "width": 8, "proj_dim": 32, "temperature": 0.5},
-    "data": {"batch_size": 16, "workers": 1, "prefetch_factor": 2,
-             "samples_per_epoch": STEPS * 32},
-    "augment": {"size": 32, "color": "none"},
-    "log_every": 5, "checkpoint_every": 4}}
+CONFIG = {
+    "train": {
+        "model": {"arch": "resnet18", "width": 8, "proj_dim": 32, "temperature": 0.5},
+        "data": {"batch_size": 16, "workers": 1, "prefetch_factor": 2, "samples_per_epoch": STEPS * 32},
+        "augment": {"size": 32, "color": "none"},
+        "log_every": 5,
+        "checkpoint_every": 4,
+    }
+}
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def _submit(folder: Path, run_dir: Path, epoch: int, *options: str) -> tuple[str, Path]:
     """sbatch slurm/train.sbatch RUN_DIR EPOCH on the CPU partition; returns (job id, log)."""
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "train.log"
     proc = subprocess.run(
-        ["sbatch", "--parsable", f"--chdir={folder}", f"--output={log}", "--gpus-per-node=0",
-         "--cpus-per-task=1", "--time=10", f"--export=ALL,PYTHON={PY}", *options,
-         str(TRAIN_SBATCH), str(run_dir), str(epoch)],
-        capture_output=True, text=True, timeout=60)
+        [
+            "sbatch",
+            "--parsable",
+            f"--chdir={folder}",
+            f"--output={log}",
+            "--gpus-per-node=0",
+            "--cpus-per-task=1",
+            "--time=10",
+            f"--export=ALL,PYTHON={PY}",
+            *options,
+            str(TRAIN_SBATCH),
+            str(run_dir),
+            str(epoch),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0], log
 
@@ -90,8 +108,9 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def _windows(run_dir: Path) -> list[dict]:
-    return [r for r in read_jsonl(run_dir / "metrics.jsonl")
-            if r["kind"] == "train_window" and r["epoch"] == 1]
+    return [
+        r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train_window" and r["epoch"] == 1
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +120,7 @@ def booted(slurm_cluster, tmp_path_factory) -> Path:
     store = make_store(root / "store", n_shards=3, tiles_per_shard=N_TILES // 3, size=32)
     (root / "config.yaml").write_text(json.dumps(CONFIG))
     torch.set_num_threads(1)
-    run_segment(root, 0, load_section(TrainConfig, "train", root), flag=PreemptionFlag(),
-                requeue=False)
+    run_segment(root, 0, load_section(TrainConfig, "train", root), flag=PreemptionFlag(), requeue=False)
     write_pseudo_labels(root, 0, store.labels(), 4)
     return root
 
@@ -137,7 +155,8 @@ print(json.dumps({"rank": comm.Get_rank(), "size": comm.Get_size(), "rows": int(
 
 
 def test_srun_two_ranks_loss_falls_and_bank_is_complete_disjoint_and_readable(
-        slurm_cluster, booted, reference, tmp_path):
+    slurm_cluster, booted, reference, tmp_path
+):
     run_dir, text = reference
     summary = json.loads([ln for ln in text.splitlines() if ln.startswith("{")][-1])
     assert summary["complete"] and summary["world_size"] == 2 and summary["steps"] == STEPS
@@ -162,7 +181,10 @@ def test_srun_two_ranks_loss_falls_and_bank_is_complete_disjoint_and_readable(
     snippet.write_text(READERS_SNIPPET)
     readers = subprocess.run(
         ["srun", "--mpi=pmi2", "-n", "3", "--time=5", PY, str(snippet), str(run_dir)],
-        capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT_S,
+    )
     assert readers.returncode == 0, readers.stderr
     rows = [json.loads(ln) for ln in readers.stdout.splitlines() if ln.startswith("{")]
     assert [r["size"] for r in rows] == [3, 3, 3]  # three readers of what two ranks wrote
@@ -173,6 +195,7 @@ def test_srun_two_ranks_loss_falls_and_bank_is_complete_disjoint_and_readable(
 
 # --------------------------------------------------------------------------- submitit
 
+
 def segment_job(run_dir: str, epoch: int) -> dict:
     """A submitit task: one rank of the segment, configured from the run directory."""
     torch.set_num_threads(1)
@@ -180,12 +203,20 @@ def segment_job(run_dir: str, epoch: int) -> dict:
 
 
 def test_submitit_tasks_end_with_the_same_weights_as_srun(
-        slurm_cluster, booted, reference, submitit_folder, tmp_path):
+    slurm_cluster, booted, reference, submitit_folder, tmp_path
+):
     run_dir = _copy(booted, tmp_path / "run")
-    cfg = ExecutorConfig(kind="slurm", partition=slurm_cluster.partition, tasks_per_node=2,
-                         cpus_per_task=1, timeout_min=10, setup=["export OMP_NUM_THREADS=1"])
+    cfg = ExecutorConfig(
+        kind="slurm",
+        partition=slurm_cluster.partition,
+        tasks_per_node=2,
+        cpus_per_task=1,
+        timeout_min=10,
+        setup=["export OMP_NUM_THREADS=1"],
+    )
     job = make_executor(cfg, submitit_folder, job_name="dcssl-train-submitit").submit(
-        segment_job, str(run_dir), 1)
+        segment_job, str(run_dir), 1
+    )
     wait_until(job.done, JOB_TIMEOUT_S, poll_s=1, what=f"submitit job {job.job_id}")
     summaries = job.results()
     assert [s["world_size"] for s in summaries] == [2, 2] and all(s["complete"] for s in summaries)
@@ -195,14 +226,20 @@ def test_submitit_tasks_end_with_the_same_weights_as_srun(
 
 # --------------------------------------------------------------------------- preemption
 
+
 def test_two_nodes_usr2_mid_epoch_requeue_ends_with_the_same_weights(
-        slurm_cluster, booted, reference, tmp_path):
+    slurm_cluster, booted, reference, tmp_path
+):
     assert len(slurm_cluster.nodes) >= 2, slurm_cluster
     run_dir = _copy(booted, tmp_path / "run")
     job_id, log = _submit(tmp_path / "job", run_dir, 1, "--nodes=2", "--ntasks-per-node=1")
     wait_for_state(job_id, {"RUNNING"}, timeout=JOB_TIMEOUT_S)
-    wait_until(lambda: any(w["step"] >= 5 for w in _windows(run_dir)), JOB_TIMEOUT_S, poll_s=0.1,
-               what="the segment to train a few steps")
+    wait_until(
+        lambda: any(w["step"] >= 5 for w in _windows(run_dir)),
+        JOB_TIMEOUT_S,
+        poll_s=0.1,
+        what="the segment to train a few steps",
+    )
     scancel(job_id, signal="USR2")  # what preemption or the time limit sends
     state, text = _finish(job_id, log)
     assert state == "COMPLETED", text
@@ -219,13 +256,16 @@ def test_two_nodes_usr2_mid_epoch_requeue_ends_with_the_same_weights(
     assert np.array_equal(open_bank(run_dir, 1), open_bank(reference[0], 1))
 
 
-def test_kill_9_mid_step_resumes_from_the_last_checkpoint(
-        slurm_cluster, booted, reference, tmp_path):
+def test_kill_9_mid_step_resumes_from_the_last_checkpoint(slurm_cluster, booted, reference, tmp_path):
     run_dir = _copy(booted, tmp_path / "run")
     ckpt = checkpoint_manager(run_dir)
     job_id, log = _submit(tmp_path / "first", run_dir, 1, "--ntasks-per-node=2", "--no-requeue")
-    wait_until(lambda: ckpt.steps() and ckpt.steps()[-1] >= 8, JOB_TIMEOUT_S, poll_s=0.1,
-               what="a checkpoint a few steps in")
+    wait_until(
+        lambda: ckpt.steps() and ckpt.steps()[-1] >= 8,
+        JOB_TIMEOUT_S,
+        poll_s=0.1,
+        what="a checkpoint a few steps in",
+    )
     scancel(job_id, signal="KILL")  # SIGKILL to every rank, wherever it is in its step
     state, text = _finish(job_id, log)
     assert state != "COMPLETED" and not done_path(run_dir, 1).exists(), text
@@ -240,6 +280,7 @@ def test_kill_9_mid_step_resumes_from_the_last_checkpoint(
 
 
 # --------------------------------------------------------------------------- labels and head
+
 
 def swap_worker(run_dir: str, out_dir: str) -> None:
     """One rank: train on labels A, swap to labels B (k smaller), then C (k larger), checking
@@ -261,25 +302,31 @@ def swap_worker(run_dir: str, out_dir: str) -> None:
     trainer.start_epoch(1, a, 4)
     for batch in trainer.batches(3):
         trainer.train_step(batch)
-    kept = {name: id(getattr(trainer, name)) for name in
-            ("dataset", "sampler", "loader", "model", "optimizer", "ddp")}
+    kept = {
+        name: id(getattr(trainer, name))
+        for name in ("dataset", "sampler", "loader", "model", "optimizer", "ddp")
+    }
     head = trainer.model.head.weight
-    trunk = {k: v.clone() for k, v in trainer.model.state_dict().items()
-             if k.startswith(("trunk.", "projection."))}
+    trunk = {
+        k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith(("trunk.", "projection."))
+    }
 
     trainer.start_epoch(2, b, 3)
-    record = {"rank": env.rank, "world": env.world_size,
-              "same_objects_after_swap": {k: id(getattr(trainer, k)) == v for k, v in kept.items()},
-              "head_same_parameter": trainer.model.head.weight is head,
-              "head_std": float(trainer.model.head.weight.std()),
-              "head_momentum_cleared": head not in trainer.optimizer.state,
-              "trunk_untouched": all(torch.equal(trainer.model.state_dict()[k], v)
-                                     for k, v in trunk.items())}
+    record = {
+        "rank": env.rank,
+        "world": env.world_size,
+        "same_objects_after_swap": {k: id(getattr(trainer, k)) == v for k, v in kept.items()},
+        "head_same_parameter": trainer.model.head.weight is head,
+        "head_std": float(trainer.model.head.weight.std()),
+        "head_momentum_cleared": head not in trainer.optimizer.state,
+        "trunk_untouched": all(torch.equal(trainer.model.state_dict()[k], v) for k, v in trunk.items()),
+    }
     drawn, targets_ok = [], True
     for batch in trainer.batches(3):
         drawn += batch["index"].tolist()
-        targets_ok &= trainer.dataset.labels_for(batch["index"]).tolist() == \
-            b[batch["index"].numpy()].tolist()
+        targets_ok &= (
+            trainer.dataset.labels_for(batch["index"]).tolist() == b[batch["index"].numpy()].tolist()
+        )
         trainer.train_step(batch)
     record["drawn_b"] = drawn
     record["targets_follow_b"] = bool(targets_ok)
@@ -293,15 +340,26 @@ def swap_worker(run_dir: str, out_dir: str) -> None:
     atomic_write_text(Path(out_dir) / f"rank-{env.rank}.json", json.dumps(record))
 
 
-def test_label_swap_and_head_reset_across_two_ranks_without_a_rebuild(
-        slurm_cluster, booted, tmp_path):
+def test_label_swap_and_head_reset_across_two_ranks_without_a_rebuild(slurm_cluster, booted, tmp_path):
     out = tmp_path / "ranks"
     out.mkdir()
     proc = subprocess.run(
-        ["srun", "-n", "2", "--time=5", "--cpus-per-task=1", PY, "-c",
-         f"import sys; from {THIS_MODULE} import swap_worker; swap_worker(sys.argv[1], sys.argv[2])",
-         str(booted), str(out)],
-        capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+        [
+            "srun",
+            "-n",
+            "2",
+            "--time=5",
+            "--cpus-per-task=1",
+            PY,
+            "-c",
+            f"import sys; from {THIS_MODULE} import swap_worker; swap_worker(sys.argv[1], sys.argv[2])",
+            str(booted),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT_S,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
     assert [r["world"] for r in records] == [2, 2]

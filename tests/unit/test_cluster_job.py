@@ -21,7 +21,6 @@ from dcssl.train.featurebank import write_bank
 DATA = Path(__file__).resolve().parents[1] / "data" / "bloodmnist.npz"
 
 
-
 def test_outputs_follow_the_contract(tmp_path):
     x, y = make_blobs(5000, n_features=20, centers=8, random_state=0, cluster_std=0.8)
     write_bank(tmp_path, 0, x)
@@ -30,8 +29,7 @@ def test_outputs_follow_the_contract(tmp_path):
     stats = run_cluster(tmp_path, 0, cfg, SingleComm())
     out = tmp_path / "labels" / "epoch-0000"
     labels = np.fromfile(out / "labels.i32", dtype="<i4")
-    assert sorted(p.name for p in out.iterdir()) == ["COMPLETE", "centroids.npy", "labels.i32",
-                                                     "stats.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["COMPLETE", "centroids.npy", "labels.i32", "stats.json"]
     assert len(labels) == 5000 and normalized_mutual_info_score(y, labels) > 0.99
     assert np.load(out / "centroids.npy").shape == (8, 10)
     assert stats["sizes"] == np.bincount(labels, minlength=8).tolist()
@@ -43,16 +41,26 @@ def test_outputs_follow_the_contract(tmp_path):
     assert second["nmi_prev"] == pytest.approx(normalized_mutual_info_score(labels, labels1))
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(m["kind"], m["epoch"]) for m in metrics] == [("cluster", 0), ("cluster", 1)]
-    assert set(metrics[1]) >= {"k", "iterations", "inertia", "nmi_prev", "clusters_used",
-                               "empty_split", "largest_share", "seconds"}
+    assert set(metrics[1]) >= {
+        "k",
+        "iterations",
+        "inertia",
+        "nmi_prev",
+        "clusters_used",
+        "empty_split",
+        "largest_share",
+        "seconds",
+    }
     assert run_cluster(tmp_path, 1, cfg, SingleComm()) == json.loads(
-        (tmp_path / "labels/epoch-0001/stats.json").read_text())  # finished: no-op
+        (tmp_path / "labels/epoch-0001/stats.json").read_text()
+    )  # finished: no-op
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dcssl.cluster", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "dcssl.cluster", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -71,20 +79,19 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_rcc_recovers_blobs_without_k():
-    x, y = make_blobs(3000, n_features=10, centers=6, random_state=3, cluster_std=0.7,
-                      center_box=(-15, 15))
+    x, y = make_blobs(3000, n_features=10, centers=6, random_state=3, cluster_std=0.7, center_box=(-15, 15))
     labels, info = rcc(x.astype(np.float32), dim=0)
     assert normalized_mutual_info_score(y, labels) > 0.99
     assert info["clusters"] == 6
 
 
 def test_rcc_method_in_the_job(tmp_path):
-    x, y = make_blobs(6000, n_features=16, centers=5, random_state=4, cluster_std=0.5,
-                      center_box=(-10, 10))
+    x, y = make_blobs(6000, n_features=16, centers=5, random_state=4, cluster_std=0.5, center_box=(-10, 10))
     write_bank(tmp_path, 0, x)
     # Whitening lifts the noise-only directions to unit variance, which RCC's graph feels: off.
-    cfg = ClusterConfig(method="rcc", pca_dim=8, whiten=False, block_rows=1024,
-                        rcc=RCCConfig(sample=2000, dim=0, min_size=5))
+    cfg = ClusterConfig(
+        method="rcc", pca_dim=8, whiten=False, block_rows=1024, rcc=RCCConfig(sample=2000, dim=0, min_size=5)
+    )
     stats = run_cluster(tmp_path, 0, cfg, SingleComm())
     labels = np.fromfile(tmp_path / "labels/epoch-0000/labels.i32", dtype="<i4")
     assert normalized_mutual_info_score(y, labels) > 0.99  # sample → every point via assignment

@@ -14,8 +14,9 @@ from dcssl.cluster.kmeans import KMeansState, split_empty
 
 
 def _blobs(n=6000, d=16, centers=12, seed=0):
-    x, y = make_blobs(n, n_features=d, centers=centers, random_state=seed, cluster_std=0.6,
-                      center_box=(-20, 20))
+    x, y = make_blobs(
+        n, n_features=d, centers=centers, random_state=seed, cluster_std=0.6, center_box=(-20, 20)
+    )
     return x.astype(np.float32), y
 
 
@@ -128,9 +129,15 @@ def test_resume_from_state_gives_identical_result():
 
     def stop_after_3(state: KMeansState) -> None:
         if state.iteration == 3:
-            saved["state"] = KMeansState(state.centroids.copy(), state.iteration,
-                                         list(state.inertia), list(state.empty_split),
-                                         list(state.seconds), state.converged)
+            saved["state"] = KMeansState(
+                state.centroids.copy(),
+                state.iteration,
+                list(state.inertia),
+                list(state.empty_split),
+                list(state.seconds),
+                state.converged,
+            )
+
     kmeans(x, 12, iterations=8, seed=5, tol=0.0, on_iteration=stop_after_3)
     resumed = kmeans(x, 12, iterations=8, seed=5, tol=0.0, state=saved["state"])
     assert np.array_equal(ref[0], resumed[0]) and np.array_equal(ref[1], resumed[1])
@@ -150,8 +157,9 @@ def test_shard_rows_whole_blocks_cover_everything():
         assert all(start % block == 0 for start, _ in ranges if start < n)
 
 
-@pytest.mark.parametrize("ka,kb,n", [(5, 7, 1000), (60, 3, 20_000), (1, 1, 50), (1, 4, 100),
-                                     (300, 300, 5000)])
+@pytest.mark.parametrize(
+    "ka,kb,n", [(5, 7, 1000), (60, 3, 20_000), (1, 1, 50), (1, 4, 100), (300, 300, 5000)]
+)
 def test_nmi_matches_sklearn(ka, kb, n):
     rng = np.random.default_rng(ka * kb)
     a = rng.integers(0, ka, n)
@@ -242,7 +250,10 @@ def test_cuda_path_gives_the_same_labels_and_bounds(monkeypatch):
     cpu, gpu = Assigner(c, "numpy"), Assigner(c, "cuda")
     labels = []
     for lo in range(0, len(x), 512):
-        a, b = cpu.search(x[lo:lo + 512], xx[lo:lo + 512]), gpu.search(x[lo:lo + 512], xx[lo:lo + 512])
+        a, b = (
+            cpu.search(x[lo : lo + 512], xx[lo : lo + 512]),
+            gpu.search(x[lo : lo + 512], xx[lo : lo + 512]),
+        )
         np.testing.assert_allclose(a.upper, b.upper, rtol=1e-5)
         np.testing.assert_allclose(a.lower, b.lower, rtol=1e-5, atol=1e-5)
         labels.append(b.labels)

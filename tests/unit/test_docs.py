@@ -3,8 +3,8 @@
 import re
 from pathlib import Path
 
-from dcssl.configdoc import commented_yaml, markdown_reference
 from dcssl.config import load_run_config
+from dcssl.configdoc import commented_yaml, markdown_reference
 from dcssl.runconfig import RunConfig
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -12,11 +12,11 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def test_readme_config_reference_is_current():
     text = README.read_text()
-    found = re.search(r"<!-- config-reference:start -->\n(.*)\n<!-- config-reference:end -->",
-                      text, re.S)
+    found = re.search(r"<!-- config-reference:start -->\n(.*)\n<!-- config-reference:end -->", text, re.S)
     assert found, "README lost its config-reference markers"
-    assert found.group(1) == markdown_reference(RunConfig), \
+    assert found.group(1) == markdown_reference(RunConfig), (
         "regenerate with: python -m dcssl.launch config --markdown"
+    )
 
 
 def test_every_field_is_documented():

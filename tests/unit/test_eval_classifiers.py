@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from dcssl.evaluate.knn import knn_accuracy, knn_predict
-from dcssl.evaluate.labelled import (LabelledDataError, fraction_subset, ingest_npz,
-                                     load_labelled, stratified_split)
+from dcssl.evaluate.labelled import (
+    LabelledDataError,
+    fraction_subset,
+    ingest_npz,
+    load_labelled,
+    stratified_split,
+)
 from dcssl.evaluate.linear import linear_accuracy
 from dcssl.store import Store
 
@@ -82,10 +87,13 @@ def test_stratified_split_keeps_class_proportions_and_singletons_in_train():
 def _npz(path, n_train=40, n_test=20, size=8, seed=0, gray=False):
     rng = np.random.default_rng(seed)
     shape = (size, size) if gray else (size, size, 3)
-    np.savez(path, train_images=rng.integers(0, 255, (n_train, *shape), dtype=np.uint8),
-             train_labels=rng.integers(0, 3, (n_train, 1)),
-             test_images=rng.integers(0, 255, (n_test, *shape), dtype=np.uint8),
-             test_labels=rng.integers(0, 3, (n_test, 1)))
+    np.savez(
+        path,
+        train_images=rng.integers(0, 255, (n_train, *shape), dtype=np.uint8),
+        train_labels=rng.integers(0, 3, (n_train, 1)),
+        test_images=rng.integers(0, 255, (n_test, *shape), dtype=np.uint8),
+        test_labels=rng.integers(0, 3, (n_test, 1)),
+    )
     return path
 
 
@@ -107,8 +115,9 @@ def test_npz_ingest_writes_a_labelled_store_with_split_shards_and_resumes(tmp_pa
     assert (tmp_path / "store" / "shards" / "train.h5").stat().st_mtime_ns == before
     data = load_labelled(tmp_path / "store")
     assert len(data.reference) == 40 and len(data.queries) == 20
-    np.testing.assert_array_equal(data.queries.read(np.array([5]))[0], Store(tmp_path / "store")
-                                  .read_tile(45))
+    np.testing.assert_array_equal(
+        data.queries.read(np.array([5]))[0], Store(tmp_path / "store").read_tile(45)
+    )
 
 
 def test_bad_labelled_inputs_name_the_problem(tmp_path):

@@ -41,8 +41,9 @@ def _clustered_run(root: Path, epoch: int = 2) -> tuple[Path, np.ndarray, np.nda
     labels.tofile(lab / "labels.i32")
     atomic_write_text(lab / "COMPLETE", "")
     features.tofile(feat / "embeddings.f16")
-    atomic_write_text(feat / "meta.json", json.dumps({"n": n_tiles, "dim": features.shape[1],
-                                                      "dtype": "float16"}))
+    atomic_write_text(
+        feat / "meta.json", json.dumps({"n": n_tiles, "dim": features.shape[1], "dtype": "float16"})
+    )
     atomic_write_text(feat / "COMPLETE", "")
     return root, labels, features
 

@@ -50,12 +50,13 @@ def test_store_holds_all_33_tiles(run):
 
 
 def test_eval_cli_prints_the_table_and_a_json_line(run, capsys):
-    assert launch(["eval", str(run), "--data", str(run.parent / "kather"),
-                   "eval.linear_weight_decays=[0.01]"]) == 0
+    assert (
+        launch(["eval", str(run), "--data", str(run.parent / "kather"), "eval.linear_weight_decays=[0.01]"])
+        == 0
+    )
     out = capsys.readouterr().out.strip().splitlines()
     last = json.loads(out[-1])
-    for key in ("knn_pretrained", "knn_random", "linear_pretrained", "linear_random",
-                "knn_raw_pixels"):
+    for key in ("knn_pretrained", "knn_random", "linear_pretrained", "linear_random", "knn_raw_pixels"):
         assert 0.0 <= last[key] <= 1.0
     assert last["fraction"] == 1.0 and last["n_reference"] == 16 and last["n_queries"] == 8
     assert last["checkpoint_epoch"] == 1

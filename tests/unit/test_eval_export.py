@@ -33,8 +33,10 @@ def _trained_run(root: Path, model: ModelConfig) -> tuple[Path, object]:
 
 @pytest.fixture(scope="module")
 def full_width(tmp_path_factory):
-    return _trained_run(tmp_path_factory.mktemp("export"),
-                        ModelConfig(arch="resnet18", width=64, proj_dim=32, temperature=0.5))
+    return _trained_run(
+        tmp_path_factory.mktemp("export"),
+        ModelConfig(arch="resnet18", width=64, proj_dim=32, temperature=0.5),
+    )
 
 
 def test_export_loads_strictly_into_torchvision_and_matches_the_trunk(full_width, tmp_path):
@@ -59,7 +61,8 @@ def test_cli_export_ends_with_a_json_line(full_width, capsys):
     run_dir, _ = full_width
     (run_dir / "config.yaml").write_text(
         "train:\n  model: {arch: resnet18, width: 64, proj_dim: 32, temperature: 0.5}\n"
-        "  augment: {size: 32, color: none}\n")
+        "  augment: {size: 32, color: none}\n"
+    )
     assert launch(["export", str(run_dir)]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["torchvision_compatible"] is True
@@ -75,8 +78,10 @@ def test_thin_trunk_is_exported_with_rebuild_instructions(tmp_path):
     from dcssl.train.model import build_trunk
 
     trunk = build_trunk("resnet18", 8)
-    trunk.load_state_dict({k: v for k, v in torch.load(run_dir / "export" / "encoder.pt").items()
-                           if not k.startswith("fc.")}, strict=True)
+    trunk.load_state_dict(
+        {k: v for k, v in torch.load(run_dir / "export" / "encoder.pt").items() if not k.startswith("fc.")},
+        strict=True,
+    )
 
 
 def test_export_without_a_checkpoint_is_a_one_line_error(tmp_path, capsys):

@@ -45,15 +45,18 @@ def test_defaults_file_and_overrides(tmp_path):
     assert "kind: adamw" in dump_yaml(cfg)
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    (["optim.lrr=1"], "optim.lrr: unknown key; allowed here: kind, lr"),
-    (["epochs=three"], "epochs: expected int, got 'three'"),
-    (["epochs=true"], "epochs: expected int"),
-    (["optim.kind=adam"], "optim.kind: 'adam' is not allowed; choose one of 'sgd' | 'adamw'"),
-    (["optim.lr=-1"], "optim: lr must be > 0, got -1.0"),
-    (["optim=3"], "optim: expected a section"),
-    (["epochs"], "must look like section.key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["optim.lrr=1"], "optim.lrr: unknown key; allowed here: kind, lr"),
+        (["epochs=three"], "epochs: expected int, got 'three'"),
+        (["epochs=true"], "epochs: expected int"),
+        (["optim.kind=adam"], "optim.kind: 'adam' is not allowed; choose one of 'sgd' | 'adamw'"),
+        (["optim.lr=-1"], "optim: lr must be > 0, got -1.0"),
+        (["optim=3"], "optim: expected a section"),
+        (["epochs"], "must look like section.key=value"),
+    ],
+)
 def test_errors_name_the_key(overrides, fragment):
     with pytest.raises(ConfigError) as err:
         load_config(Top, None, overrides)
@@ -76,7 +79,10 @@ def test_field_docs_are_read_from_source():
 
 
 def test_cli_exit_status_and_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dcssl.launch", "status", str(tmp_path / "nope")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dcssl.launch", "status", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")

@@ -44,8 +44,9 @@ def test_allreduce_and_bcast_on_two_ranks(tmp_path):
         if rank == 0:  # one writer: two ranks printing at once can interleave their lines
             print("\\n".join(lines), flush=True)
     """)
-    out = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-c", script],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [mpiexec(), "-n", "2", sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     lines = sorted(out.stdout.strip().splitlines())
     assert lines == ["0 [3.0, 10.0] 1 42 [1, 6]", "1 [3.0, 10.0] 1 42 [1, 6]"]

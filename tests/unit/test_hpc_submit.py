@@ -17,9 +17,19 @@ GOLDEN = Path(__file__).parent / "golden" / "sbatch_multinode.txt"
 
 
 def test_sbatch_script_matches_golden_file():
-    cfg = ExecutorConfig(kind="slurm", partition="gpu", nodes=2, tasks_per_node=4,
-                         cpus_per_task=8, gpus_per_node=4, mem_gb=64, timeout_min=240,
-                         srun_args=["--mpi=pmi2"], setup=["module load cuda"], account="lab")
+    cfg = ExecutorConfig(
+        kind="slurm",
+        partition="gpu",
+        nodes=2,
+        tasks_per_node=4,
+        cpus_per_task=8,
+        gpus_per_node=4,
+        mem_gb=64,
+        timeout_min=240,
+        srun_args=["--mpi=pmi2"],
+        setup=["module load cuda"],
+        account="lab",
+    )
     executor = make_executor(cfg, "/LOGS/%j", job_name="dcssl-train")
     text = executor._make_submission_file_text("python -u -m submitit.core._submit /LOGS/%j", "UID")
     assert text == GOLDEN.read_text()

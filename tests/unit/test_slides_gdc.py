@@ -8,7 +8,7 @@ import http.server
 import json
 import logging
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -28,8 +28,8 @@ class Behaviour:
     """What the server does; every request is recorded."""
 
     files: dict[str, bytes] = field(default_factory=dict)
-    drop_once_at: int | None = None   # first full GET: send the headers, then only this many bytes
-    fail_first: int = 0               # this many 503s before serving
+    drop_once_at: int | None = None  # first full GET: send the headers, then only this many bytes
+    fail_first: int = 0  # this many 503s before serving
     require_token: bool = False
     requests: list[dict] = field(default_factory=list)
 
@@ -42,8 +42,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         b: Behaviour = self.server.behaviour
-        b.requests.append({"path": self.path, "range": self.headers.get("Range"),
-                           "token": self.headers.get("X-Auth-Token")})
+        b.requests.append(
+            {"path": self.path, "range": self.headers.get("Range"), "token": self.headers.get("X-Auth-Token")}
+        )
         if b.require_token and self.headers.get("X-Auth-Token") != TOKEN:
             return self._reply(401, b"")
         if b.fail_first > 0:
@@ -89,13 +90,19 @@ def server():
 
 
 def _cfg(httpd, **kw) -> DownloadConfig:
-    return DownloadConfig(base_url=f"http://127.0.0.1:{httpd.server_port}", backoff_s=0.5,
-                          timeout_s=10, chunk_mb=0.25, **kw)
+    return DownloadConfig(
+        base_url=f"http://127.0.0.1:{httpd.server_port}", backoff_s=0.5, timeout_s=10, chunk_mb=0.25, **kw
+    )
 
 
 def _ref(body: bytes, file_id="f1", md5=None, size=None) -> SlideRef:
-    return SlideRef(slide_id="s", gdc_id=file_id, filename="s.svs",
-                    md5=md5 or hashlib.md5(body).hexdigest(), size=len(body) if size is None else size)
+    return SlideRef(
+        slide_id="s",
+        gdc_id=file_id,
+        filename="s.svs",
+        md5=md5 or hashlib.md5(body).hexdigest(),
+        size=len(body) if size is None else size,
+    )
 
 
 SLIDE = (DATA / "cmu-1-small-region.svs").read_bytes()
@@ -131,15 +138,16 @@ def test_failing_server_gives_up_after_the_retries(server, tmp_path):
 def test_md5_mismatch_is_retried_then_fails_and_leaves_nothing(server, tmp_path):
     server.behaviour.files["f1"] = SLIDE
     with pytest.raises(DownloadError, match="md5 mismatch") as err:
-        download_slide(_ref(SLIDE, md5="0" * 32), tmp_path, _cfg(server, retries=2),
-                       sleep=lambda s: None)
+        download_slide(_ref(SLIDE, md5="0" * 32), tmp_path, _cfg(server, retries=2), sleep=lambda s: None)
     assert "after 2 attempts" in str(err.value)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_truncated_file_on_the_server(server, tmp_path):
     server.behaviour.files["f1"] = SLIDE[:500_000]
-    with pytest.raises(DownloadError, match=f"truncated download: 500000 bytes, the manifest says {len(SLIDE)}"):
+    with pytest.raises(
+        DownloadError, match=f"truncated download: 500000 bytes, the manifest says {len(SLIDE)}"
+    ):
         download_slide(_ref(SLIDE), tmp_path, _cfg(server, retries=2), sleep=lambda s: None)
 
 
@@ -173,15 +181,27 @@ def test_tile_stage_from_a_gdc_manifest(server, tmp_path, capsys):
     server.behaviour.require_token = True
     manifest = tmp_path / "manifest.tsv"
     md5 = hashlib.md5(SLIDE).hexdigest()
-    manifest.write_text("id\tfilename\tmd5\tsize\tstate\n"
-                        f"good-id\tgood slide.svs\t{md5}\t{len(SLIDE)}\treleased\n"
-                        f"bad-id\tbad.svs\t{'f' * 32}\t{len(SLIDE)}\treleased\n")
+    manifest.write_text(
+        "id\tfilename\tmd5\tsize\tstate\n"
+        f"good-id\tgood slide.svs\t{md5}\t{len(SLIDE)}\treleased\n"
+        f"bad-id\tbad.svs\t{'f' * 32}\t{len(SLIDE)}\treleased\n"
+    )
     scratch = tmp_path / "scratch"
     run = tmp_path / "run"
-    code = launch(["tile", str(run), "--slides", str(manifest),
-                   f"tile.download.base_url=http://127.0.0.1:{server.server_port}",
-                   f"tile.download.token_file={token_file}", f"tile.download.scratch_dir={scratch}",
-                   "tile.download.retries=2", "tile.download.backoff_s=0", "tile.workers=1"])
+    code = launch(
+        [
+            "tile",
+            str(run),
+            "--slides",
+            str(manifest),
+            f"tile.download.base_url=http://127.0.0.1:{server.server_port}",
+            f"tile.download.token_file={token_file}",
+            f"tile.download.scratch_dir={scratch}",
+            "tile.download.retries=2",
+            "tile.download.backoff_s=0",
+            "tile.workers=1",
+        ]
+    )
     assert code == 1  # one slide failed
     captured = capsys.readouterr()
     assert TOKEN not in captured.out + captured.err

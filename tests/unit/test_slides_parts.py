@@ -41,21 +41,27 @@ def test_glob_takes_every_match_and_rejects_duplicate_ids(tmp_path):
 
 def test_gdc_manifest_and_round_trip(tmp_path):
     manifest = tmp_path / "gdc_manifest.txt"
-    manifest.write_text("id\tfilename\tmd5\tsize\tstate\n"
-                        "uuid-1\tTCGA-AA-0001-01Z-00-DX1.ABC.svs\tD41D8CD98F00B204E9800998ECF8427E\t10\treleased\n"
-                        "uuid-2\tTCGA-AA-0002.svs\t\t\treleased\n")
+    manifest.write_text(
+        "id\tfilename\tmd5\tsize\tstate\n"
+        "uuid-1\tTCGA-AA-0001-01Z-00-DX1.ABC.svs\tD41D8CD98F00B204E9800998ECF8427E\t10\treleased\n"
+        "uuid-2\tTCGA-AA-0002.svs\t\t\treleased\n"
+    )
     refs = resolve_slides(manifest)
     assert [(r.slide_id, r.gdc_id, r.md5, r.size) for r in refs] == [
         ("TCGA-AA-0001-01Z-00-DX1.ABC", "uuid-1", "d41d8cd98f00b204e9800998ecf8427e", 10),
-        ("TCGA-AA-0002", "uuid-2", None, None)]
+        ("TCGA-AA-0002", "uuid-2", None, None),
+    ]
     save_slide_list(tmp_path / "slides.json", refs)
     assert load_slide_list(tmp_path / "slides.json") == refs
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("/nonexistent/folder", "no such folder, file or glob"),
-    ("/nonexistent/*.svs", "the glob matches no files"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("/nonexistent/folder", "no such folder, file or glob"),
+        ("/nonexistent/*.svs", "the glob matches no files"),
+    ],
+)
 def test_bad_sources_name_the_thing(spec, message):
     with pytest.raises(SourceError, match=message):
         resolve_slides(spec)
@@ -69,15 +75,24 @@ def test_manifest_with_bad_size(tmp_path):
 
 
 # ---------------------------------------------------------------- probe
-@pytest.mark.parametrize("props, policy, expected", [
-    ({"openslide.mpp-x": "0.2527", "openslide.objective-power": "20"}, "refuse",
-     (0.2527, "openslide.mpp-x")),
-    ({"openslide.objective-power": "40"}, "refuse", (0.25, "objective-power")),
-    ({"openslide.objective-power": "20"}, "refuse", (0.5, "objective-power")),
-    ({"openslide.mpp-x": "garbage", "openslide.objective-power": "10"}, "refuse",
-     (1.0, "objective-power")),
-    ({}, "assume", (0.3, "assumed")),
-])
+@pytest.mark.parametrize(
+    "props, policy, expected",
+    [
+        (
+            {"openslide.mpp-x": "0.2527", "openslide.objective-power": "20"},
+            "refuse",
+            (0.2527, "openslide.mpp-x"),
+        ),
+        ({"openslide.objective-power": "40"}, "refuse", (0.25, "objective-power")),
+        ({"openslide.objective-power": "20"}, "refuse", (0.5, "objective-power")),
+        (
+            {"openslide.mpp-x": "garbage", "openslide.objective-power": "10"},
+            "refuse",
+            (1.0, "objective-power"),
+        ),
+        ({}, "assume", (0.3, "assumed")),
+    ],
+)
 def test_resolve_mpp(props, policy, expected):
     assert resolve_mpp(props, policy, 0.3) == pytest.approx(expected)
 
@@ -88,18 +103,26 @@ def test_resolve_mpp_refuses_without_metadata():
 
 
 def _probe(mpp, downsamples):
-    return SlideProbe(width=10000, height=8000, mpp=mpp, mpp_source="openslide.mpp-x",
-                      level_downsamples=tuple(downsamples),
-                      level_dimensions=tuple((int(10000 / d), int(8000 / d)) for d in downsamples),
-                      vendor="test")
+    return SlideProbe(
+        width=10000,
+        height=8000,
+        mpp=mpp,
+        mpp_source="openslide.mpp-x",
+        level_downsamples=tuple(downsamples),
+        level_dimensions=tuple((int(10000 / d), int(8000 / d)) for d in downsamples),
+        vendor="test",
+    )
 
 
-@pytest.mark.parametrize("mpp, downsamples, target, level", [
-    (0.25, (1, 4, 16), 0.5, 0),       # 40×: level 1 is 1.0 µm/px, too coarse → level 0, resized
-    (0.25, (1, 2.0005, 8), 0.5, 1),   # a 2× level matches 0.5 µm/px (within 2 %)
-    (0.5, (1, 4), 0.5, 0),
-    (0.125, (1, 2, 4, 16), 0.5, 2),   # 80×: read the 4× level, not level 0 (16× fewer pixels)
-])
+@pytest.mark.parametrize(
+    "mpp, downsamples, target, level",
+    [
+        (0.25, (1, 4, 16), 0.5, 0),  # 40×: level 1 is 1.0 µm/px, too coarse → level 0, resized
+        (0.25, (1, 2.0005, 8), 0.5, 1),  # a 2× level matches 0.5 µm/px (within 2 %)
+        (0.5, (1, 4), 0.5, 0),
+        (0.125, (1, 2, 4, 16), 0.5, 2),  # 80×: read the 4× level, not level 0 (16× fewer pixels)
+    ],
+)
 def test_choose_level(mpp, downsamples, target, level):
     assert choose_level(_probe(mpp, downsamples), target) == level
 
@@ -121,13 +144,13 @@ def test_saturation_and_otsu():
 
 def test_mask_fills_holes_and_drops_specks():
     rgb = np.full((200, 200, 3), 240, np.uint8)
-    rgb[20:120, 20:120] = (180, 60, 140)       # tissue, 100×100 px
-    rgb[50:90, 50:90] = (245, 245, 245)        # a hole (lumen) inside it
-    rgb[160:164, 160:164] = (180, 60, 140)     # a 4×4 px speck
+    rgb[20:120, 20:120] = (180, 60, 140)  # tissue, 100×100 px
+    rgb[50:90, 50:90] = (245, 245, 245)  # a hole (lumen) inside it
+    rgb[160:164, 160:164] = (180, 60, 140)  # a 4×4 px speck
     cfg = TissueConfig(min_component_mm2=0.01, median_px=1)
     mask = mask_from_rgb(rgb, cfg, pixel_um=8.0)  # 0.01 mm² = 156 px at 8 µm/px
-    assert mask[20:120, 20:120].all()              # hole filled
-    assert mask.sum() == 100 * 100                 # speck gone, nothing else
+    assert mask[20:120, 20:120].all()  # hole filled
+    assert mask.sum() == 100 * 100  # speck gone, nothing else
     blank = np.full((100, 100, 3), 235, np.uint8)
     blank += np.random.default_rng(0).integers(0, 6, blank.shape, dtype=np.uint8)
     assert not mask_from_rgb(blank, cfg, 8.0).any()  # noise on glass is not tissue
@@ -135,8 +158,8 @@ def test_mask_fills_holes_and_drops_specks():
 
 def test_background_fraction_counts_white_and_black():
     tiles = np.full((3, 8, 8, 3), 150, np.uint8)
-    tiles[1, :4] = 250            # half near-white
-    tiles[2, :, :2] = 5           # a quarter near-black
+    tiles[1, :4] = 250  # half near-white
+    tiles[2, :, :2] = 5  # a quarter near-black
     got = background_fraction(tiles, white_level=220, black_level=15, stride=1)
     assert got.tolist() == [0.0, 0.5, 0.25]
 

@@ -77,8 +77,7 @@ def test_a_damaged_tile_is_lost_exactly_as_with_openslide(tmp_path):
         with pytest.raises(openslide.OpenSlideError):
             slide.read_region((4 * 240, 5 * 240), 0, (240, 240))
     direct = tile_slide(damaged, tmp_path / "direct.h5", "d", TileConfig())
-    plain = tile_slide(damaged, tmp_path / "plain.h5", "d",
-                       replace(TileConfig(), direct_jpeg=False))
+    plain = tile_slide(damaged, tmp_path / "plain.h5", "d", replace(TileConfig(), direct_jpeg=False))
     assert direct.errors == plain.errors > 0 and direct.tiles == plain.tiles
     a, b = _shard(tmp_path / "direct.h5"), _shard(tmp_path / "plain.h5")
     assert np.array_equal(a[0], b[0]) and a[2] == b[2]

@@ -27,8 +27,12 @@ WEIRD = "case 7 'left'; rm -rf x"
 @pytest.fixture(scope="module")
 def slide_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("slides")
-    for name in ("cmu-1-small-region.svs", "openslide-unopenable.tiff", "openslide-unreadable.svs",
-                 "kidney-48-5.tif"):
+    for name in (
+        "cmu-1-small-region.svs",
+        "openslide-unopenable.tiff",
+        "openslide-unreadable.svs",
+        "kidney-48-5.tif",
+    ):
         shutil.copy(DATA / name, folder / name)
     shutil.copy(DATA / "cmu-1-small-region.svs", folder / f"{WEIRD}.svs")
     (folder / "not-a-slide.svs").write_text("this is a text file\n")
@@ -43,14 +47,23 @@ def _status(run: Path, capsys) -> dict:
 
 def test_local_run_with_bad_slides_then_rerun(slide_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    code = launch(["tile", str(run), "--slides", str(slide_folder), "--executor", "local",
-                   "executor_tile.array_parallelism=2", "tile.workers=1"])
+    code = launch(
+        [
+            "tile",
+            str(run),
+            "--slides",
+            str(slide_folder),
+            "--executor",
+            "local",
+            "executor_tile.array_parallelism=2",
+            "tile.workers=1",
+        ]
+    )
     assert code == 1
     status = _status(run, capsys)
     assert (status["slides"], status["done"], status["pending"], status["tiles"]) == (6, 2, 0, 88)
     failed = {f["slide"]: f for f in status["failed"]}
-    assert set(failed) == {"openslide-unopenable", "openslide-unreadable", "kidney-48-5",
-                           "not-a-slide"}
+    assert set(failed) == {"openslide-unopenable", "openslide-unreadable", "kidney-48-5", "not-a-slide"}
     assert failed["openslide-unreadable"]["stage"] == "tissue"
     assert "not a slide format" in failed["not-a-slide"]["reason"]
     shards = run / "store" / "shards"
@@ -81,8 +94,14 @@ def test_human_status_and_usage_errors(slide_folder, tmp_path, capsys):
 
 def _big_slide(folder: Path) -> Path:
     step = 448  # 40× scan: 30×16 tiles all tissue, read at level 1 → ~480 tiles, ~1-3 s
-    return write_slide(folder / "big.tif", 30 * step, 16 * step, [Rect(0, 0, 30 * step, 16 * step)],
-                       mpp=0.25, downsamples=(1, 2, 16))
+    return write_slide(
+        folder / "big.tif",
+        30 * step,
+        16 * step,
+        [Rect(0, 0, 30 * step, 16 * step)],
+        mpp=0.25,
+        downsamples=(1, 2, 16),
+    )
 
 
 def test_kill_9_mid_slide_leaves_no_shard_and_rerun_completes(tmp_path):
@@ -91,14 +110,30 @@ def test_kill_9_mid_slide_leaves_no_shard_and_rerun_completes(tmp_path):
     _big_slide(slides)
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    prep = subprocess.run([sys.executable, "-m", "dcssl.tile", str(run), "--prepare", str(slides),
-                           "tile.workers=1", "tile.block_tiles=2"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    prep = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dcssl.tile",
+            str(run),
+            "--prepare",
+            str(slides),
+            "tile.workers=1",
+            "tile.block_tiles=2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert prep.returncode == 0 and prep.stdout.strip() == "1", prep.stderr
     shards = run / "store" / "shards"
-    proc = subprocess.Popen([sys.executable, "-m", "dcssl.tile", str(run), "--index", "0",
-                             "tile.block_tiles=2"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dcssl.tile", str(run), "--index", "0", "tile.block_tiles=2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not list(shards.glob(".big.h5.*.tmp")):  # the shard is being written
         assert proc.poll() is None, "the element ended before it could be killed"
@@ -109,9 +144,13 @@ def test_kill_9_mid_slide_leaves_no_shard_and_rerun_completes(tmp_path):
     proc.wait()
     assert not (shards / "big.h5").exists() and list(shards.glob(".big.h5.*.tmp"))
     assert not (run / "store" / "manifest.json").exists()
-    done = subprocess.run([sys.executable, "-m", "dcssl.tile", str(run), "--index", "0",
-                           "tile.block_tiles=2"], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "dcssl.tile", str(run), "--index", "0", "tile.block_tiles=2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert not list(shards.glob("*.tmp"))  # the stale temp file was cleaned
     with h5py.File(shards / "big.h5") as f:
@@ -123,8 +162,7 @@ def test_ingest_labelled_folders_and_prefixes(tmp_path, capsys):
     run = tmp_path / "run"
     tiles = DATA / "labelled_tiles"
     assert launch(["ingest", str(run), "--tiles", str(tiles / "kather2016")]) == 0
-    assert launch(["ingest", str(run), "--tiles", str(tiles / "nct_crc_he"), "--labels",
-                   "prefix"]) == 0
+    assert launch(["ingest", str(run), "--tiles", str(tiles / "nct_crc_he"), "--labels", "prefix"]) == 0
     store = Store(run / "store")
     assert store.n_tiles == 33
     labels = store.labels()

@@ -32,14 +32,24 @@ def _cells(i, j, ni, nj):
 def pyramid(tmp_path_factory) -> Path:
     """40× scan, 10×8 tiles, levels 1/2/8; tissue in two grid-aligned rectangles (16 + 6 tiles)."""
     path = tmp_path_factory.mktemp("syn") / "pyramid.tif"
-    return write_slide(path, 10 * STEP, 8 * STEP, [_grid_rect(2, 3, 4, 4), _grid_rect(7, 1, 2, 3)],
-                       mpp=0.25, downsamples=(1, 2, 8))
+    return write_slide(
+        path,
+        10 * STEP,
+        8 * STEP,
+        [_grid_rect(2, 3, 4, 4), _grid_rect(7, 1, 2, 3)],
+        mpp=0.25,
+        downsamples=(1, 2, 8),
+    )
 
 
 def _read(shard: Path):
     with h5py.File(shard, "r") as f:
-        return (f["coords"][:], f["tissue"][:], [bytes(t) for t in f["tiles"][:]]
-                if f["tiles"].dtype.kind == "O" else f["tiles"][:], dict(f.attrs))
+        return (
+            f["coords"][:],
+            f["tissue"][:],
+            [bytes(t) for t in f["tiles"][:]] if f["tiles"].dtype.kind == "O" else f["tiles"][:],
+            dict(f.attrs),
+        )
 
 
 def test_exact_tiles_and_coords_from_the_matching_level(pyramid, tmp_path):
@@ -61,8 +71,9 @@ def test_exact_tiles_and_coords_from_the_matching_level(pyramid, tmp_path):
 def test_resize_from_a_finer_level_with_a_fractional_grid(tmp_path):
     """0.3 µm/px scan: a tile is round(224 × 0.5 / 0.3) = 373 level-0 px, read and resized."""
     step = 373
-    path = write_slide(tmp_path / "odd.tif", 9 * step, 6 * step, [_grid_rect(1, 1, 3, 2, step)],
-                       mpp=0.3, downsamples=(1, 4))
+    path = write_slide(
+        tmp_path / "odd.tif", 9 * step, 6 * step, [_grid_rect(1, 1, 3, 2, step)], mpp=0.3, downsamples=(1, 4)
+    )
     cfg = replace(TileConfig(), encoding="raw")
     result = tile_slide(path, tmp_path / "odd.h5", "odd", cfg)
     coords, tissue, tiles, attrs = _read(tmp_path / "odd.h5")
@@ -75,8 +86,7 @@ def test_resize_from_a_finer_level_with_a_fractional_grid(tmp_path):
 def test_background_threshold_drops_half_empty_tiles(tmp_path):
     """A rectangle covering 60 % of a tile column: kept at max_background=0.5, dropped at 0.3."""
     rect = Rect(2 * STEP, 2 * STEP, 2 * STEP + int(0.6 * STEP), 2 * STEP)
-    path = write_slide(tmp_path / "part.tif", 8 * STEP, 6 * STEP, [rect], mpp=0.25,
-                       downsamples=(1, 2, 8))
+    path = write_slide(tmp_path / "part.tif", 8 * STEP, 6 * STEP, [rect], mpp=0.25, downsamples=(1, 2, 8))
     keep = tile_slide(path, tmp_path / "a.h5", "a", TileConfig())
     strict_cfg = replace(TileConfig(), tissue=replace(TileConfig().tissue, max_background=0.3))
     strict = tile_slide(path, tmp_path / "b.h5", "b", strict_cfg)
@@ -102,8 +112,9 @@ def test_unreadable_tiles_are_skipped_and_counted(pyramid, tmp_path):
 
 
 def test_worker_count_does_not_change_the_shard(tmp_path):
-    path = write_slide(tmp_path / "big.tif", 20 * STEP, 6 * STEP, [_grid_rect(0, 0, 20, 6)],
-                       mpp=0.25, downsamples=(1, 2, 8))
+    path = write_slide(
+        tmp_path / "big.tif", 20 * STEP, 6 * STEP, [_grid_rect(0, 0, 20, 6)], mpp=0.25, downsamples=(1, 2, 8)
+    )
     cfg = replace(TileConfig(), block_tiles=4)
     one = tile_slide(path, tmp_path / "one.h5", "x", cfg, workers=1)
     two = tile_slide(path, tmp_path / "two.h5", "x", cfg, workers=2)
@@ -130,13 +141,16 @@ def test_tcga_slide_without_mpp_refused_then_assumed(tmp_path):
     assert result.mpp_source == "assumed" and result.level == 1 and result.tiles > 20
 
 
-@pytest.mark.parametrize("name, stage, words", [
-    ("openslide-unopenable.tiff", "open", "Unsupported TIFF compression"),
-    ("histolab-broken.svs", "open", "not a slide format openslide can read"),
-    ("kidney-48-5.tif", "open", "not a slide format openslide can read"),
-    ("openslide-unreadable.svs", "tissue", "Bogus marker length"),
-    ("no-such-file.svs", "open", "file not found"),
-])
+@pytest.mark.parametrize(
+    "name, stage, words",
+    [
+        ("openslide-unopenable.tiff", "open", "Unsupported TIFF compression"),
+        ("histolab-broken.svs", "open", "not a slide format openslide can read"),
+        ("kidney-48-5.tif", "open", "not a slide format openslide can read"),
+        ("openslide-unreadable.svs", "tissue", "Bogus marker length"),
+        ("no-such-file.svs", "open", "file not found"),
+    ],
+)
 def test_bad_slides_fail_with_stage_and_reason(tmp_path, name, stage, words):
     with pytest.raises(SlideFailure) as err:
         tile_slide(DATA / name, tmp_path / "x.h5", "x", TileConfig())

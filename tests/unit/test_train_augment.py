@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcssl.train.augment import (N_PARAMS, BatchAugment, eval_transform, sample_seeds,
-                                 uniforms)
+from dcssl.train.augment import N_PARAMS, BatchAugment, eval_transform, sample_seeds, uniforms
 from dcssl.train.config import AugmentConfig
 from dcssl.train.synthetic import synthetic_tile
 
@@ -20,8 +19,17 @@ def _tiles(n: int = 6, size: int = 48) -> torch.Tensor:
 
 def _plain(**changes) -> AugmentConfig:
     """No randomness left unless switched back on by ``changes``."""
-    base = dict(size=48, scale_min=1.0, scale_max=1.0, ratio_min=1.0, ratio_max=1.0,
-                flips=False, rot90=False, color="none", grayscale_p=0.0)
+    base = dict(
+        size=48,
+        scale_min=1.0,
+        scale_max=1.0,
+        ratio_min=1.0,
+        ratio_max=1.0,
+        flips=False,
+        rot90=False,
+        color="none",
+        grayscale_p=0.0,
+    )
     return AugmentConfig(**{**base, **changes})
 
 
@@ -45,7 +53,7 @@ def test_augmenting_a_batch_equals_augmenting_each_tile_alone():
     assert batch.shape == (len(images), 3, 32, 32) and batch.dtype == torch.float32
     assert torch.equal(batch, aug(images, u))
     for i in range(len(images)):
-        assert torch.allclose(aug(images[i:i + 1], u[i:i + 1])[0], batch[i], atol=1e-5)
+        assert torch.allclose(aug(images[i : i + 1], u[i : i + 1])[0], batch[i], atol=1e-5)
     assert not torch.allclose(batch[0], batch[1])
 
 
@@ -106,8 +114,16 @@ def test_fused_colour_jitter_matches_torchvision_step_by_step():
     x = torch.rand(5, 3, 16, 16) * 0.4 + 0.3  # mid-range: no clipping between the steps
     u = torch.from_numpy(uniforms(sample_seeds(2, 0, np.arange(5))))
     u[:, 7] = 0.0  # jitter on for every tile
-    cfg = _plain(size=16, color="jitter", brightness=0.2, contrast=0.2, saturation=0.2, hue=0.0,
-                 mean=[0, 0, 0], std=[1, 1, 1])
+    cfg = _plain(
+        size=16,
+        color="jitter",
+        brightness=0.2,
+        contrast=0.2,
+        saturation=0.2,
+        hue=0.0,
+        mean=[0, 0, 0],
+        std=[1, 1, 1],
+    )
     out = BatchAugment(cfg)(x, u)
     for i in range(5):
         b, c, s = (1 + 0.2 * (2 * u[i, col].item() - 1) for col in (8, 9, 10))

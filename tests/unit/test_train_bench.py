@@ -23,19 +23,47 @@ def _last_json(capsys) -> dict:
 
 
 def test_loader_bench_reports_rates_and_ratios(capsys):
-    assert loader.main(["--tiles", "64", "--batch", "16", "--shards", "8", "--seconds", "0.2",
-                        "--rounds", "1"]) == 0
+    assert (
+        loader.main(["--tiles", "64", "--batch", "16", "--shards", "8", "--seconds", "0.2", "--rounds", "1"])
+        == 0
+    )
     result = _last_json(capsys)
-    for key in ("tiles_per_s_per_core", "ratio_vs_decode", "ratio_vs_imagefolder",
-                "decode_tiles_per_s", "imagefolder_tiles_per_s", "augmented_tiles_per_s_per_core"):
+    for key in (
+        "tiles_per_s_per_core",
+        "ratio_vs_decode",
+        "ratio_vs_imagefolder",
+        "decode_tiles_per_s",
+        "imagefolder_tiles_per_s",
+        "augmented_tiles_per_s_per_core",
+    ):
         assert result[key] > 0, key
     assert result["ratio_vs_decode"] == round(
-        result["tiles_per_s_per_core"] / result["decode_tiles_per_s"], 3)
+        result["tiles_per_s_per_core"] / result["decode_tiles_per_s"], 3
+    )
 
 
 def test_train_bench_reports_images_per_second(capsys):
-    assert train.main(["--tiles", "48", "--arch", "resnet18", "--size", "32", "--batch", "8",
-                       "--seconds", "0.5", "--warmup", "1", "--k", "4"]) == 0
+    assert (
+        train.main(
+            [
+                "--tiles",
+                "48",
+                "--arch",
+                "resnet18",
+                "--size",
+                "32",
+                "--batch",
+                "8",
+                "--seconds",
+                "0.5",
+                "--warmup",
+                "1",
+                "--k",
+                "4",
+            ]
+        )
+        == 0
+    )
     result = _last_json(capsys)
     assert result["images_per_s"] > 0 and result["baseline_images_per_s"] > 0
     assert result["device"] in ("cpu", "cuda")

@@ -18,8 +18,7 @@ from dcssl.train.synthetic import make_store
 
 @pytest.fixture(scope="module")
 def raw_store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("raw"), n_shards=3, tiles_per_shard=40, size=24,
-                      encoding="raw")
+    return make_store(tmp_path_factory.mktemp("raw"), n_shards=3, tiles_per_shard=40, size=24, encoding="raw")
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +39,7 @@ def test_tiles_come_back_in_request_order_across_shards(raw_store):
         expected = torch.from_numpy(raw_store.read_tile(int(i))).permute(2, 0, 1)
         assert torch.equal(batch["images"][row], expected)
     consecutive = ds.__getitems__(list(range(30, 70)))  # the slice path of extraction
-    assert torch.equal(consecutive["images"][15],
-                       torch.from_numpy(raw_store.read_tile(45)).permute(2, 0, 1))
+    assert torch.equal(consecutive["images"][15], torch.from_numpy(raw_store.read_tile(45)).permute(2, 0, 1))
 
 
 def test_jpeg_bytes_come_back_in_request_order_with_few_open_files(jpeg_store):

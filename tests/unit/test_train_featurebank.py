@@ -9,8 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dcssl.train.featurebank import (BankWriter, bank_dir, finalize_bank, is_complete, open_bank,
-                                     prepare_bank, read_meta, write_bank)
+from dcssl.train.featurebank import (
+    BankWriter,
+    bank_dir,
+    finalize_bank,
+    is_complete,
+    open_bank,
+    prepare_bank,
+    read_meta,
+    write_bank,
+)
 from hpc.mpi import shard_range
 
 N, DIM, WRITERS = 1000, 24, 3
@@ -54,8 +62,14 @@ def test_writers_in_separate_processes_fill_every_row(tmp_path: Path):
     bank = open_bank(tmp_path, 1)
     assert bank.shape == (N, DIM) and bank.dtype == np.float16
     assert np.array_equal(bank, _rows(np.arange(N)))
-    assert read_meta(tmp_path, 1) == {"n": N, "dim": DIM, "dtype": "float16", "epoch": 1,
-                                      "source": "train", "stale_fraction": 0.0}
+    assert read_meta(tmp_path, 1) == {
+        "n": N,
+        "dim": DIM,
+        "dtype": "float16",
+        "epoch": 1,
+        "source": "train",
+        "stale_fraction": 0.0,
+    }
     total = float(np.asarray(bank, dtype=np.float64).sum())
     for readers in (1, 2, 5):  # any number of readers, whatever wrote it
         with ctx.Pool(readers) as pool:

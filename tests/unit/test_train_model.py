@@ -24,8 +24,9 @@ def _step(model: DeepClusterNet, optimizer: torch.optim.Optimizer, k: int) -> to
     return logits.detach()
 
 
-@pytest.mark.parametrize("arch, factory", [("resnet18", torchvision.models.resnet18),
-                                           ("resnet50", torchvision.models.resnet50)])
+@pytest.mark.parametrize(
+    "arch, factory", [("resnet18", torchvision.models.resnet18), ("resnet50", torchvision.models.resnet50)]
+)
 def test_width_64_is_torchvision_exactly(arch, factory):
     torch.manual_seed(0)
     ours = build_trunk(arch).state_dict()
@@ -52,8 +53,7 @@ def test_reset_head_is_in_place_and_leaves_the_trunk_untouched():
     _step(model, optimizer, 5)
     weight, bias = model.head.weight, model.head.bias
     trunk_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head")}
-    trunk_momentum = {id(p): optimizer.state[p]["momentum_buffer"].clone()
-                      for p in model.trunk_parameters()}
+    trunk_momentum = {id(p): optimizer.state[p]["momentum_buffer"].clone() for p in model.trunk_parameters()}
     head_before = weight.detach().clone()
 
     grew = model.reset_head(optimizer=optimizer, generator=torch.Generator().manual_seed(3))
@@ -64,8 +64,10 @@ def test_reset_head_is_in_place_and_leaves_the_trunk_untouched():
     assert weight not in optimizer.state and bias not in optimizer.state  # momentum forgotten
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in trunk_before.items())
-    assert all(torch.equal(optimizer.state[p]["momentum_buffer"], trunk_momentum[id(p)])
-               for p in model.trunk_parameters())
+    assert all(
+        torch.equal(optimizer.state[p]["momentum_buffer"], trunk_momentum[id(p)])
+        for p in model.trunk_parameters()
+    )
     again = DeepClusterNet(TINY, k=5)
     again.reset_head(generator=torch.Generator().manual_seed(3))
     assert torch.equal(again.head.weight, weight)  # the draw depends on the generator alone
@@ -103,8 +105,16 @@ def test_small_stem_keeps_resolution_and_head_reset_still_works():
     maps = {}
     for stem in ("imagenet", "small"):
         trunk = build_trunk("resnet18", width=8, stem=stem)
-        body = torch.nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool,
-                                   trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4)
+        body = torch.nn.Sequential(
+            trunk.conv1,
+            trunk.bn1,
+            trunk.relu,
+            trunk.maxpool,
+            trunk.layer1,
+            trunk.layer2,
+            trunk.layer3,
+            trunk.layer4,
+        )
         maps[stem] = body(x).shape[-2:]
         assert trunk(x).shape == (2, trunk.out_dim) == (2, 64)
     assert maps == {"imagenet": (1, 1), "small": (4, 4)}  # the ImageNet stem collapses 32 px

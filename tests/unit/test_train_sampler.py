@@ -11,8 +11,9 @@ from dcssl.train.sampler import UniformClusterSampler, epoch_plan
 
 def _skewed_labels(seed: int = 0) -> np.ndarray:
     """Clusters of 600, 150, 40 and 7 tiles, empty clusters 1 and 5, and 200 unassigned (-1)."""
-    labels = np.concatenate([np.full(600, 0), np.full(150, 2), np.full(40, 3), np.full(7, 4),
-                             np.full(200, -1)]).astype(np.int32)
+    labels = np.concatenate(
+        [np.full(600, 0), np.full(150, 2), np.full(40, 3), np.full(7, 4), np.full(200, -1)]
+    ).astype(np.int32)
     return np.random.default_rng(seed).permutation(labels)
 
 

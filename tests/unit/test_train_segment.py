@@ -19,8 +19,7 @@ from dcssl.store import Store
 from dcssl.train.data import make_loader
 from dcssl.train.featurebank import open_bank, read_meta
 from dcssl.train.sampler import UniformClusterSampler
-from dcssl.train.segment import (NonFiniteLoss, SegmentError, checkpoint_manager, done_path,
-                                 run_segment)
+from dcssl.train.segment import NonFiniteLoss, SegmentError, checkpoint_manager, done_path, run_segment
 from dcssl.train.synthetic import make_store, tiny_config, write_pseudo_labels
 from dcssl.train.trainer import Trainer
 from hpc.env import DistEnv
@@ -34,8 +33,9 @@ def _cfg(**top):
 
 
 def _run(run_dir: Path, epoch: int, cfg=None, **kw) -> dict:
-    return run_segment(run_dir, epoch, cfg or _cfg(), flag=kw.pop("flag", PreemptionFlag()),
-                       requeue=False, **kw)
+    return run_segment(
+        run_dir, epoch, cfg or _cfg(), flag=kw.pop("flag", PreemptionFlag()), requeue=False, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,7 @@ def _eval_embeddings(run_dir: Path) -> np.ndarray:
     """Every tile's eval-mode embedding under the newest checkpoint, computed here directly."""
     trainer = Trainer(run_dir, _cfg(), DistEnv(), torch.device("cpu"), k=1)
     trainer.load_state_dict(checkpoint_manager(run_dir).load_latest()[1])
-    loader = make_loader(trainer.dataset, batch_sampler=[list(range(0, N, 40)) +
-                                                         list(range(1, N, 40))])
+    loader = make_loader(trainer.dataset, batch_sampler=[list(range(0, N, 40)) + list(range(1, N, 40))])
     del loader  # batch composition does not matter in eval mode: embed all at once
     batch = trainer.dataset.__getitems__(list(range(N)))
     return trainer.embed(batch).numpy()
@@ -85,8 +84,14 @@ def _eval_embeddings(run_dir: Path) -> np.ndarray:
 
 def test_bootstrap_embeds_every_tile_with_the_initial_weights(booted):
     meta = read_meta(booted, 0)
-    assert meta == {"n": N, "dim": 32, "dtype": "float16", "epoch": 0, "source": "extract",
-                    "stale_fraction": 0.0}
+    assert meta == {
+        "n": N,
+        "dim": 32,
+        "dtype": "float16",
+        "epoch": 0,
+        "source": "extract",
+        "stale_fraction": 0.0,
+    }
     bank = np.asarray(open_bank(booted, 0), dtype=np.float32)
     assert np.allclose(np.linalg.norm(bank, axis=1), 1.0, atol=2e-3)
     assert np.allclose(bank, _eval_embeddings(booted), atol=2e-3)
@@ -205,16 +210,25 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     # no SLURM variables: inside an allocation a step budget would requeue the caller's job
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, "-m", "dcssl.train", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "dcssl.train", *args], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def test_cli_runs_a_segment_and_rejects_bad_config(booted, tmp_path):
     run_dir = _copy(booted, tmp_path)
-    (run_dir / "config.yaml").write_text(json.dumps({"train": {
-        "model": {"arch": "resnet18", "width": 8, "proj_dim": 32, "temperature": 0.5},
-        "data": {"batch_size": BATCH, "workers": 0}, "augment": {"size": 32, "color": "none"},
-        "log_every": 2}}))
+    (run_dir / "config.yaml").write_text(
+        json.dumps(
+            {
+                "train": {
+                    "model": {"arch": "resnet18", "width": 8, "proj_dim": 32, "temperature": 0.5},
+                    "data": {"batch_size": BATCH, "workers": 0},
+                    "augment": {"size": 32, "color": "none"},
+                    "log_every": 2,
+                }
+            }
+        )
+    )
     bad = _cli(str(run_dir), "--epoch", "1", "train.optim.lrr=1")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: train.optim.lrr: unknown key")
