@@ -20,7 +20,16 @@ import torch.nn.functional as F
 
 from dcssl.train.config import AugmentConfig
 
-__all__ = ["N_PARAMS", "mix_seed", "sample_seeds", "uniforms", "BatchAugment", "eval_transform", "to_float"]
+__all__ = [
+    "N_PARAMS",
+    "mix_seed",
+    "splitmix64",
+    "sample_seeds",
+    "uniforms",
+    "BatchAugment",
+    "eval_transform",
+    "to_float",
+]
 
 N_PARAMS = 20
 _U64 = np.uint64
@@ -33,7 +42,7 @@ _LUMA = torch.tensor([0.299, 0.587, 0.114])
 _TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic): a fast counter-based hash."""
     with np.errstate(over="ignore"):
         z = x + _U64(0x9E3779B97F4A7C15)
@@ -46,7 +55,7 @@ def mix_seed(*parts: int) -> int:
     """One 63-bit seed from several integers (seed, epoch, …), stable across runs and platforms."""
     h = 0x2545F4914F6CDD1D
     for part in parts:
-        h = int(_splitmix64(np.array([(h ^ (part & _MASK)) & _MASK], dtype=_U64))[0])
+        h = int(splitmix64(np.array([(h ^ (part & _MASK)) & _MASK], dtype=_U64))[0])
     return h >> 1
 
 
@@ -54,7 +63,7 @@ def sample_seeds(seed: int, epoch: int, positions: np.ndarray) -> np.ndarray:
     """Per-sample seeds (int64 ≥ 0) for global positions within an epoch."""
     base = _U64(mix_seed(seed, epoch, 0xA46))
     with np.errstate(over="ignore"):
-        mixed = _splitmix64(np.asarray(positions, dtype=_U64) + base)
+        mixed = splitmix64(np.asarray(positions, dtype=_U64) + base)
     return (mixed >> _U64(1)).astype(np.int64)
 
 
@@ -63,7 +72,7 @@ def uniforms(seeds: np.ndarray) -> np.ndarray:
     s = np.asarray(seeds, dtype=np.int64).astype(_U64)[:, None]
     with np.errstate(over="ignore"):
         counters = s * _U64(N_PARAMS) + np.arange(N_PARAMS, dtype=_U64)[None, :]
-    bits = _splitmix64(counters) >> _U64(40)  # 24 bits: exactly representable in float32
+    bits = splitmix64(counters) >> _U64(40)  # 24 bits: exactly representable in float32
     return (bits.astype(np.float32) / np.float32(1 << 24)).astype(np.float32)
 
 

@@ -1,15 +1,25 @@
 """DeepCluster's sampler, distributed: every non-empty cluster drawn equally often per epoch.
 
-The epoch's *global* sample list is a pure function of (labels, seed, epoch) — every rank builds
-the same list with no communication — and rank r takes global positions r, r + W, r + 2W, …
-(W = world size). Hence:
+An epoch is a list of n draws (n = samples_per_epoch, default the labelled tiles) defined point by
+point: global position p → slot σ(p) (a pseudo-random permutation of [0, n), see
+``permutation``) → (cluster c, draw j). The C non-empty clusters get n // C slots each, n % C
+randomly chosen ones one more. Draw j < |c| is member τ_c(j) of c (τ_c a random permutation of
+c's members: a small cluster is drawn whole, a large one a random subset without replacement);
+draws past |c| repeat a member drawn at random (padding). Rank r takes global positions
+r, r + W, r + 2W, … (W = world size) and computes only those, so:
 
+- each rank's plan costs O(N / W) time and memory beyond the label array — no rank builds the
+  global list — and the draws at a global position do not depend on W;
 - ranks are disjoint by position and, after any number of steps, together have consumed exactly
   the global prefix [0, steps × batch × W): resuming at a local position is exact;
-- unassigned tiles (label -1) are never drawn, and empty clusters simply do not exist here
-  (DeepCluster v1 crashed on them);
-- a tile drawn twice in an epoch (small clusters are padded by repeats) is *owned* by its first
-  position only, so ranks write disjoint feature-bank rows.
+- unassigned tiles (label -1) are never drawn (to exclude tiles, set their label to -1), and empty
+  clusters simply do not exist here (DeepCluster v1 crashed on them);
+- a tile is *owned* by its non-padding draw only, so ranks write disjoint feature-bank rows. (The
+  < W positions past the last full round of ranks are not drawn; a tile whose own draw falls there
+  keeps its previous bank row, like any unvisited tile.)
+
+The members of a cluster are found without sorting all N tiles: per-chunk cluster counts (once per
+label array) locate the chunk holding a cluster's m-th member, and only that chunk is sorted.
 
 ``set_labels`` swaps the label array in place: the next ``__iter__`` draws from it, so neither the
 sampler nor the DataLoader holding it is rebuilt.
@@ -23,11 +33,13 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from dcssl.train.augment import mix_seed, sample_seeds
+from dcssl.train.augment import mix_seed, sample_seeds, splitmix64
+from dcssl.train.permutation import keys, permute
 
-__all__ = ["UniformClusterSampler", "epoch_plan", "labels_digest"]
+__all__ = ["UniformClusterSampler", "ClusterIndex", "EpochDraws", "epoch_plan", "labels_digest"]
 
 _CHUNK = 1 << 16  # positions turned into Python tuples at a time
+_LABEL_CHUNK = 1 << 20  # tiles per chunk of the cluster index
 
 
 def labels_digest(labels: np.ndarray) -> str:
@@ -35,41 +47,148 @@ def labels_digest(labels: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(labels).view(np.uint8), digest_size=12).hexdigest()
 
 
-def epoch_plan(labels: np.ndarray, seed: int, epoch: int, n_samples: int = 0) -> np.ndarray:
-    """Global list of tile indices for one epoch, uniform over the non-empty clusters.
+class ClusterIndex:
+    """The members of each non-empty cluster, in tile order, addressable by rank within it."""
 
-    Each cluster gets ceil(n / C) draws: all of its members in random order when it has that many
-    or fewer (plus repeats drawn with replacement to fill its quota), else a random subset. This
-    keeps DeepCluster's balance while visiting as many distinct tiles as possible (v1 drew small
-    clusters entirely with replacement). The list is shuffled and cut to n (default: the number of
-    labelled tiles).
-    """
-    labels = np.asarray(labels)
-    valid = np.flatnonzero(labels >= 0)
-    if valid.size == 0:
-        raise ValueError("every tile is unassigned (label -1): nothing to train on")
-    rng = np.random.default_rng(mix_seed(seed, epoch, 0x5A3))
-    shuffled = valid[rng.permutation(valid.size)]
-    # a stable sort by cluster of a random permutation: grouped by cluster, random within each
-    members = shuffled[np.argsort(labels[shuffled], kind="stable")]
-    _, starts, counts = np.unique(labels[members], return_index=True, return_counts=True)
-    n = int(n_samples) or int(valid.size)
-    quota = -(-n // len(counts))
-    take = np.minimum(counts, quota)
-    ends = np.cumsum(take)
-    first = np.repeat(starts, take) + np.arange(ends[-1]) - np.repeat(ends - take, take)
-    extra = quota - take
-    pad_cluster = np.repeat(np.arange(len(counts)), extra)
-    pad = starts[pad_cluster] + (rng.random(pad_cluster.size) * counts[pad_cluster]).astype(np.int64)
-    chosen = members[np.concatenate([first, pad])]
-    rng.shuffle(chosen)
-    return chosen[:n]
+    def __init__(self, labels: np.ndarray, chunk: int = _LABEL_CHUNK):
+        self.labels, self.chunk = labels, chunk
+        top = int(labels.max()) if labels.size else -1
+        # tiles per (chunk, label + 1): column 0 counts the unassigned (any negative label)
+        per_chunk = [np.bincount(np.maximum(part, -1) + 1, minlength=top + 2) for part in self._parts()]
+        before = np.zeros((len(per_chunk) + 1, top + 2), dtype=np.int64)
+        np.cumsum(per_chunk, axis=0, out=before[1:])
+        if top < 0 or not before[-1, 1:].any():
+            raise ValueError("every tile is unassigned (label -1): nothing to train on")
+        self.values = np.flatnonzero(before[-1, 1:])  # the label of each non-empty cluster
+        self.counts = before[-1, self.values + 1]
+        # before[b, c] = members of cluster c in chunks < b (one row per cluster, for gathers)
+        self.before = np.ascontiguousarray(before[:, self.values + 1].T)
+        # cluster id per label value; the last entry is what any negative label (-1) maps to
+        self._ids = np.full(top + 2, self.values.size, dtype=np.int64)
+        self._ids[self.values] = np.arange(self.values.size)
+        self._dtype = np.uint16 if self.values.size < np.iinfo(np.uint16).max else np.int64
+
+    def _parts(self) -> Iterator[np.ndarray]:
+        for lo in range(0, self.labels.size, self.chunk):
+            yield self.labels[lo : lo + self.chunk]
+
+    @property
+    def size(self) -> int:
+        return int(self.values.size)
+
+    def _chunk_ids(self, b: int) -> np.ndarray:
+        part = self.labels[b * self.chunk : (b + 1) * self.chunk]
+        return self._ids[np.maximum(part, -1)].astype(self._dtype)  # radix sort for uint16
+
+    def _chunk_of(self, cluster: np.ndarray, rank: np.ndarray) -> np.ndarray:
+        """The chunk holding each member: the last b with before[c, b] ≤ rank (binary search)."""
+        width = self.before.shape[1]
+        flat, base = self.before.ravel(), cluster * width
+        block = np.zeros(cluster.size, dtype=np.int64)
+        step = 1 << int(width - 1).bit_length()
+        while step:
+            probe = np.minimum(block + step, width - 1)
+            block = np.where(flat[base + probe] <= rank, probe, block)
+            step >>= 1
+        return block
+
+    def select(self, cluster: np.ndarray, rank: np.ndarray) -> np.ndarray:
+        """Tile index of member ``rank`` (0-based, in tile order) of each ``cluster``."""
+        block = self._chunk_of(cluster, rank)
+        n_chunks = self.before.shape[1] - 1
+        dtype = np.uint16 if n_chunks < np.iinfo(np.uint16).max else np.int64
+        order = np.argsort(block.astype(dtype), kind="stable")  # radix sort: grouped by chunk
+        bounds = np.searchsorted(block[order], np.arange(n_chunks + 1))
+        out = np.empty(cluster.size, dtype=np.int64)
+        for b in range(n_chunks):
+            mine = order[bounds[b] : bounds[b + 1]]
+            if mine.size:
+                ids = self._chunk_ids(b)
+                starts = np.r_[0, np.cumsum(np.bincount(ids, minlength=self.size + 1))]
+                c = cluster[mine]
+                local = starts[c] + rank[mine] - self.before[c, b]
+                out[mine] = b * self.chunk + np.argsort(ids, kind="stable")[local]
+        return out
+
+
+class EpochDraws:
+    """The draws of one epoch, computable at any set of global positions (see module docstring)."""
+
+    def __init__(self, index: ClusterIndex, seed: int, epoch: int, n_samples: int = 0):
+        self.index, self.seed, self.epoch = index, seed, epoch
+        self.n = int(n_samples) or int(index.counts.sum())
+        # slots laid out cluster by cluster in a random order; the first n % C get one more
+        self.base, self.extra = divmod(self.n, index.size)
+        self.layout = np.random.default_rng(mix_seed(seed, epoch, 0x5A3)).permutation(index.size)
+        place = np.empty(index.size, dtype=np.int64)
+        place[self.layout] = np.arange(index.size)
+        self.quota = self.base + (place < self.extra)
+        self.slot_start = place * self.base + np.minimum(place, self.extra)
+        self.key = int(keys(seed, epoch, 0x9E1, np.zeros(1))[0])
+        self.cluster_keys = keys(seed, epoch, 0xC1A, np.arange(index.size))
+        self.pad_key = mix_seed(seed, epoch, 0x9AD)
+
+    def _cluster_of(self, slot: np.ndarray) -> np.ndarray:
+        """The cluster a slot belongs to: arithmetic on the layout, no search."""
+        wide = self.extra * (self.base + 1)  # slots of the clusters with one more
+        place = np.where(
+            slot < wide, slot // (self.base + 1), self.extra + (slot - wide) // max(self.base, 1)
+        )
+        return self.layout[place]
+
+    def at(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(tile index, owner) of the draws at global ``positions`` (each in [0, n))."""
+        cluster = np.empty(positions.size, dtype=np.int64)
+        rank, owner = np.empty_like(cluster), np.empty(positions.size, dtype=bool)
+        for lo in range(0, positions.size, _LABEL_CHUNK):  # bounded transients, one select
+            part = slice(lo, lo + _LABEL_CHUNK)
+            cluster[part], rank[part], owner[part] = self._members(positions[part])
+        return self.index.select(cluster, rank), owner
+
+    def _members(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(cluster, rank of the member within it, owner) at ``positions``."""
+        slot = permute(positions, self.n, self.key).astype(np.int64)
+        cluster = self._cluster_of(slot)
+        rank = slot - self.slot_start[cluster]  # the draw j within the cluster
+        owner = rank < self.index.counts[cluster]
+        counts = self.index.counts.astype(np.uint64)
+        mine = cluster[owner]
+        rank[owner] = permute(rank[owner], counts, self.cluster_keys, group=mine)
+        pad = ~owner
+        with np.errstate(over="ignore"):
+            hashed = splitmix64(slot[pad].astype(np.uint64) ^ np.uint64(self.pad_key))
+        rank[pad] = (hashed % counts[cluster[pad]]).astype(np.int64)
+        return cluster, rank, owner
+
+    def owners_before(self, end: int) -> int:
+        """Owner draws among global positions [0, end): end minus the padding draws there."""
+        pads = np.maximum(self.quota - self.index.counts, 0)
+        padded = np.flatnonzero(pads)
+        inside = 0
+        for lo in range(0, padded.size, 1024):  # bounded memory however many clusters are padded
+            c = padded[lo : lo + 1024]
+            first = self.slot_start[c] + self.index.counts[c]
+            slots = np.repeat(first, pads[c]) + _ramp(pads[c])
+            inside += int((permute(slots, self.n, self.key, inverse=True) < end).sum())
+        return end - inside
+
+
+def _ramp(lengths: np.ndarray) -> np.ndarray:
+    """0, 1, …, l₀-1, 0, 1, …, l₁-1, …"""
+    ends = np.cumsum(lengths)
+    return np.arange(int(ends[-1]) if ends.size else 0) - np.repeat(ends - lengths, lengths)
+
+
+def epoch_plan(labels: np.ndarray, seed: int, epoch: int, n_samples: int = 0) -> np.ndarray:
+    """The whole epoch's tile list (global positions 0 … n-1) — what all ranks draw together."""
+    draws = EpochDraws(ClusterIndex(np.asarray(labels)), seed, epoch, n_samples)
+    return draws.at(np.arange(draws.n, dtype=np.int64))[0]
 
 
 class UniformClusterSampler(Sampler):
     """Yields ``(tile index, sample seed, owner)`` for this rank, from ``start`` to the epoch's end.
 
-    ``owner`` is True at a tile's first position in the global list (see module docstring).
+    ``owner`` is True at a tile's non-padding draw (see module docstring).
     """
 
     def __init__(
@@ -87,6 +206,7 @@ class UniformClusterSampler(Sampler):
         self.seed, self.samples_per_epoch = seed, samples_per_epoch
         self.epoch, self.start = 0, 0
         self._plan: tuple[np.ndarray, np.ndarray] | None = None
+        self._draws: EpochDraws | None = None
         self.set_labels(labels)
 
     # ------------------------------------------------------------------ state
@@ -97,12 +217,13 @@ class UniformClusterSampler(Sampler):
             raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
         self.labels = labels
         self.n_labelled = int((labels >= 0).sum())
-        self._plan = None
+        self._index: ClusterIndex | None = None
+        self._plan = self._draws = None
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Move to ``epoch``; the next iteration begins at local position ``start``."""
         if epoch != self.epoch:
-            self._plan = None
+            self._plan = self._draws = None
         self.epoch = epoch
         self.set_start(start)
 
@@ -112,14 +233,19 @@ class UniformClusterSampler(Sampler):
         self.start = start
 
     # ------------------------------------------------------------------ plan
+    def draws(self) -> EpochDraws:
+        """The current epoch's draws (at any global position), cached."""
+        if self._draws is None:
+            if self._index is None:
+                self._index = ClusterIndex(self.labels)
+            self._draws = EpochDraws(self._index, self.seed, self.epoch, self.samples_per_epoch)
+        return self._draws
+
     def plan(self) -> tuple[np.ndarray, np.ndarray]:
-        """(global tile list, first-occurrence mask) of the current epoch, cached."""
+        """(tile, owner) at this rank's positions r, r + W, … of the current epoch, cached."""
         if self._plan is None:
-            order = epoch_plan(self.labels, self.seed, self.epoch, self.samples_per_epoch)
-            positions = np.arange(order.size, dtype=np.int64)
-            first_at = np.full(self.labels.size, order.size, dtype=np.int64)
-            np.minimum.at(first_at, order, positions)  # O(n), no sort
-            self._plan = (order, first_at[order] == positions)
+            positions = np.arange(self.local_len, dtype=np.int64) * self.world_size + self.rank
+            self._plan = self.draws().at(positions)
         return self._plan
 
     @property
@@ -131,15 +257,14 @@ class UniformClusterSampler(Sampler):
         return self.local_len - self.start
 
     def __iter__(self) -> Iterator[tuple[int, int, bool]]:
-        order, first = self.plan()
+        tiles, owners = self.plan()
         for lo in range(self.start, self.local_len, _CHUNK):  # bounded memory at 10⁷ tiles
-            local = np.arange(lo, min(lo + _CHUNK, self.local_len), dtype=np.int64)
-            positions = local * self.world_size + self.rank
+            hi = min(lo + _CHUNK, self.local_len)
+            positions = np.arange(lo, hi, dtype=np.int64) * self.world_size + self.rank
             seeds = sample_seeds(self.seed, self.epoch, positions)
-            tiles, owners = order[positions], first[positions]
-            yield from zip(tiles.tolist(), seeds.tolist(), owners.tolist())
+            yield from zip(tiles[lo:hi].tolist(), seeds.tolist(), owners[lo:hi].tolist())
 
     def visited(self, local_consumed: int) -> int:
-        """Distinct tiles among the first ``local_consumed`` samples of every rank."""
-        _, first = self.plan()
-        return int(first[: local_consumed * self.world_size].sum())
+        """Feature-bank rows written by the first ``local_consumed`` samples of every rank (their
+        owner draws: distinct tiles), without computing the other ranks' draws."""
+        return self.draws().owners_before(local_consumed * self.world_size)

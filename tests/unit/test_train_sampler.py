@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dcssl.train.sampler import UniformClusterSampler, epoch_plan
+from dcssl.train.permutation import permute
+from dcssl.train.sampler import ClusterIndex, EpochDraws, UniformClusterSampler, epoch_plan
 
 
 def _skewed_labels(seed: int = 0) -> np.ndarray:
@@ -57,7 +58,9 @@ def test_ranks_are_disjoint_and_together_form_the_single_rank_epoch(world):
     assert interleaved == single[: len(interleaved)]
     owned = [{t for t, _, owner in d if owner} for d in draws]
     assert sum(len(o) for o in owned) == len(set().union(*owned))  # no row owned twice
-    assert set().union(*owned) == {t for t, _, _ in interleaved}  # every drawn tile has an owner
+    # every drawn tile has an owner, unless its own draw is among the < W undrawn last positions
+    tail = {t for t, _, owner in single[len(interleaved) :] if owner}
+    assert {t for t, _, _ in interleaved} - set().union(*owned) <= tail
 
 
 def test_resume_at_a_local_position_yields_exactly_the_rest():
@@ -75,12 +78,15 @@ def test_resume_at_a_local_position_yields_exactly_the_rest():
         sampler.set_start(len(full) + 1)
 
 
-def test_visited_counts_distinct_tiles_of_the_consumed_prefix():
+@pytest.mark.parametrize("consumed", [0, 100, 265])
+def test_visited_counts_the_owned_rows_of_the_consumed_prefix(consumed):
     labels = _skewed_labels()
-    samplers = [UniformClusterSampler(labels, rank=r, world_size=2, seed=2) for r in range(2)]
-    consumed = 100
-    seen = {t for s in samplers for t, _, _ in _drawn(s)[:consumed]}
-    assert samplers[0].visited(consumed) == samplers[1].visited(consumed) == len(seen)
+    samplers = [UniformClusterSampler(labels, rank=r, world_size=3, seed=2) for r in range(3)]
+    prefix = [d for s in samplers for d in _drawn(s)[:consumed]]
+    owned = [t for t, _, owner in prefix if owner]
+    assert len(owned) == len(set(owned))  # owner draws are distinct tiles
+    # computed from the padding slots alone, by inverting the permutation: no rank's draws
+    assert samplers[0].visited(consumed) == samplers[2].visited(consumed) == len(owned)
 
 
 def test_set_labels_changes_what_is_drawn_without_a_new_sampler():
@@ -108,3 +114,40 @@ def test_samples_per_epoch_and_bad_input():
         UniformClusterSampler(np.zeros((2, 2), dtype=np.int32))
     with pytest.raises(ValueError, match="world"):
         UniformClusterSampler(labels, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("domain", [1, 2, 3, 17, 1000, 4097])
+def test_permute_is_a_bijection_and_inverse_undoes_it(domain):
+    x = np.arange(domain)
+    y = permute(x, domain, 12345)
+    assert sorted(y.tolist()) == x.tolist()
+    assert np.array_equal(permute(y, domain, 12345, inverse=True), x)
+    if domain > 16:
+        assert not np.array_equal(y, permute(x, domain, 54321))
+    # per-element domains and keys: many small permutations in one call
+    sizes = np.array([1, 5, 9, 33])
+    points = np.concatenate([np.arange(s) for s in sizes])
+    owner = np.repeat(np.arange(sizes.size), sizes)
+    mixed = permute(points, sizes, np.arange(sizes.size) + 7, group=owner)
+    for c, size in enumerate(sizes):
+        assert sorted(mixed[owner == c].tolist()) == list(range(size))
+
+
+def test_cluster_index_selects_members_in_tile_order_across_chunks():
+    labels = _skewed_labels(4)
+    index = ClusterIndex(labels, chunk=64)  # many chunks, most clusters split across them
+    members = {c: np.flatnonzero(labels == v) for c, v in enumerate(index.values)}
+    cluster = np.concatenate([np.full(m.size, c) for c, m in members.items()])
+    rank = np.concatenate([np.arange(m.size) for m in members.values()])
+    assert np.array_equal(index.select(cluster, rank), np.concatenate(list(members.values())))
+    # the chunking is an implementation detail: the draws do not depend on it
+    draws = [EpochDraws(ClusterIndex(labels, chunk=c), 3, 2) for c in (64, 1 << 20)]
+    positions = np.arange(draws[0].n)
+    assert all(np.array_equal(a, b) for a, b in zip(draws[0].at(positions), draws[1].at(positions)))
+
+
+def test_quotas_are_exact_per_epoch():
+    labels = _skewed_labels()
+    order = epoch_plan(labels, seed=9, epoch=2, n_samples=1001)
+    counts = np.bincount(labels[order], minlength=6)[[0, 2, 3, 4]]
+    assert sorted(counts.tolist()) == [250, 250, 250, 251]  # n // C each, n % C clusters one more
