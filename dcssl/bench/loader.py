@@ -4,7 +4,12 @@ The same real H&E tiles (random 224 px crops of a shipped slide, JPEG q85, as th
 writes them) are read in the same random order, in batches, by one process on one core:
 
 - store:       the training dataset over the HDF5 tile store (batched HDF5 reads + decode_jpeg),
-               uint8 N×3×H×W batches — read + decode, no augmentation;
+               uint8 N×3×H×W batches — read + decode, no augmentation — in uniformly random
+               order over the whole store (every batch spans all shards);
+- windowed:    the same dataset in the training sampler's order with shard windows
+               (``train.data.shard_window``), at a mission slide's draws per shard per rank: the
+               figure that stays flat with the shard count (``--shards 11000``: a store of many
+               more shards than distinct tiles, each shard cycling through them);
 - decode:      pure in-memory JPEG decode of the same bytes into the same batches (the floor);
 - imagefolder: torchvision ImageFolder of the same tiles as .jpg files (PIL) + default collate;
 - augmented:   the store with the default CPU augmentations (crop, flips, rotations, colour
@@ -13,8 +18,9 @@ writes them) are read in the same random order, in batches, by one process on on
 
 Rates are per CPU-second of the one benchmark process (one thread), so they are per core and
 do not move when other jobs share the machine; each is the best of ``--rounds`` rounds of at
-least ``--seconds`` of work. Targets: store ≥ 80 % of decode and ≥ 1.2 × imagefolder. The last line is
-one JSON object with tiles_per_s_per_core, ratio_vs_decode and ratio_vs_imagefolder.
+least ``--seconds`` of work. Targets: store ≥ 80 % of decode and ≥ 1.2 × imagefolder, windowed ≥
+80 % of decode at 11,000 shards. The last line is one JSON object with tiles_per_s_per_core,
+windowed_tiles_per_s_per_core and the ratios.
 """
 
 from __future__ import annotations
@@ -61,14 +67,18 @@ def bench_tiles(slide: Path, n: int, size: int, seed: int = 0) -> list[bytes]:
     return [encode_jpeg(np.ascontiguousarray(c), 85) for c in crops]
 
 
-def write_store(root: Path, tiles: list[bytes], size: int, shards: int = 64) -> None:
+def write_store(root: Path, tiles: list[bytes], size: int, shards: int = 64, per_shard: int = 0) -> None:
+    """``shards`` shards over ``tiles`` split evenly, or of ``per_shard`` tiles each cycling
+    through ``tiles`` (a store of many more shards than distinct tiles)."""
     from dcssl.store import ShardWriter, build_manifest
 
-    for s, part in enumerate(np.array_split(np.arange(len(tiles)), shards)):
+    entries = np.arange(shards * per_shard if per_shard else len(tiles))
+    for s, part in enumerate(np.array_split(entries, shards)):
         with ShardWriter(
             root / "shards" / f"bench-{s}.h5", slide_id=f"bench-{s}", tile_size=size, with_labels=True
         ) as writer:
-            writer.append([tiles[i] for i in part], np.zeros((len(part), 2)), np.ones(len(part)), part % 4)
+            chunk = [tiles[i % len(tiles)] for i in part]
+            writer.append(chunk, np.zeros((len(part), 2)), np.ones(len(part)), part % 4)
     build_manifest(root)
 
 
@@ -77,6 +87,15 @@ def write_image_folder(root: Path, tiles: list[bytes]) -> None:
         folder = root / f"class{i % 4}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"tile{i:06d}.jpg").write_bytes(data)
+
+
+def _store_matches(store: Path, shards: int, n_tiles: int) -> bool:
+    from dcssl.store import Store
+
+    if not (store / "manifest.json").is_file():
+        return False
+    built = Store(store)
+    return len(built.shards) == shards and built.n_tiles == n_tiles
 
 
 def _rate(
@@ -92,7 +111,25 @@ def _rate(
     return done / (clock() - start)
 
 
-def _passes(tiles: list[bytes], store: Path, folder: Path, order: np.ndarray, batch: int):
+def windowed_order(store: Path, window: int, draws_per_shard: int, limit: int) -> np.ndarray:
+    """The first ``limit`` draws of one rank's epoch from the training sampler with shard windows,
+    at ``draws_per_shard`` draws per shard (a mission slide of ~2,700 tiles over 8 ranks: ~340)."""
+    from dcssl.store import Store
+    from dcssl.train.sampler import UniformClusterSampler
+
+    offsets = Store(store).offsets
+    labels = (np.arange(offsets[-1]) % 64).astype(np.int32)
+    sampler = UniformClusterSampler(
+        labels,
+        seed=1,
+        samples_per_epoch=draws_per_shard * (offsets.size - 1),
+        shard_offsets=offsets,
+        shard_window=window,
+    )
+    return sampler.plan()[0][:limit]
+
+
+def _passes(tiles: list[bytes], store: Path, folder: Path, order: np.ndarray, batch: int, windowed):
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -103,7 +140,8 @@ def _passes(tiles: list[bytes], store: Path, folder: Path, order: np.ndarray, ba
     from dcssl.train.data import TileDataset, make_loader
 
     batches = [order[i : i + batch].tolist() for i in range(0, len(order) - batch + 1, batch)]
-    chunks = _Chunks(len(batches))
+    window_batches = [windowed[i : i + batch].tolist() for i in range(0, len(windowed) - batch + 1, batch)]
+    chunks, window_chunks = _Chunks(len(batches)), _Chunks(len(window_batches))
     plain = TileDataset(store, AugmentConfig(), transform_in_worker=False)
     augmented = TileDataset(store, AugmentConfig(size=224, device="cpu"))
     seeds = sample_seeds(0, 1, np.arange(len(order)))
@@ -115,6 +153,7 @@ def _passes(tiles: list[bytes], store: Path, folder: Path, order: np.ndarray, ba
     images = ImageFolder(str(folder), transform=PILToTensor())
     # ImageFolder sorts by class then name; map tile i to its position so the order is the same
     position = {int(Path(p).stem[4:]): k for k, (p, _) in enumerate(images.samples)}
+    distinct = len(tiles)  # store entry i holds tile i % distinct
 
     def count(loader) -> int:
         return sum(len(b["index"] if isinstance(b, dict) else b[0]) for b in loader)
@@ -123,14 +162,19 @@ def _passes(tiles: list[bytes], store: Path, folder: Path, order: np.ndarray, ba
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return sum(
-                len(torch.stack(decode_jpeg([encoded[i] for i in batches[k]], mode=ImageReadMode.RGB)))
+                len(
+                    torch.stack(
+                        decode_jpeg([encoded[i % distinct] for i in batches[k]], mode=ImageReadMode.RGB)
+                    )
+                )
                 for k in chunks.next()
             )
 
-    folder_batches = [[position[i] for i in b] for b in batches]
+    folder_batches = [[position[i % distinct] for i in b] for b in batches]
     return {
         "decode": decode,
         "store": lambda: count(make_loader(plain, batch_sampler=chunks.pick(batches))),
+        "windowed": lambda: count(make_loader(plain, batch_sampler=window_chunks.pick(window_batches))),
         "imagefolder": lambda: count(DataLoader(images, batch_sampler=chunks.pick(folder_batches))),
         "augmented": lambda: count(make_loader(augmented, batch_sampler=chunks.pick(train_batches))),
     }
@@ -182,6 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         help="store shards (64 of 32 tiles: most tiles of a batch come from different "
         "shards, as in a store of thousands of slides)",
     )
+    p.add_argument(
+        "--tiles-per-shard",
+        type=int,
+        default=0,
+        help="tiles per shard cycling through the distinct tiles (default: --tiles split over --shards)",
+    )
+    p.add_argument("--window", type=int, default=128, help="sampler shard window (train.data.shard_window)")
+    p.add_argument("--draws-per-shard", type=int, default=340, help="one rank's draws per shard per epoch")
+    p.add_argument("--store-dir", type=Path, default=None, help="build the store here once and reuse it")
     p.add_argument("--seconds", type=float, default=5.0, help="work per measured figure")
     p.add_argument("--rounds", type=int, default=2, help="rounds; the best of them is reported")
     args = p.parse_args(argv)
@@ -190,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(1)  # per core: one process, one thread
     tiles = bench_tiles(args.slide, args.tiles, args.tile_px)
-    order = np.random.default_rng(1).permutation(args.tiles)
+    per_shard = args.tiles_per_shard or (
+        -(-args.tiles // args.shards) if args.shards > args.tiles // 4 else 0
+    )
+    n_store = args.shards * per_shard if per_shard else args.tiles
+    order = np.random.default_rng(1).permutation(n_store)
     print(
         f"{args.tiles} tiles of {args.tile_px} px, JPEG q85, mean "
         f"{np.mean([len(t) for t in tiles]) / 1024:.1f} KiB, {args.shards} shards, batches "
@@ -199,9 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
-        write_store(Path(tmp) / "store", tiles, args.tile_px, args.shards)
+        store = args.store_dir or Path(tmp) / "store"
+        if not _store_matches(store, args.shards, n_store):
+            write_store(store, tiles, args.tile_px, args.shards, per_shard)
         write_image_folder(Path(tmp) / "folder", tiles)
-        passes = _passes(tiles, Path(tmp) / "store", Path(tmp) / "folder", order, args.batch)
+        limit = 400 * args.batch  # far more than the measured passes read
+        windowed = windowed_order(store, args.window, args.draws_per_shard, limit)
+        passes = _passes(tiles, store, Path(tmp) / "folder", order, args.batch, windowed)
         for r in range(args.rounds):
             for name, one_pass in passes.items():
                 rate = _rate(one_pass, args.seconds)
@@ -213,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         f"store loader   {store:8.0f} tiles/s per core  = {store / decode:.2f} × pure decode "
         f"(target ≥ 0.80), {store / folder:.2f} × ImageFolder (target ≥ 1.20)"
     )
+    windowed = best["windowed"]
+    print(
+        f"store windowed {windowed:8.0f} tiles/s per core  = {windowed / decode:.2f} × pure decode "
+        f"(sampler order, shard windows of {args.window})"
+    )
     print(f"pure decode    {decode:8.0f} tiles/s per core")
     print(f"ImageFolder    {folder:8.0f} tiles/s per core")
     print(f"augmented      {best['augmented']:8.0f} tiles/s per core (default CPU augmentations)")
@@ -223,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         "tile_px": args.tile_px,
         "batch": args.batch,
         "shards": args.shards,
+        "store_tiles": n_store,
+        "shard_window": args.window,
         "tiles_per_s_per_core": round(store, 1),
+        "windowed_tiles_per_s_per_core": round(windowed, 1),
+        "windowed_ratio_vs_decode": round(windowed / decode, 3),
         "decode_tiles_per_s": round(decode, 1),
         "imagefolder_tiles_per_s": round(folder, 1),
         "augmented_tiles_per_s_per_core": round(best["augmented"], 1),

@@ -63,11 +63,11 @@ def _one(args: argparse.Namespace) -> dict:
     before = _peak_mb()
     start, cpu = time.perf_counter(), time.process_time()
     if args.worker == "global":
-        tiles, _ = global_plan(labels, args.seed, 1, 0, args.world)
+        tiles = global_plan(labels, args.seed, 1, 0, args.world)[0]
     else:
         sampler = UniformClusterSampler(labels, rank=int(args.worker), world_size=args.world, seed=args.seed)
         sampler.set_epoch(1)
-        tiles, _ = sampler.plan()
+        tiles = sampler.plan()[0]
     return {
         "cpu_s": round(time.process_time() - cpu, 3),
         "wall_s": round(time.perf_counter() - start, 3),

@@ -79,11 +79,21 @@ class DataConfig:
     descriptors and HDF5 cache memory (~0.5 MB per open shard); reopening costs ~2 ms."""
     samples_per_epoch: int = 0
     """Samples drawn per epoch (over all ranks); 0 = the number of labelled tiles (DeepCluster)."""
+    shard_window: int = 128
+    """Each rank reads its epoch's draws grouped by windows of this many shards (random groups in
+    random order, random order within), so a reader keeps a window's shards open instead of
+    reopening files every batch; the draws themselves do not change. At most max_open_shards / 2
+    (a worker may straddle two windows); 0 = no grouping (every batch spans all shards)."""
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "prefetch_factor", "max_open_shards")
         if self.workers < 0 or self.samples_per_epoch < 0:
             raise ValueError("workers and samples_per_epoch must be ≥ 0")
+        if not 0 <= 2 * self.shard_window <= self.max_open_shards:
+            raise ValueError(
+                f"shard_window must lie in [0, max_open_shards / 2 = {self.max_open_shards // 2}], "
+                f"got {self.shard_window}"
+            )
 
 
 @dataclass

@@ -160,24 +160,6 @@ class EpochDraws:
         rank[pad] = (hashed % counts[cluster[pad]]).astype(np.int64)
         return cluster, rank, owner
 
-    def owners_before(self, end: int) -> int:
-        """Owner draws among global positions [0, end): end minus the padding draws there."""
-        pads = np.maximum(self.quota - self.index.counts, 0)
-        padded = np.flatnonzero(pads)
-        inside = 0
-        for lo in range(0, padded.size, 1024):  # bounded memory however many clusters are padded
-            c = padded[lo : lo + 1024]
-            first = self.slot_start[c] + self.index.counts[c]
-            slots = np.repeat(first, pads[c]) + _ramp(pads[c])
-            inside += int((permute(slots, self.n, self.key, inverse=True) < end).sum())
-        return end - inside
-
-
-def _ramp(lengths: np.ndarray) -> np.ndarray:
-    """0, 1, …, l₀-1, 0, 1, …, l₁-1, …"""
-    ends = np.cumsum(lengths)
-    return np.arange(int(ends[-1]) if ends.size else 0) - np.repeat(ends - lengths, lengths)
-
 
 def epoch_plan(labels: np.ndarray, seed: int, epoch: int, n_samples: int = 0) -> np.ndarray:
     """The whole epoch's tile list (global positions 0 … n-1) — what all ranks draw together."""
@@ -199,10 +181,15 @@ class UniformClusterSampler(Sampler):
         world_size: int = 1,
         seed: int = 0,
         samples_per_epoch: int = 0,
+        shard_offsets: np.ndarray | None = None,
+        shard_window: int = 0,
     ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+        if shard_window < 0 or (shard_window and shard_offsets is None):
+            raise ValueError("shard_window must be ≥ 0 and needs shard_offsets")
         self.rank, self.world_size = rank, world_size
+        self.shard_offsets, self.shard_window = shard_offsets, shard_window
         self.seed, self.samples_per_epoch = seed, samples_per_epoch
         self.epoch, self.start = 0, 0
         self._plan: tuple[np.ndarray, np.ndarray] | None = None
@@ -241,12 +228,26 @@ class UniformClusterSampler(Sampler):
             self._draws = EpochDraws(self._index, self.seed, self.epoch, self.samples_per_epoch)
         return self._draws
 
-    def plan(self) -> tuple[np.ndarray, np.ndarray]:
-        """(tile, owner) at this rank's positions r, r + W, … of the current epoch, cached."""
+    def plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tile, owner, global position) of this rank's draws in the order it reads them, cached."""
         if self._plan is None:
             positions = np.arange(self.local_len, dtype=np.int64) * self.world_size + self.rank
-            self._plan = self.draws().at(positions)
+            tiles, owners = self.draws().at(positions)
+            if self.shard_window:
+                order = self._window_order(tiles)
+                tiles, owners, positions = tiles[order], owners[order], positions[order]
+            self._plan = (tiles, owners, positions)
         return self._plan
+
+    def _window_order(self, tiles: np.ndarray) -> np.ndarray:
+        """Reading order grouped by windows of ``shard_window`` shards (random groups, in random
+        order, the same on every rank); within a window the draws keep their random order."""
+        n_shards = self.shard_offsets.size - 1
+        rng = np.random.default_rng(mix_seed(self.seed, self.epoch, 0x51D))
+        window = np.empty(n_shards, dtype=np.int64)
+        window[rng.permutation(n_shards)] = np.arange(n_shards) // self.shard_window
+        shard = np.searchsorted(self.shard_offsets, tiles, side="right") - 1
+        return np.argsort(window[shard], kind="stable")
 
     @property
     def local_len(self) -> int:
@@ -257,14 +258,13 @@ class UniformClusterSampler(Sampler):
         return self.local_len - self.start
 
     def __iter__(self) -> Iterator[tuple[int, int, bool]]:
-        tiles, owners = self.plan()
+        tiles, owners, positions = self.plan()
         for lo in range(self.start, self.local_len, _CHUNK):  # bounded memory at 10⁷ tiles
             hi = min(lo + _CHUNK, self.local_len)
-            positions = np.arange(lo, hi, dtype=np.int64) * self.world_size + self.rank
-            seeds = sample_seeds(self.seed, self.epoch, positions)
+            seeds = sample_seeds(self.seed, self.epoch, positions[lo:hi])
             yield from zip(tiles[lo:hi].tolist(), seeds.tolist(), owners[lo:hi].tolist())
 
-    def visited(self, local_consumed: int) -> int:
-        """Feature-bank rows written by the first ``local_consumed`` samples of every rank (their
-        owner draws: distinct tiles), without computing the other ranks' draws."""
-        return self.draws().owners_before(local_consumed * self.world_size)
+    def owned(self, local_consumed: int) -> int:
+        """Feature-bank rows this rank writes in its first ``local_consumed`` samples (its owner
+        draws); summed over the ranks, the rows the epoch has written so far."""
+        return int(self.plan()[1][:local_consumed].sum())

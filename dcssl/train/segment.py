@@ -431,7 +431,9 @@ class _Segment:
     def _stale_fraction(self, trainer: Trainer) -> float:
         if self.epoch == 0 or self.cfg.feature_source == "extract":
             return 0.0
-        return 1.0 - trainer.sampler.visited(trainer.position) / self.n_tiles
+        # a collective (every rank summarises at the same step): the ranks' owned rows are disjoint
+        owned = torch.tensor([trainer.sampler.owned(trainer.position)], dtype=torch.int64, device=self.device)
+        return 1.0 - int(all_reduce_sum(owned).item()) / self.n_tiles
 
     def _summary(self, trainer: Trainer, complete: bool) -> dict:
         s = self.stats

@@ -121,6 +121,8 @@ class Trainer:
                 world_size=self.env.world_size,
                 seed=self.cfg.seed,
                 samples_per_epoch=d.samples_per_epoch,
+                shard_offsets=self.dataset.store.offsets,
+                shard_window=d.shard_window,
             )
             self.loader = make_loader(
                 self.dataset,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dcssl.train.config import DataConfig
 from dcssl.train.permutation import permute
 from dcssl.train.sampler import ClusterIndex, EpochDraws, UniformClusterSampler, epoch_plan
 
@@ -79,14 +80,49 @@ def test_resume_at_a_local_position_yields_exactly_the_rest():
 
 
 @pytest.mark.parametrize("consumed", [0, 100, 265])
-def test_visited_counts_the_owned_rows_of_the_consumed_prefix(consumed):
+def test_owned_counts_distinct_rows_and_sums_over_ranks(consumed):
     labels = _skewed_labels()
     samplers = [UniformClusterSampler(labels, rank=r, world_size=3, seed=2) for r in range(3)]
     prefix = [d for s in samplers for d in _drawn(s)[:consumed]]
     owned = [t for t, _, owner in prefix if owner]
-    assert len(owned) == len(set(owned))  # owner draws are distinct tiles
-    # computed from the padding slots alone, by inverting the permutation: no rank's draws
-    assert samplers[0].visited(consumed) == samplers[2].visited(consumed) == len(owned)
+    assert len(owned) == len(set(owned))  # owner draws are distinct tiles, across ranks too
+    assert sum(s.owned(consumed) for s in samplers) == len(owned)
+
+
+def _windowed(labels, rank, world, offsets, window=3):
+    return UniformClusterSampler(
+        labels, rank=rank, world_size=world, seed=6, shard_offsets=offsets, shard_window=window
+    )
+
+
+def _blocks(shards: list[int], width: int) -> list[set[int]]:
+    """Greedy runs of consecutive draws touching at most ``width`` shards."""
+    blocks: list[set[int]] = [set()]
+    for shard in shards:
+        if shard not in blocks[-1] and len(blocks[-1]) == width:
+            blocks.append(set())
+        blocks[-1].add(shard)
+    return blocks
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_shard_windows_reorder_a_rank_without_changing_its_draws(world):
+    labels = _skewed_labels()
+    offsets = np.r_[0, np.cumsum(np.full(20, labels.size // 20)), labels.size]  # 21 shards
+    for rank in range(world):
+        plain = _drawn(UniformClusterSampler(labels, rank=rank, world_size=world, seed=6))
+        windowed = UniformClusterSampler(
+            labels, rank=rank, world_size=world, seed=6, shard_offsets=offsets, shard_window=3
+        )
+        grouped = _drawn(windowed)
+        assert grouped != plain and sorted(grouped) == sorted(plain)  # same draws, other order
+        shards = (np.searchsorted(offsets, [t for t, _, _ in grouped], side="right") - 1).tolist()
+        blocks = _blocks(shards, 3)  # read window by window: 7 windows of 3 shards, each once
+        assert len(blocks) == 7 and set().union(*blocks) == set(range(21))
+        plain_shards = np.searchsorted(offsets, [t for t, _, _ in plain], side="right") - 1
+        assert len(_blocks(plain_shards.tolist(), 3)) > 50  # without windows: all over the store
+        windowed.set_epoch(windowed.epoch, start=101)  # resume inside a window: exactly the rest
+        assert _drawn(windowed) == grouped[101:]
 
 
 def test_set_labels_changes_what_is_drawn_without_a_new_sampler():
@@ -114,6 +150,10 @@ def test_samples_per_epoch_and_bad_input():
         UniformClusterSampler(np.zeros((2, 2), dtype=np.int32))
     with pytest.raises(ValueError, match="world"):
         UniformClusterSampler(labels, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="shard_offsets"):
+        UniformClusterSampler(labels, shard_window=4)
+    with pytest.raises(ValueError, match="max_open_shards / 2 = 128"):
+        DataConfig(shard_window=129)
 
 
 @pytest.mark.parametrize("domain", [1, 2, 3, 17, 1000, 4097])
