@@ -1,6 +1,7 @@
 """``launch status RUN_DIR [--json]``: slides done / failed (with reasons) / pending, tiles.
 
-Works while the array runs (from the shards and the ledger; no manifest needed). ``--json``
+Works while the array runs (from the shards and the ledger; no manifest needed). Once every slide
+was attempted it writes the store manifest if the finalize job did not (e.g. a plain sbatch array). ``--json``
 prints one object: ``slides``, ``done``, ``pending``, ``tiles`` (counts), ``failed`` (a list of
 ``{"slide", "stage", "reason"}``), ``notes`` (done slides with something to say), ``manifest``
 (path or null) and ``metrics`` (the latest line of metrics.jsonl, or null).
@@ -19,7 +20,7 @@ from dcssl.paths import RunPaths
 from dcssl.pipeline.progress import loop_progress
 from dcssl.pipeline.report import epoch_table
 from dcssl.store import Store
-from dcssl.tile.run import Summary, summarize
+from dcssl.tile.run import Summary, maybe_finalize, summarize
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +38,11 @@ def _store_only(paths: RunPaths) -> Summary:
 
 def collect(run_dir: Path) -> dict:
     paths = RunPaths(run_dir)
-    summary = summarize(run_dir) if paths.slide_list.is_file() else _store_only(paths)
+    if paths.slide_list.is_file():
+        summary = summarize(run_dir)
+        maybe_finalize(run_dir, summary)  # an array that ended without its finalize job
+    else:
+        summary = _store_only(paths)
     manifest = paths.manifest
     metrics = read_jsonl(paths.metrics)
     return {

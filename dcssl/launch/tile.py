@@ -17,7 +17,7 @@ from dcssl.launch.common import UsageError, add_run_arguments
 from dcssl.paths import RunPaths
 from dcssl.slides.sources import SourceError
 from dcssl.tile.prepare import load_tile_settings, prepare_run
-from dcssl.tile.run import finalize, pending_indices, summarize, tile_element
+from dcssl.tile.run import FinalizeTask, finalize, pending_indices, summarize, tile_element
 from hpc.submit import make_executor, submit_array
 
 log = logging.getLogger("dcssl.launch.tile")
@@ -110,9 +110,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if executor.kind == "slurm" and not args.wait:
         arrays = sorted({str(job.job_id).split("_")[0] for job in jobs}, key=int)
+        # the manifest is built once, after the last array (each starts after the previous ended)
+        submitit_executor.update_parameters(dependency=f"afterany:{arrays[-1]}")
+        final = submitit_executor.submit(FinalizeTask(paths.root))
         print(
             f"submitted array job(s) {', '.join(arrays)}: {len(pending)} elements, at most "
-            f"{executor.array_parallelism} at once; logs in {paths.tile_logs}"
+            f"{executor.array_parallelism} at once, then job {final.job_id} writes the store "
+            f"manifest; logs in {paths.tile_logs}"
         )
         print(f"follow it with: python -m dcssl.launch status {paths.root}")
         return 0

@@ -5,11 +5,16 @@ Layout in a run directory::
     tile/slides.json          the resolved slide list; array element I tiles slide I
     store/shards/<name>.h5    one per slide (dcssl.store.shard_name), complete or absent
     store/ledger.jsonl        one line per attempt: slide, status, stage, reason, tiles, errors …
-    store/manifest.json       written by whichever element finishes the last pending slide
+    store/manifest.json       written once by ``finalize`` after the array (see below)
     logs/tile/                submitit logs
 
 An element skips a slide whose shard exists, removes its own stale temp files (a kill -9 earlier),
-downloads when the slide is remote (then deletes it), tiles, and records the attempt.
+downloads when the slide is remote (then deletes it), tiles, and records the attempt — its own
+shard and one ledger line, O(1) whatever the number of slides: no element reads the ledger or
+looks at the other shards (at 11,000 slides that was O(S²) file-system work over the array).
+The manifest is built once, by ``finalize``: a job that depends on the whole array (``launch
+tile`` submits it), or ``launch tile --wait``/local, a re-run of ``launch tile``, or ``launch
+status`` once nothing is pending and the manifest is older than the ledger (``maybe_finalize``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,16 @@ from dcssl.store import append_ledger, build_manifest, latest_attempts, shard_na
 from dcssl.tile.config import TileConfig
 from dcssl.tile.worker import SlideFailure, effective_workers, tile_slide
 
-__all__ = ["tile_element", "pending_indices", "finalize", "Summary", "summarize", "file_md5"]
+__all__ = [
+    "tile_element",
+    "pending_indices",
+    "finalize",
+    "maybe_finalize",
+    "FinalizeTask",
+    "Summary",
+    "summarize",
+    "file_md5",
+]
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +168,14 @@ def tile_element(
         record["tiles"],
         record["seconds"],
     )
-    maybe_finalize(paths.root, refs)
     return record
 
 
 def pending_indices(run_dir: str | Path, refs: list[SlideRef]) -> list[int]:
     """Slides without a complete shard (never tried, failed, or killed mid-way)."""
     paths = RunPaths(Path(run_dir))
-    return [i for i, ref in enumerate(refs) if not paths.shard(ref.slide_id).is_file()]
+    present = set(os.listdir(paths.shards)) if paths.shards.is_dir() else set()
+    return [i for i, ref in enumerate(refs) if shard_name(ref.slide_id) not in present]
 
 
 def _manifest_order(paths: RunPaths, refs: list[SlideRef]) -> list[str]:
@@ -169,6 +183,19 @@ def _manifest_order(paths: RunPaths, refs: list[SlideRef]) -> list[str]:
     present = {p.name for p in paths.shards.glob("*.h5")} if paths.shards.is_dir() else set()
     ordered = [shard_name(r.slide_id) for r in refs if shard_name(r.slide_id) in present]
     return ordered + sorted(present - set(ordered))
+
+
+class FinalizeTask:
+    """The job after the tile array (picklable for submitit): build the manifest once."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = str(Path(run_dir).resolve())
+
+    def __call__(self) -> int:
+        _ensure_logging()
+        store = finalize(self.run_dir)
+        log.info("wrote the store manifest: %d shards, %d tiles", len(store.shards), store.n_tiles)
+        return store.n_tiles
 
 
 def finalize(run_dir: str | Path, refs: list[SlideRef] | None = None):
@@ -180,15 +207,19 @@ def finalize(run_dir: str | Path, refs: list[SlideRef] | None = None):
     return build_manifest(paths.store, _manifest_order(paths, refs))
 
 
-def maybe_finalize(run_dir: str | Path, refs: list[SlideRef]) -> bool:
-    """Build the manifest when every slide is done or failed (the last element to end does it)."""
-    summary = summarize(run_dir, refs)
-    if summary.pending:
+def maybe_finalize(run_dir: str | Path, summary: Summary) -> bool:
+    """Build the manifest when every slide was attempted and the ledger changed since the last
+    manifest (a status call after an array ended without its finalize job, e.g. plain sbatch)."""
+    paths = RunPaths(Path(run_dir))
+    ledger = paths.store / "ledger.jsonl"
+    if summary.pending or not ledger.is_file():
         return False
-    finalize(run_dir, refs)
+    if paths.manifest.is_file() and paths.manifest.stat().st_mtime_ns >= ledger.stat().st_mtime_ns:
+        return False
+    finalize(run_dir)
     log.info(
         "all %d slides attempted: %d done, %d failed, %d tiles; wrote the store manifest",
-        len(refs),
+        summary.slides,
         summary.done,
         len(summary.failed),
         summary.tiles,
@@ -216,15 +247,17 @@ def _shard_tiles(path: Path) -> int:
 
 
 def summarize(run_dir: str | Path, refs: list[SlideRef] | None = None) -> Summary:
-    """Done / failed / pending over the slide list, from the shards and the ledger."""
+    """Done / failed / pending over the slide list, from the shards and the ledger (one listing of
+    the shard folder and one read of the ledger, not a stat per slide)."""
     paths = RunPaths(Path(run_dir))
     if refs is None:
         refs = load_slide_list(paths.slide_list)
     latest = latest_attempts(paths.store)
+    present = set(os.listdir(paths.shards)) if paths.shards.is_dir() else set()
     summary = Summary(slides=len(refs))
     for ref in refs:
         record = latest.get(ref.slide_id, {})
-        if paths.shard(ref.slide_id).is_file():
+        if shard_name(ref.slide_id) in present:
             summary.done += 1
             tiles = record.get("tiles") if record.get("status") == "ok" else None
             summary.tiles += int(tiles) if tiles is not None else _shard_tiles(paths.shard(ref.slide_id))

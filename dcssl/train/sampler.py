@@ -11,12 +11,19 @@ r, r + W, r + 2W, … (W = world size) and computes only those, so:
 - each rank's plan costs O(N / W) time and memory beyond the label array — no rank builds the
   global list — and the draws at a global position do not depend on W;
 - ranks are disjoint by position and, after any number of steps, together have consumed exactly
-  the global prefix [0, steps × batch × W): resuming at a local position is exact;
+  the global prefix [0, steps × batch × W) (without a shard window, below): resuming at a local
+  position is exact;
 - unassigned tiles (label -1) are never drawn (to exclude tiles, set their label to -1), and empty
   clusters simply do not exist here (DeepCluster v1 crashed on them);
 - a tile is *owned* by its non-padding draw only, so ranks write disjoint feature-bank rows. (The
   < W positions past the last full round of ranks are not drawn; a tile whose own draw falls there
   keeps its previous bank row, like any unvisited tile.)
+
+With ``shard_window`` a rank reads its own draws in another order: grouped by windows of that
+many shards (random groups, in random order, the same on every rank; random order within), so a
+reader keeps a window's shards open. The rank's draws, seeds and owners are unchanged — only their
+order, so a rank's prefix is no longer a global prefix: rows written so far are the sum over ranks
+of ``owned``. Resuming at a local position stays exact (the order is a function of the epoch).
 
 The members of a cluster are found without sorting all N tiles: per-chunk cluster counts (once per
 label array) locate the chunk holding a cluster's m-th member, and only that chunk is sorted.

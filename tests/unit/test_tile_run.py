@@ -155,6 +155,14 @@ def test_kill_9_mid_slide_leaves_no_shard_and_rerun_completes(tmp_path):
     assert not list(shards.glob("*.tmp"))  # the stale temp file was cleaned
     with h5py.File(shards / "big.h5") as f:
         assert f["coords"].shape == (480, 2) and f.attrs["n_tiles"] == 480
+    assert not (run / "store" / "manifest.json").exists()  # the job after the array writes it
+    final = subprocess.run(
+        [sys.executable, "-m", "dcssl.tile", str(run), "--finalize"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert final.returncode == 0, final.stderr
     assert Store(run / "store").n_tiles == 480
 
 
@@ -175,3 +183,30 @@ def test_ingest_labelled_folders_and_prefixes(tmp_path, capsys):
     assert launch(["ingest", str(run), "--tiles", str(tiles / "kather2016")]) == 0
     assert len(read_ledger(run / "store")) == before
     assert launch(["ingest", str(run), "--tiles", str(tmp_path / "nope")]) == 2
+
+
+def test_elements_record_only_their_slide_and_status_builds_the_manifest_once(tmp_path, capsys):
+    from dcssl.tile.prepare import prepare_run
+    from dcssl.tile.run import finalize, tile_element
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for i in range(6):  # tiny slides: one tissue block each
+        write_slide(folder / f"s{i}.tif", 1024, 768, [Rect(128 + 32 * i, 128, 512, 384)], tile=256)
+    (folder / "s9-bad.svs").write_text("not a slide\n")
+    run = tmp_path / "run"
+    refs = prepare_run(run, str(folder), None, ["tile.workers=1"])
+    for index in range(len(refs)):  # what every array element runs, the last one included
+        tile_element(run, index, None, ["tile.workers=1"])
+    assert not (run / "store" / "manifest.json").exists()  # no element finalizes
+    status = _status(run, capsys)  # every slide attempted: status writes the manifest
+    assert (status["pending"], status["done"], len(status["failed"])) == (0, 6, 1)
+    written = (run / "store" / "manifest.json").read_text()
+    assert status["manifest"] and json.loads(written)["n_tiles"] == status["tiles"] > 0
+    stamp = (run / "store" / "manifest.json").stat().st_mtime_ns
+    _status(run, capsys)  # nothing changed since: not rewritten
+    assert (run / "store" / "manifest.json").stat().st_mtime_ns == stamp
+    finalize(run)  # the builder the finalize job runs: the same manifest
+    assert (run / "store" / "manifest.json").read_text() == written
+    order = [s["slide_id"] for s in json.loads(written)["shards"]]
+    assert order == [f"s{i}" for i in range(6)]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from dcssl.bench import loader, train
+from dcssl.bench import loader, sampler, train
 
 
 @pytest.fixture(autouse=True)
@@ -35,11 +35,20 @@ def test_loader_bench_reports_rates_and_ratios(capsys):
         "decode_tiles_per_s",
         "imagefolder_tiles_per_s",
         "augmented_tiles_per_s_per_core",
+        "windowed_tiles_per_s_per_core",
     ):
         assert result[key] > 0, key
     assert result["ratio_vs_decode"] == round(
         result["tiles_per_s_per_core"] / result["decode_tiles_per_s"], 3
     )
+
+
+def test_sampler_bench_plans_every_rank_beside_the_global_plan(capsys):
+    assert sampler.main(["--n", "20000", "--k", "50", "--world", "3"]) == 0
+    result = _last_json(capsys)
+    assert len(result["plan_cpu_s_per_rank"]) == len(result["peak_rss_mb_per_rank"]) == 3
+    assert result["global_plan_cpu_s"] > 0 and result["speedup_vs_global"] > 0
+    assert sampler.main(["--n", "10", "--k", "50"]) == 2  # more clusters than tiles: refused
 
 
 def test_train_bench_reports_images_per_second(capsys):
