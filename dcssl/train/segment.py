@@ -30,7 +30,14 @@ from dcssl.jsonl import append_jsonl
 from dcssl.store import Store
 from dcssl.train.config import TrainConfig
 from dcssl.train.extract import extract_pass
-from dcssl.train.featurebank import BankWriter, bank_dir, finalize_bank, is_complete, prepare_bank
+from dcssl.train.featurebank import (
+    BankWriter,
+    bank_dir,
+    fill_unvisited,
+    finalize_bank,
+    is_complete,
+    prepare_bank,
+)
 from dcssl.train.sampler import labels_digest
 from dcssl.train.trainer import Trainer, all_reduce_sum
 from hpc.checkpoint import CheckpointManager, atomic_write_text
@@ -459,6 +466,9 @@ class _Segment:
         # collective is also the barrier after which every rank's rows are on disk
         rows = all_reduce_sum(torch.tensor([float(self.rows_written)], device=self.device))
         summary["bank_rows_written_this_job"] = int(rows.item())
+        if summary["feature_source"] == "train":  # unvisited rows keep their last embedding
+            fill_unvisited(self.run_dir, self.epoch, self.epoch - 1, self.env.rank, self.env.world_size)
+            barrier()
         if self.env.is_main:
             finalize_bank(
                 self.run_dir,

@@ -1,6 +1,6 @@
 """The tile stage on the live SLURM cluster: the submitit array from `launch tile --executor slurm`
 and the plain `sbatch --array … slurm/tile.sbatch`, both throttled (%N), both ending with a
-manifest written by the last element, a failed slide in the ledger, done slides skipped on re-run.
+manifest written once after the array, a failed slide in the ledger, done slides skipped on re-run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from slurm_helpers import TERMINAL_STATES, show_job_records, wait_until
+from slurm_helpers import TERMINAL_STATES, show_job_records, wait_for_job_end, wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -198,3 +198,42 @@ def test_plain_sbatch_array(slurm_cluster, tmp_path):
     times = _element_times(array_id)
     for start, _ in times:  # never more than 2 running at once
         assert sum(1 for s, e in times if s <= start < e) <= 2, times
+
+
+def test_many_tiny_slides_end_with_one_manifest_written_after_the_array(slurm_cluster, tmp_path):
+    from dcssl.slides.synthetic import Rect, write_slide
+    from dcssl.tile.run import finalize
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for i in range(12):  # one 256 px tissue block each: the array's bookkeeping dominates
+        write_slide(slides / f"tiny-{i:02d}.tif", 1024, 1024, [Rect(0, 0, 1024, 1024)], tile=256)
+    run = tmp_path / "run"
+    proc = _launch(
+        "tile",
+        str(run),
+        "--slides",
+        str(slides),
+        "--executor",
+        "slurm",
+        f"executor_tile.partition={slurm_cluster.partition}",
+        "executor_tile.array_parallelism=4",
+        "executor_tile.timeout_min=10",
+        "tile.workers=1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    array_id = re.search(r"submitted array job\(s\) (\d+)", proc.stdout).group(1)
+    final_id = re.search(r"then job (\d+) writes the store manifest", proc.stdout).group(1)
+    assert wait_for_job_end(final_id, timeout=TIMEOUT_S) == "COMPLETED"  # runs after the array
+    assert _final_states(array_id, 12) == ["COMPLETED"] * 12
+    manifest = run / "store" / "manifest.json"
+    written = manifest.read_text()
+    ledger = [json.loads(x) for x in (run / "store" / "ledger.jsonl").read_text().splitlines()]
+    assert len(ledger) == 12 and all(r["status"] == "ok" for r in ledger)
+    assert manifest.stat().st_mtime >= max(r["time"] for r in ledger)  # after every element
+    # the same manifest as building it from the complete shards in slide-list order
+    finalize(run)
+    assert manifest.read_text() == written
+    document = json.loads(written)
+    assert [s["slide_id"] for s in document["shards"]] == [f"tiny-{i:02d}" for i in range(12)]
+    assert document["n_tiles"] == sum(r["tiles"] for r in ledger) > 0

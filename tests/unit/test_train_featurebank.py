@@ -12,6 +12,7 @@ import pytest
 from dcssl.train.featurebank import (
     BankWriter,
     bank_dir,
+    fill_unvisited,
     finalize_bank,
     is_complete,
     open_bank,
@@ -91,6 +92,7 @@ def test_new_epoch_starts_from_the_previous_bank_once(tmp_path: Path):
     writer.write_rows(visited, np.ones((4, DIM), dtype=np.float16))
     writer.close()
     assert prepare_bank(tmp_path, 1, N, DIM, init_from=0) == path  # a resumed run keeps rows
+    assert sum(fill_unvisited(tmp_path, 1, 0, r, 2) for r in range(2)) == N - 4
     finalize_bank(tmp_path, 1, N, DIM, "train", 1 - 4 / N)
     bank = open_bank(tmp_path, 1)
     assert np.array_equal(bank[visited], np.ones((4, DIM), dtype=np.float16))
@@ -111,3 +113,28 @@ def test_write_bank_from_an_array_is_complete_and_exact(tmp_path: Path):
     assert is_complete(tmp_path, 2) and not is_complete(tmp_path, 1)
     assert read_meta(tmp_path, 2)["n"] == 300 and read_meta(tmp_path, 2)["dim"] == 7
     np.testing.assert_array_equal(open_bank(tmp_path, 2), x)
+
+
+def test_bank_without_a_copy_equals_a_full_copy_bank_over_three_epochs(tmp_path: Path):
+    """Each epoch two ranks write random partial visits (buffered, flushed in sorted runs), then
+    three ranks fill the unvisited rows: row for row what copying the previous bank would give."""
+    rng = np.random.default_rng(3)
+    first = rng.standard_normal((N, DIM)).astype(np.float16)
+    write_bank(tmp_path, 0, first, source="extract")
+    reference = first.copy()  # the full-copy bank: last epoch's rows, visited ones overwritten
+    for epoch in (1, 2, 3):
+        path = prepare_bank(tmp_path, epoch, N, DIM, init_from=epoch - 1)
+        assert path.stat().st_blocks * 512 < N * DIM * 2 // 10  # sparse: nothing was copied
+        visited = rng.choice(N, size=int(N * rng.uniform(0.2, 0.7)), replace=False)
+        rows = rng.standard_normal((visited.size, DIM))
+        rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float16)
+        for rank in range(2):  # interleaved rows of shared pages, several flushes each
+            writer = BankWriter(path, N, DIM, buffer_rows=50)
+            for chunk in np.array_split(np.flatnonzero(np.arange(visited.size) % 2 == rank), 9):
+                writer.write_rows(visited[chunk], rows[chunk])
+            writer.close()
+        reference[visited] = rows
+        filled = [fill_unvisited(tmp_path, epoch, epoch - 1, r, 3, block_rows=128) for r in range(3)]
+        assert sum(filled) == N - visited.size
+        finalize_bank(tmp_path, epoch, N, DIM, "train", 1 - visited.size / N)
+        np.testing.assert_array_equal(open_bank(tmp_path, epoch), reference)
