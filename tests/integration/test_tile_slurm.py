@@ -112,9 +112,8 @@ def _check_outcome(run: Path) -> None:
     assert [s["slide_id"] for s in manifest["shards"]] == ["a", "b", "c d"]
 
 
-def test_submitit_array_throttled(slurm_cluster, tmp_path):
-    slides = _slides(tmp_path / "slides")
-    run = tmp_path / "run"
+def _submit_array(run: Path, slides: Path, partition: str, parallelism: int):
+    """`launch tile --executor slurm` without --wait: (its output, the array's job id)."""
     proc = _launch(
         "tile",
         str(run),
@@ -122,13 +121,19 @@ def test_submitit_array_throttled(slurm_cluster, tmp_path):
         str(slides),
         "--executor",
         "slurm",
-        f"executor_tile.partition={slurm_cluster.partition}",
-        "executor_tile.array_parallelism=1",
+        f"executor_tile.partition={partition}",
+        f"executor_tile.array_parallelism={parallelism}",
         "executor_tile.timeout_min=10",
         "tile.workers=1",
     )
     assert proc.returncode == 0, proc.stderr
-    array_id = re.search(r"submitted array job\(s\) (\d+)", proc.stdout).group(1)
+    return proc, re.search(r"submitted array job\(s\) (\d+)", proc.stdout).group(1)
+
+
+def test_submitit_array_throttled(slurm_cluster, tmp_path):
+    slides = _slides(tmp_path / "slides")
+    run = tmp_path / "run"
+    _, array_id = _submit_array(run, slides, slurm_cluster.partition, 1)
     assert _throttle(array_id) == "1"
     _wait_attempted(run)
     _check_outcome(run)
@@ -209,20 +214,7 @@ def test_many_tiny_slides_end_with_one_manifest_written_after_the_array(slurm_cl
     for i in range(12):  # one 256 px tissue block each: the array's bookkeeping dominates
         write_slide(slides / f"tiny-{i:02d}.tif", 1024, 1024, [Rect(0, 0, 1024, 1024)], tile=256)
     run = tmp_path / "run"
-    proc = _launch(
-        "tile",
-        str(run),
-        "--slides",
-        str(slides),
-        "--executor",
-        "slurm",
-        f"executor_tile.partition={slurm_cluster.partition}",
-        "executor_tile.array_parallelism=4",
-        "executor_tile.timeout_min=10",
-        "tile.workers=1",
-    )
-    assert proc.returncode == 0, proc.stderr
-    array_id = re.search(r"submitted array job\(s\) (\d+)", proc.stdout).group(1)
+    proc, array_id = _submit_array(run, slides, slurm_cluster.partition, 4)
     final_id = re.search(r"then job (\d+) writes the store manifest", proc.stdout).group(1)
     assert wait_for_job_end(final_id, timeout=TIMEOUT_S) == "COMPLETED"  # runs after the array
     assert _final_states(array_id, 12) == ["COMPLETED"] * 12
