@@ -65,7 +65,14 @@ def _one(args: argparse.Namespace) -> dict:
     if args.worker == "global":
         tiles = global_plan(labels, args.seed, 1, 0, args.world)[0]
     else:
-        sampler = UniformClusterSampler(labels, rank=int(args.worker), world_size=args.world, seed=args.seed)
+        sampler = UniformClusterSampler(
+            labels,
+            rank=int(args.worker),
+            world_size=args.world,
+            seed=args.seed,
+            shard_offsets=np.linspace(0, args.n, args.shards + 1).astype(np.int64),
+            shard_window=args.window,
+        )
         sampler.set_epoch(1)
         tiles = sampler.plan()[0]
     return {
@@ -79,6 +86,7 @@ def _one(args: argparse.Namespace) -> dict:
 def _spawn(args: argparse.Namespace, worker: str) -> dict:
     command = [sys.executable, "-m", "dcssl.bench", "sampler", "--worker", worker]
     command += ["--n", str(args.n), "--k", str(args.k), "--world", str(args.world), "--seed", str(args.seed)]
+    command += ["--shards", str(args.shards), "--window", str(args.window)]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -89,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10_000, help="clusters")
     p.add_argument("--world", type=int, default=8, help="DDP ranks")
     p.add_argument("--ranks", type=int, default=0, help="ranks to plan (default: all of --world)")
+    p.add_argument("--shards", type=int, default=11_000, help="store shards (for the shard windows)")
+    p.add_argument("--window", type=int, default=128, help="train.data.shard_window (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     return p
@@ -96,8 +106,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if min(args.n, args.k, args.world) < 1 or args.k > args.n:
-        print("error: --n, --k and --world must be ≥ 1 and --k ≤ --n", file=sys.stderr)
+    if min(args.n, args.k, args.world, args.shards) < 1 or args.k > args.n or args.window < 0:
+        print("error: --n, --k, --world and --shards must be ≥ 1, --k ≤ --n, --window ≥ 0", file=sys.stderr)
         return 2
     if args.worker:
         print(json.dumps(_one(args)))
@@ -115,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         "n": args.n,
         "k": args.k,
         "world": args.world,
+        "shards": args.shards,
+        "shard_window": args.window,
         "plan_cpu_s_per_rank": [r["cpu_s"] for r in per_rank],
         "plan_wall_s_per_rank": [r["wall_s"] for r in per_rank],
         "peak_rss_mb_per_rank": [r["peak_mb"] for r in per_rank],

@@ -254,7 +254,8 @@ class UniformClusterSampler(Sampler):
         window = np.empty(n_shards, dtype=np.int64)
         window[rng.permutation(n_shards)] = np.arange(n_shards) // self.shard_window
         shard = np.searchsorted(self.shard_offsets, tiles, side="right") - 1
-        return np.argsort(window[shard], kind="stable")
+        dtype = np.uint16 if n_shards // self.shard_window < np.iinfo(np.uint16).max else np.int64
+        return np.argsort(window[shard].astype(dtype), kind="stable")  # a radix sort for uint16
 
     @property
     def local_len(self) -> int:
