@@ -2,7 +2,7 @@
 
     RUN_DIR/features/epoch-NNNN/embeddings.f16   raw float16, N×d, C order
                                 meta.json        {"n", "dim", "dtype", "epoch", "source", "stale_fraction"}
-                                COMPLETE         written last
+                                COMPLETE         written last: {"n", "sha256": {file: digest}}
 
 Writers: any number of ranks write disjoint rows with ``os.pwrite`` of whole rows — byte-range
 writes, never a shared writable mmap, because an mmap writes back whole pages and two NFS clients
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hpc.checkpoint import atomic_path, atomic_write_text
+from hpc.integrity import seal
 
 __all__ = [
     "bank_dir",
@@ -100,7 +101,7 @@ def finalize_bank(
         "stale_fraction": round(float(stale_fraction), 6),
     }
     atomic_write_text(folder / META, json.dumps(meta, indent=1))
-    atomic_write_text(folder / COMPLETE, "")
+    seal(folder, (EMBEDDINGS, META), n=n)
 
 
 def write_bank(
