@@ -33,6 +33,7 @@ __all__ = [
     "DiskFull",
     "file_mode",
     "load_finite",
+    "as_disk_full",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,17 @@ class DiskFull(OSError):
             f"no space left on {folder}: needs ~{max(needed, 1) / _MB:.0f} MB, has {free / _MB:.0f} MB; "
             "free some space (or move the run) and run the same command again",
         )
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def as_disk_full(err: BaseException, where: Path) -> DiskFull | None:
+    """``err`` as a DiskFull (naming the folder it happened in, else ``where``), None if it is not one."""
+    if isinstance(err, DiskFull) or not _is_disk_full(err):
+        return err if isinstance(err, DiskFull) else None
+    filename = getattr(err, "filename", None)
+    return DiskFull(Path(filename).parent if filename else where, 0)
 
 
 def file_mode() -> int:

@@ -114,19 +114,19 @@ def load_labels(run_dir: str | Path, epoch: int, n_tiles: int) -> tuple[np.ndarr
             f"cluster job for epoch {epoch} first"
         )
     path = folder / "labels.i32"
-    try:
-        check_sealed(folder)
-    except DamagedFile as err:
-        raise SegmentError(
-            f"{err}; re-run the cluster job for epoch {epoch} "
-            f"(python -m dcssl.launch cluster RUN --epoch {epoch} --redo)"
-        ) from None
     size = path.stat().st_size if path.is_file() else -1
     if size != 4 * n_tiles:
         raise SegmentError(
             f"{path}: holds {size // 4} labels, the store has {n_tiles} tiles; "
             f"re-run the cluster job for epoch {epoch} on this store"
         )
+    try:
+        check_sealed(folder)
+    except DamagedFile as err:
+        raise SegmentError(
+            f"{err}; re-run the cluster job for epoch {epoch} "
+            f"(python -m dcssl.launch cluster {run_dir} --epoch {epoch} --redo)"
+        ) from None
     labels = np.array(np.memmap(path, dtype=np.int32, mode="r"))
     stats = json.loads((folder / "stats.json").read_text())
     k = int(stats["k"])
