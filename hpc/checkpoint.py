@@ -47,7 +47,7 @@ class DiskFull(OSError):
         free = shutil.disk_usage(folder).free
         super().__init__(
             errno.ENOSPC,
-            f"no space left on {folder}: needs ~{max(needed, 1) / _MB:.0f} MB, has {free / _MB:.0f} MB; "
+            f"no space left on {folder}: needs ~{max(needed, _MB) / _MB:.0f} MB, has {free / _MB:.0f} MB; "
             "free some space (or move the run) and run the same command again",
         )
 

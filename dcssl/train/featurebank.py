@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpc.checkpoint import atomic_path, atomic_write_text
+from hpc.checkpoint import atomic_path, atomic_write_text, temp_files
 from hpc.integrity import seal
 
 __all__ = [
@@ -71,7 +71,9 @@ def prepare_bank(run_dir: str | os.PathLike, epoch: int, n: int, dim: int, init_
     path = bank_dir(run_dir, epoch) / EMBEDDINGS
     if path.is_file() and path.stat().st_size == n * dim * 2:
         return path  # a resumed segment: keep the rows already written
-    with atomic_path(path) as tmp:
+    for stale in temp_files(path):  # a killed earlier attempt's copy (rank 0 is the one writer)
+        stale.unlink(missing_ok=True)
+    with atomic_path(path, size_hint=n * dim * 2) as tmp:
         if init_from is not None:
             source = bank_dir(run_dir, init_from) / EMBEDDINGS
             meta = read_meta(run_dir, init_from)
