@@ -16,20 +16,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from test_launch_loop import TINY
 
 from dcssl.launch.demo import demo_slide
 from hpc.integrity import write_sidecar
-
-TINY = [
-    "train.model.arch=resnet18",
-    "train.model.width=8",
-    "train.model.proj_dim=32",
-    "train.augment.size=48",
-    "train.data.batch_size=32",
-    "train.data.workers=0",
-    "cluster.k=6",
-    "cluster.pca_dim=16",
-]
 
 
 def launch(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -108,7 +98,9 @@ def test_garbled_and_non_finite_checkpoints_are_damage(run):
     newest.write_bytes(intact)
     state = torch.load(newest, weights_only=True)
     name = next(k for k, v in state["model"].items() if v.is_floating_point())
-    state["model"][name].view(-1)[:85] = float("nan")
+    weights = state["model"][name].flatten()  # (a copy: the stored tensor may be channels-last)
+    weights[:85] = float("nan")
+    state["model"][name] = weights.reshape(state["model"][name].shape)
     torch.save(state, newest)
     write_sidecar(newest, newest)
     out = train_more(run)

@@ -85,28 +85,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def _serve():
+def _served():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.behaviour = Behaviour()
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
 
 
 @pytest.fixture
 def server():
-    httpd = _serve()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    yield from _served()
 
 
 @pytest.fixture
 def elsewhere():
     """A second server: another port is another origin."""
-    httpd = _serve()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    yield from _served()
 
 
 def _cfg(httpd, **kw) -> DownloadConfig:
