@@ -40,11 +40,11 @@ def _shards(paths: RunPaths) -> Iterator[tuple[Path, str, str]]:
         path = store.shard_path(i)
         redo = f"re-tile slide {info.slide_id!r}: remove {path} and run the tile stage again"
         try:
-            if info.sha256 and sidecar_path(path).is_file():
-                verify_sidecar(path)
-            elif info.sha256 or not path.is_file():
+            if not path.is_file() or (info.sha256 and not sidecar_path(path).is_file()):
                 raise DamagedFile(path, "missing, or its checksum file is")
-            _check_all_tiles(path)
+            _check_all_tiles(path)  # first: it names the tile
+            if info.sha256:
+                verify_sidecar(path)
         except DamagedFile as err:
             yield err.path, err.why, redo
 

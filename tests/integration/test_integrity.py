@@ -170,56 +170,63 @@ def test_umask_022_run_is_readable_by_another_user(finished_run):
     name = "dcssl-reader"
     if subprocess.run(["id", name], capture_output=True).returncode != 0:
         subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
-    uid, gid = (int(subprocess.check_output(["id", flag, name])) for flag in ("-u", "-g"))
     shared = Path(tempfile.mkdtemp(prefix="dcssl-shared-", dir="/tmp"))
+    python = shared / "python"
     try:
         shared.chmod(0o755)
         run = shared / "run"
         shutil.copytree(finished_run, run, symlinks=True)
-        out = shared / "out"
-        out.mkdir()
-        os.chown(out, uid, gid)
-        # the interpreter lives under /root (0700): a fork keeps what it has imported, so warm
-        # every import up once as root on a throwaway copy, then fork and drop to the other user
-        warm = shared / "warm"
-        shutil.copytree(finished_run, warm, symlinks=True)
-        commands = [
-            ["status", "{run}"],
-            ["plot", "{run}", "--out", "{out}/progress.png"],
-            ["export", "{run}", "--out", "{out}/encoder.pt"],
-            ["verify", "{run}"],
-        ]
-        for argv in commands:
-            assert _in_process([a.format(run=warm, out=warm) for a in argv]) == 0
+        home = shared / "home"
+        home.mkdir()
+        shutil.chown(home, name)
+        # the interpreter lives under /root (0700): another user reaches it through a bind mount
+        python.mkdir()
+        subprocess.run(["mount", "--bind", sys.prefix, str(python)], check=True)
         before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
-        for argv in commands:
-            code = _as_user(uid, gid, [a.format(run=run, out=out) for a in argv])
-            assert code == 0, f"{argv[0]} as {name}: exit {code}"
-        assert (out / "progress.png").read_bytes()[:4] == b"\x89PNG"
-        assert (out / "encoder.pt").stat().st_uid == uid
+
+        def as_reader(*argv: str) -> subprocess.CompletedProcess:
+            env = {
+                "PYTHONHOME": str(python),
+                "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), *_site_packages(python)]),
+                "HOME": str(home),
+                "OMP_NUM_THREADS": "1",
+                "PATH": "/usr/bin:/bin",
+            }
+            interpreter = python / Path(sys.executable).relative_to(sys.prefix)
+            command = ["runuser", "-u", name, "--", "env", *(f"{k}={v}" for k, v in env.items())]
+            return subprocess.run(
+                [*command, str(interpreter), "-m", "dcssl.launch", *argv],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                cwd=home,
+            )
+
+        assert "DeepCluster loop: 6 of 6 steps done" in ok(as_reader("status", str(run))).stdout
+        refused = as_reader("plot", str(run))
+        assert refused.returncode == 2 and "not writable for you" in refused.stderr
+        ok(as_reader("plot", str(run), "--out", str(home / "progress.png")))
+        ok(as_reader("export", str(run), "--out", str(home / "encoder.pt")))
+        ok(as_reader("verify", str(run)))
+        assert (home / "progress.png").read_bytes()[:4] == b"\x89PNG"
+        assert (home / "encoder.pt").stat().st_uid != 0
         assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # the run was only read
     finally:
+        if python.is_dir() and os.path.ismount(python):
+            subprocess.run(["umount", str(python)], check=True)
+        assert not os.path.ismount(python)  # never remove files through the bind mount
         shutil.rmtree(shared, ignore_errors=True)
 
 
-def _in_process(argv: list[str]) -> int:
-    from dcssl.launch.__main__ import main
+def _site_packages(prefix: Path) -> list[str]:
+    """This interpreter's site-packages folders, seen under ``prefix`` (PYTHONHOME drops them)."""
+    import site
 
-    return main(argv)
-
-
-def _as_user(uid: int, gid: int, argv: list[str]) -> int:
-    pid = os.fork()
-    if pid == 0:  # the child: another user from here on, a real separate process
-        code = 1
-        try:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            code = _in_process(argv)
-        finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return [
+        str(prefix / Path(p).relative_to(sys.prefix))
+        for p in site.getsitepackages()
+        if p.startswith(sys.prefix)
+    ]
 
 
 def test_full_disk_is_one_line_then_a_rerun_finishes(finished_run):
