@@ -23,7 +23,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hpc.integrity import DamagedFile, sidecar_path, verify_sidecar, write_sidecar
+from hpc.integrity import (
+    DamagedFile,
+    recorded_digests,
+    sha256_file,
+    sidecar_path,
+    verify_sidecar,
+    write_sidecar,
+)
 
 __all__ = [
     "atomic_path",
@@ -34,6 +41,8 @@ __all__ = [
     "file_mode",
     "load_finite",
     "as_disk_full",
+    "temp_files",
+    "torch_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -125,11 +134,16 @@ def atomic_path(
         if fsync:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
+        previous: list[str] = []
         if sidecar:
-            write_sidecar(final, tmp)
+            new = sha256_file(tmp)
+            previous = (recorded_digests(final) or []) if final.exists() else []
+            write_sidecar(final, [new, *previous])
         os.replace(tmp, final)
         if fsync:
             _fsync_dir(final.parent)
+        if previous:
+            write_sidecar(final, [new])
     except BaseException as err:
         written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
@@ -157,7 +171,11 @@ def torch_bytes(obj: Any) -> bytes:
 
 
 def _torch_save(obj: Any, path: Path) -> None:
-    path.write_bytes(torch_bytes(obj))
+    data = torch_bytes(obj)
+    try:
+        path.write_bytes(data)
+    except OSError as err:
+        raise DiskFull(path.parent, len(data)) if _is_disk_full(err) else err from None
 
 
 def _torch_load(path: Path) -> Any:

@@ -25,6 +25,7 @@ __all__ = [
     "sidecar_path",
     "write_sidecar",
     "read_sidecar",
+    "recorded_digests",
     "verify_sidecar",
     "digests",
     "verify_digests",
@@ -60,25 +61,32 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def write_sidecar(final: Path, content: Path) -> None:
-    """Record the digest of ``content`` (a temp file about to become ``final``) beside ``final``."""
+def write_sidecar(final: Path, digests_: list[str]) -> None:
+    """Record ``final``'s digest(s) beside it: one line each, ``sha256sum`` format. Two lines only
+    while a file is being replaced (the new one's and the old one's), so a crash between the
+    sidecar and the rename leaves whichever file is there verifiable."""
     from hpc.checkpoint import atomic_write_text  # atomic_path calls this module: import late
 
-    atomic_write_text(sidecar_path(final), f"{sha256_file(content)}  {final.name}\n")
+    atomic_write_text(sidecar_path(final), "".join(f"{d}  {Path(final).name}\n" for d in digests_))
 
 
 def read_sidecar(path: str | os.PathLike) -> str | None:
-    """The recorded digest of ``path``, or None when it has no sidecar (written before checksums)."""
+    """The recorded digest of ``path`` (the newest), or None when it has no sidecar."""
+    recorded = recorded_digests(path)
+    return None if recorded is None else (recorded[0] if recorded else "")
+
+
+def recorded_digests(path: str | os.PathLike) -> list[str] | None:
     side = sidecar_path(path)
     if not side.is_file():
         return None
-    return side.read_text().split(maxsplit=1)[0] if side.stat().st_size else ""
+    return [line.split(maxsplit=1)[0] for line in side.read_text().splitlines() if line.strip()]
 
 
 def verify_sidecar(path: str | os.PathLike, required: bool = True) -> None:
     """DamagedFile unless ``path`` matches its sidecar (a missing one is damage when ``required``)."""
     path = Path(path)
-    recorded = read_sidecar(path)
+    recorded = recorded_digests(path)
     if recorded is None:
         if required:
             raise DamagedFile(path, f"no checksum ({sidecar_path(path).name}) recorded with it")
@@ -87,7 +95,7 @@ def verify_sidecar(path: str | os.PathLike, required: bool = True) -> None:
         actual = sha256_file(path)
     except OSError as err:
         raise DamagedFile(path, f"unreadable ({err.strerror or err})") from None
-    if actual != recorded:
+    if actual not in recorded:
         raise DamagedFile(path, "checksum mismatch (the file changed after it was written)")
 
 

@@ -19,7 +19,7 @@ import torch
 from test_launch_loop import TINY
 
 from dcssl.launch.demo import demo_slide
-from hpc.integrity import write_sidecar
+from hpc.integrity import sha256_file, write_sidecar
 
 
 def launch(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -102,7 +102,7 @@ def test_garbled_and_non_finite_checkpoints_are_damage(run):
     weights[:85] = float("nan")
     state["model"][name] = weights.reshape(state["model"][name].shape)
     torch.save(state, newest)
-    write_sidecar(newest, newest)
+    write_sidecar(newest, [sha256_file(newest)])
     out = train_more(run)
     assert out.returncode == 2 and f"{newest}: holds non-finite values (model.{name})" in out.stderr
     assert "last good" not in out.stderr + out.stdout

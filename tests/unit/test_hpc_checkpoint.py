@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from hpc.checkpoint import CheckpointManager, atomic_path, atomic_write_text, load_finite
-from hpc.integrity import DamagedFile, write_sidecar
+from hpc.checkpoint import CheckpointManager, atomic_path, atomic_write_text, load_finite, torch_bytes
+from hpc.integrity import DamagedFile, sha256_file, sidecar_path, write_sidecar
 
 
 def test_keep_newest_two_and_load_latest(tmp_path):
@@ -60,7 +60,7 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"evil": payload}, manager.path_for(1))
     with pytest.raises(DamagedFile, match="no checksum"):
         manager.load(1)
-    write_sidecar(manager.path_for(1), manager.path_for(1))
+    write_sidecar(manager.path_for(1), [sha256_file(manager.path_for(1))])
     with pytest.raises(DamagedFile, match="does not load"):
         manager.load(1)
     assert not payload.marker.exists()
@@ -88,6 +88,25 @@ def test_modes_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_crash_while_replacing_a_checkpoint_leaves_it_verifiable(tmp_path):
+    """Saving a step again (phase train → done) records both digests until the rename is done,
+    so a kill between the sidecar and the rename leaves whichever file is there loadable."""
+    manager = CheckpointManager(tmp_path)
+    path = manager.path_for(5)
+    manager.save({"phase": "train"}, 5)
+    replacement = tmp_path / "next.bin"
+    replacement.write_bytes(torch_bytes({"phase": "done"}))
+    write_sidecar(path, [sha256_file(replacement), sha256_file(path)])  # the sidecar is written…
+    assert manager.load(5) == {"phase": "train"}  # …killed here: the old file still verifies
+    os.replace(replacement, path)
+    assert manager.load(5) == {"phase": "done"}  # …killed after the rename: the new one does
+    manager.save({"phase": "done"}, 5)
+    assert len(sidecar_path(path).read_text().splitlines()) == 1  # a finished save: one digest
+    path.write_bytes(torch_bytes({"phase": "train"}))
+    with pytest.raises(DamagedFile, match="checksum mismatch"):
+        manager.load(5)
 
 
 def test_nothing_to_load(tmp_path):
