@@ -170,8 +170,11 @@ def test_umask_022_run_is_readable_by_another_user(finished_run):
     name = "dcssl-reader"
     if subprocess.run(["id", name], capture_output=True).returncode != 0:
         subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
+    reachable = subprocess.run(["runuser", "-u", name, "--", "test", "-x", sys.executable])
+    if reachable.returncode != 0:
+        # never work around this by mounting or re-permissioning the interpreter's folders
+        pytest.skip(f"{sys.executable} is not executable by another user on this machine")
     shared = Path(tempfile.mkdtemp(prefix="dcssl-shared-", dir="/tmp"))
-    python = shared / "python"
     try:
         shared.chmod(0o755)
         run = shared / "run"
@@ -179,23 +182,12 @@ def test_umask_022_run_is_readable_by_another_user(finished_run):
         home = shared / "home"
         home.mkdir()
         shutil.chown(home, name)
-        # the interpreter lives under /root (0700): another user reaches it through a bind mount
-        python.mkdir()
-        subprocess.run(["mount", "--bind", sys.prefix, str(python)], check=True)
         before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
 
         def as_reader(*argv: str) -> subprocess.CompletedProcess:
-            env = {
-                "PYTHONHOME": str(python),
-                "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), *_site_packages(python)]),
-                "HOME": str(home),
-                "OMP_NUM_THREADS": "1",
-                "PATH": "/usr/bin:/bin",
-            }
-            interpreter = python / Path(sys.executable).relative_to(sys.prefix)
-            command = ["runuser", "-u", name, "--", "env", *(f"{k}={v}" for k, v in env.items())]
+            env = [f"PYTHONPATH={Path(__file__).parents[2]}", f"HOME={home}", "OMP_NUM_THREADS=1"]
             return subprocess.run(
-                [*command, str(interpreter), "-m", "dcssl.launch", *argv],
+                ["runuser", "-u", name, "--", "env", *env, sys.executable, "-m", "dcssl.launch", *argv],
                 capture_output=True,
                 text=True,
                 timeout=600,
@@ -212,21 +204,7 @@ def test_umask_022_run_is_readable_by_another_user(finished_run):
         assert (home / "encoder.pt").stat().st_uid != 0
         assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # the run was only read
     finally:
-        if python.is_dir() and os.path.ismount(python):
-            subprocess.run(["umount", str(python)], check=True)
-        assert not os.path.ismount(python)  # never remove files through the bind mount
-        shutil.rmtree(shared, ignore_errors=True)
-
-
-def _site_packages(prefix: Path) -> list[str]:
-    """This interpreter's site-packages folders, seen under ``prefix`` (PYTHONHOME drops them)."""
-    import site
-
-    return [
-        str(prefix / Path(p).relative_to(sys.prefix))
-        for p in site.getsitepackages()
-        if p.startswith(sys.prefix)
-    ]
+        shutil.rmtree(shared, ignore_errors=True)  # holds only copies: nothing mounted in it
 
 
 def test_full_disk_is_one_line_then_a_rerun_finishes(finished_run):
