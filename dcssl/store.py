@@ -6,8 +6,10 @@ Layout (see DESIGN.md)::
                               coords  N×2 int64, level-0 x,y of each tile's top-left (CLAM order)
                               tissue  N float32, tissue fraction of each tile
                               labels  N int64 (optional: pre-tiled, labelled inputs)
+                              crc32   N uint32, CRC32 of each tile's stored bytes (checked on read)
                               attrs   slide_id, mpp, tile_size, level, source_md5, encoding, n_tiles
-    store/manifest.json       shards in global-index order with tile counts and offsets
+    store/shards/<shard>.h5.sha256   the shard's SHA-256, written before the shard is renamed
+    store/manifest.json       shards in global-index order with tile counts, offsets and SHA-256
     store/ledger.jsonl        one JSON line per slide attempt
 
 A shard is written under a temporary name and renamed when complete, so a shard that exists is
@@ -30,7 +32,8 @@ import h5py
 import numpy as np
 
 from dcssl.jsonl import append_jsonl, read_jsonl
-from hpc.checkpoint import atomic_path, atomic_write_text
+from hpc.checkpoint import atomic_path, atomic_write_text, temp_files
+from hpc.integrity import DamagedFile, crc32, read_sidecar
 
 __all__ = [
     "ShardInfo",
@@ -45,6 +48,8 @@ __all__ = [
     "encode_jpeg",
     "open_h5",
     "FORMAT_VERSION",
+    "tile_crcs",
+    "check_tiles",
 ]
 
 FORMAT_VERSION = 1
@@ -88,6 +93,26 @@ def decode_tile(encoded: Any) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def tile_crcs(tiles: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """CRC32 of each tile's stored bytes (a JPEG byte vector or one raw H×W×3 tile)."""
+    return np.fromiter(
+        (crc32(np.ascontiguousarray(t).data) for t in tiles), dtype=np.uint32, count=len(tiles)
+    )
+
+
+def check_tiles(
+    path: Path, rows: np.ndarray, tiles: Sequence[Any] | np.ndarray, recorded: np.ndarray
+) -> None:
+    """DamagedFile naming the first tile of ``rows`` whose bytes differ from its stored CRC32."""
+    bad = np.flatnonzero(tile_crcs(tiles) != recorded)
+    if bad.size:
+        raise DamagedFile(
+            path,
+            f"tile {int(rows[bad[0]])} fails its CRC32 ({bad.size} of {len(rows)} read); "
+            "the shard is damaged — restore it or tile its slide again",
+        )
+
+
 class ShardWriter:
     """Write one shard; it appears under its final name only if the ``with`` block succeeds."""
 
@@ -125,7 +150,9 @@ class ShardWriter:
         self._file: h5py.File | None = None
 
     def __enter__(self) -> ShardWriter:
-        self._ctx = atomic_path(self.path)
+        for stale in temp_files(self.path):  # a killed earlier attempt at this slide
+            stale.unlink(missing_ok=True)
+        self._ctx = atomic_path(self.path, sidecar=True)
         tmp = self._ctx.__enter__()
         self._file = h5py.File(tmp, "w", locking=False)
         f, size = self._file, self.tile_size
@@ -143,6 +170,7 @@ class ShardWriter:
             )
         f.create_dataset("coords", shape=(0, 2), maxshape=(None, 2), chunks=(1024, 2), dtype=np.int64)
         f.create_dataset("tissue", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.float32)
+        f.create_dataset("crc32", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.uint32)
         if self.with_labels:
             f.create_dataset("labels", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.int64)
         return self
@@ -159,12 +187,14 @@ class ShardWriter:
         if k == 0:
             return
         f, start = self._file, self.n_tiles
-        for name in ("tiles", "coords", "tissue") + (("labels",) if self.with_labels else ()):
+        for name in ("tiles", "coords", "tissue", "crc32") + (("labels",) if self.with_labels else ()):
             f[name].resize(start + k, axis=0)
         if self.encoding == "jpeg":
-            f["tiles"][start : start + k] = [np.frombuffer(t, dtype=np.uint8) for t in tiles]
+            stored = [np.frombuffer(t, dtype=np.uint8) for t in tiles]
         else:
-            f["tiles"][start : start + k] = np.asarray(tiles, dtype=np.uint8)
+            stored = np.asarray(tiles, dtype=np.uint8)
+        f["tiles"][start : start + k] = stored
+        f["crc32"][start : start + k] = tile_crcs(stored)
         f["coords"][start : start + k] = np.asarray(coords, dtype=np.int64).reshape(k, 2)
         f["tissue"][start : start + k] = np.asarray(tissue, dtype=np.float32)
         if self.with_labels:
@@ -189,6 +219,8 @@ class ShardInfo:
     offset: int
     """Global index of the shard's first tile."""
     source_md5: str = ""
+    sha256: str = ""
+    """The shard file's SHA-256 (from its sidecar; empty for shards written before checksums)."""
 
 
 def _read_info(path: Path, offset: int) -> ShardInfo:
@@ -199,6 +231,7 @@ def _read_info(path: Path, offset: int) -> ShardInfo:
             n_tiles=int(f["coords"].shape[0]),
             offset=offset,
             source_md5=str(f.attrs.get("source_md5", "")),
+            sha256=read_sidecar(path) or "",
         )
 
 
@@ -253,7 +286,10 @@ class Store:
         """Decode one tile by global index (convenience; datasets keep files open instead)."""
         shard, row = self.locate(index)
         with self.open_shard(int(shard)) as f:
-            return decode_tile(f["tiles"][int(row)])
+            tile = f["tiles"][int(row)]
+            if "crc32" in f:
+                check_tiles(self.shard_path(int(shard)), np.array([row]), [tile], f["crc32"][[int(row)]])
+            return decode_tile(tile)
 
     def labels(self) -> np.ndarray | None:
         """Stored class labels by global index, or None if any shard has none."""

@@ -17,6 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from hpc.checkpoint import CheckpointManager, atomic_path, atomic_write_text
+from hpc.integrity import seal
+
+LABEL_FILES = ("labels.i32", "centroids.npy", "stats.json")
+"""What an epoch's labels COMPLETE marker records the SHA-256 of."""
 
 __all__ = ["FeatureBank", "open_features", "labels_dir", "checkpoints", "LabelsWriter", "read_labels_range"]
 
@@ -144,5 +148,5 @@ class LabelsWriter:
             if self.final.exists():  # a crash between rename and COMPLETE left it incomplete
                 shutil.rmtree(self.final)
             os.replace(self.tmp, self.final)
-            atomic_write_text(self.final / "COMPLETE", json.dumps({"n": self.n}) + "\n")
+            seal(self.final, LABEL_FILES, n=self.n)
         self.comm.Barrier()

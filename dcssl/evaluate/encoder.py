@@ -82,6 +82,12 @@ def trained_encoder(run_dir: str | Path, cfg: TrainConfig) -> LoadedEncoder:
     folder = checkpoint_folder(run_dir)
     manager = checkpoint_manager(run_dir)
     latest = manager.load_latest()
+    if manager.damaged:  # an older checkpoint would hand out older weights as the run's
+        raise NoCheckpoint(
+            "; ".join(str(err) for err in manager.damaged) + " — the newest weights are damaged, "
+            "so the older checkpoint is not used in their place; restore the file, or redo "
+            "training from that epoch (python -m dcssl.launch verify RUN says which)"
+        )
     if latest is None:
         raise NoCheckpoint(
             f"{folder}: no train checkpoint; train the run first (`python -m dcssl.launch train {run_dir}`)"

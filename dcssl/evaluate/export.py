@@ -10,6 +10,7 @@ still exported, and the JSON says how to rebuild it (``dcssl.train.model``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -17,11 +18,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from dcssl.evaluate.encoder import trained_encoder
+from dcssl.evaluate.encoder import NoCheckpoint, trained_encoder
 from dcssl.train.config import TrainConfig
-from hpc.checkpoint import atomic_path, atomic_write_text
+from hpc.checkpoint import atomic_write_bytes, atomic_write_text, torch_bytes
+from hpc.integrity import DamagedFile, verify_digests
 
-__all__ = ["torchvision_state_dict", "export_encoder", "default_export_path"]
+__all__ = ["torchvision_state_dict", "export_encoder", "default_export_path", "verify_export"]
 
 
 def default_export_path(run_dir: str | Path) -> Path:
@@ -113,7 +115,40 @@ def export_encoder(run_dir: str | Path, cfg: TrainConfig, out: str | Path | None
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": run_config,
     }
-    with atomic_path(out) as tmp:
-        torch.save(torchvision_state_dict(trunk), tmp)
+    _refuse_going_back(out, loaded.step)
+    data = torch_bytes(torchvision_state_dict(trunk))
+    document["sha256"] = hashlib.sha256(data).hexdigest()
+    # the JSON first: a crash between the two leaves a mismatch `verify` reports, never a new
+    # encoder.pt described by an old JSON
     atomic_write_text(out.with_suffix(".json"), json.dumps(document, indent=1, default=str))
+    atomic_write_bytes(out, data)
     return document
+
+
+def _refuse_going_back(out: Path, step: int | None) -> None:
+    """NoCheckpoint when ``out`` already holds weights of a later training step."""
+    info = out.with_suffix(".json")
+    if not (out.is_file() and info.is_file()):
+        return
+    try:
+        previous = json.loads(info.read_text()).get("checkpoint_step")
+    except (OSError, ValueError):
+        return  # an unreadable description protects nothing: the export is redone
+    if isinstance(previous, int) and (step is None or previous > step):
+        raise NoCheckpoint(
+            f"{out}: holds the weights of step {previous}, newer than step {step} of the newest "
+            f"loadable checkpoint; it is kept — export with --out elsewhere to write the older weights"
+        )
+
+
+def verify_export(out: str | Path) -> None:
+    """DamagedFile unless ``out`` matches the SHA-256 recorded in its JSON."""
+    out = Path(out)
+    info = out.with_suffix(".json")
+    try:
+        recorded = json.loads(info.read_text()).get("sha256")
+    except (OSError, ValueError) as err:
+        raise DamagedFile(info, f"unreadable ({err})") from None
+    if not recorded:
+        raise DamagedFile(info, "records no checksum of the export")
+    verify_digests(out.parent, {out.name: recorded})

@@ -124,8 +124,15 @@ def format_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def evaluate(run_dir: str | Path, data_path: str | Path, cfg: EvalConfig, train_cfg: TrainConfig) -> dict:
-    """Evaluate the run's newest checkpoint and its random init; write RUN/eval/eval.json."""
+def evaluate(
+    run_dir: str | Path,
+    data_path: str | Path,
+    cfg: EvalConfig,
+    train_cfg: TrainConfig,
+    out: str | Path | None = None,
+) -> dict:
+    """Evaluate the run's newest checkpoint and its random init; write ``out`` (default
+    RUN/eval/eval.json)."""
     started = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -159,5 +166,5 @@ def evaluate(run_dir: str | Path, data_path: str | Path, cfg: EvalConfig, train_
         "knn_temperature": cfg.knn_temperature,
         "seconds": round(time.time() - started, 1),
     }
-    atomic_write_text(eval_path(run_dir), json.dumps(result, indent=1))
+    atomic_write_text(out or eval_path(run_dir), json.dumps(result, indent=1))
     return result

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from dcssl.launch.common import UsageError
+from hpc.checkpoint import DiskFull
 from hpc.config import ConfigError
 
 SUBCOMMANDS = {
@@ -23,6 +24,7 @@ SUBCOMMANDS = {
     "embed": "write encoder features for every tile of a store",
     "curate": "pick a diverse subset of tiles per cluster",
     "config": "print every config key with its default and meaning",
+    "verify": "check every file of a run against its recorded checksum; name the damaged ones",
 }
 
 
@@ -68,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except DiskFull as err:  # the whole step is undone; after freeing space the same command goes on
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

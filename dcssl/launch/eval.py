@@ -7,6 +7,7 @@ LABELLED is an ingested labelled store (a store folder or a run directory) or a 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fractions", default=None, help="label fractions, comma-separated (default 0.01,0.1,1)"
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="result JSON (default RUN/eval/eval.json; the run is only read)",
+    )
 
 
 def _fractions(text: str) -> list[float]:
@@ -45,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
             cfg = replace(cfg, fractions=_fractions(args.fractions))
         except ValueError as err:
             raise UsageError(f"--fractions: {err}") from None
+    out = args.out or eval_path(run_dir)
+    if args.out is None and not os.access(run_dir, os.W_OK):
+        raise UsageError(f"{run_dir}: not writable for you; write the result elsewhere with --out FILE.json")
     try:
-        result = evaluate(run_dir, args.data, cfg, train_cfg)
+        result = evaluate(run_dir, args.data, cfg, train_cfg, out)
     except (LabelledDataError, NoCheckpoint) as err:
         raise UsageError(str(err)) from None
     print(
@@ -56,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
     )
     for line in format_table(result["rows"]):
         print(line)
-    print(f"eval: {eval_path(run_dir)}")
+    print(f"eval: {out}")
     print_json_line({k: v for k, v in result.items() if k != "rows"})
     return 0

@@ -15,6 +15,8 @@ from dcssl.pipeline.report import draw_progress, epoch_table
 from dcssl.pipeline.slurm import submit_chain, wait_chain
 from dcssl.pipeline.state import RunState
 from dcssl.pipeline.steps import Step, pending_steps
+from dcssl.train.segment import SegmentError, resume_point
+from hpc.integrity import DamagedFile, check_sealed
 
 log = logging.getLogger("dcssl.launch.train")
 
@@ -52,10 +54,31 @@ def resolve(args: argparse.Namespace):
     return paths, cfg
 
 
+def check_inputs(paths: RunPaths, pending: list[Step], keep: int) -> None:
+    """UsageError before anything runs when a pending train segment would start from damaged
+    state: no intact checkpoint for the finished epochs, or damaged labels to train on."""
+    train = [s for s in pending if s.kind == "train"]
+    if not train:
+        return
+    try:
+        resume_point(paths.root, keep)
+        first = train[0].epoch
+        if first >= 1 and paths.labels_complete(first - 1):
+            check_sealed(paths.labels(first - 1))
+    except SegmentError as err:
+        raise UsageError(str(err)) from None
+    except DamagedFile as err:
+        raise UsageError(
+            f"{err}; re-run that clustering: python -m dcssl.launch cluster {paths.root} "
+            f"--epoch {train[0].epoch - 1} --redo"
+        ) from None
+
+
 def run_loop(paths: RunPaths, cfg, wait: bool = True) -> int:
     """Run (or submit) every unfinished step; 0 when all are done (or submitted)."""
-    save_run_config(paths.root, cfg)
     pending: list[Step] = pending_steps(paths, cfg.loop.epochs)
+    check_inputs(paths, pending, cfg.train.keep_checkpoints)
+    save_run_config(paths.root, cfg)
     if not pending:
         log.info("all %d epochs are done; nothing to run", cfg.loop.epochs)
         return 0

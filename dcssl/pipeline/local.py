@@ -60,8 +60,20 @@ def _run_step(step: Step, paths: RunPaths, executor: ExecutorConfig, state: RunS
     seconds = round(time.time() - started, 2)
     if code != 0 or not is_done(paths, step):
         state.update(step.name, status="failed", exit_code=code, seconds=seconds)
-        raise StepFailed(f"{step.name} failed (exit {code}); see {log_file}")
+        raise StepFailed(f"{step.name} failed (exit {code}){_error_line(log_file)}; see {log_file}")
     state.update(step.name, status="done", seconds=seconds)
+
+
+def _error_line(log_file: Path) -> str:
+    """': <the step's one-line error>' when its log ends with one (a full disk, damaged input)."""
+    with open(log_file, "rb") as handle:
+        handle.seek(max(handle.seek(0, os.SEEK_END) - 8192, 0))
+        lines = handle.read().decode(errors="replace").splitlines()
+    last = next((line for line in reversed(lines) if line.strip()), "")
+    for prefix in ("error: ", "dcssl.train.segment.SegmentError: ", "hpc.integrity.DamagedFile: "):
+        if last.startswith(prefix):
+            return ": " + last[len(prefix) :]
+    return ""
 
 
 def run_local(

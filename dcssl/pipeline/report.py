@@ -59,8 +59,8 @@ def _cluster_sizes(paths: RunPaths, epoch: int) -> np.ndarray | None:
     return np.asarray(sizes) if sizes is not None else None
 
 
-def draw_progress(paths: RunPaths, records: list[dict]) -> Path | None:
-    """Redraw charts/progress.png (atomically); None if there is nothing to draw yet."""
+def draw_progress(paths: RunPaths, records: list[dict], target: Path | None = None) -> Path | None:
+    """Redraw charts/progress.png (or ``target``) atomically; None if there is nothing to draw yet."""
     epochs = [r for r in records if r.get("kind") == "epoch"]
     windows = [r for r in records if r.get("kind") == "train_window"]
     if not epochs and not windows:
@@ -97,7 +97,7 @@ def draw_progress(paths: RunPaths, records: list[dict]) -> Path | None:
         ax_sizes.set_xlabel("cluster (sorted by size)")
     ax_sizes.set_title(f"cluster sizes, epoch {last}" if last is not None else "cluster sizes")
     fig.tight_layout()
-    target = paths.charts / "progress.png"
+    target = target or paths.charts / "progress.png"
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)

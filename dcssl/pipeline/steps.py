@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from dcssl.paths import RunPaths
+from hpc.checkpoint import as_disk_full
 
 __all__ = ["Step", "plan", "is_done", "pending_steps", "train_task", "cluster_task", "prune_features"]
 
@@ -94,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("epoch", type=int)
     args = parser.parse_args(argv)
     task = train_task if args.kind == "train" else cluster_task
-    task(args.run_dir, args.epoch)
+    try:
+        task(args.run_dir, args.epoch)
+    except OSError as err:
+        disk_full = as_disk_full(err, Path(args.run_dir))
+        if disk_full is None:
+            raise
+        print(f"error: {disk_full}", file=sys.stderr, flush=True)  # the line the launcher repeats
+        return 1
     return 0
 
 

@@ -4,8 +4,9 @@ A partial download is resumed with an HTTP Range request; the finished file is c
 manifest's size and md5 before it is handed to the tiler. Transient errors (connection drops,
 timeouts, 5xx, 429, an md5 mismatch) are retried with exponential backoff, a bounded number of
 times; anything else (401/403/404, a file larger than the scratch budget) fails at once. The
-token is read from a file, sent only as the ``X-Auth-Token`` header, and never appears in a log
-line, an error message or a command line.
+token is read from a file, sent only as the ``X-Auth-Token`` header and only to the base URL's
+origin (redirects are followed by hand: urllib's handler would forward it anywhere), and never
+appears in a log line, an error message or a command line.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import os
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from dcssl.slides.sources import SlideRef
-from dcssl.tile.config import DownloadConfig
+from dcssl.tile.config import DownloadConfig, is_secure_url
 
 __all__ = ["DownloadError", "download_slide", "read_token", "scratch_root"]
 
@@ -90,30 +92,77 @@ def _check_budget(ref: SlideRef, folder: Path, cfg: DownloadConfig) -> None:
         )
 
 
-def _open(url: str, token: str | None, offset: int, timeout: float) -> http.client.HTTPResponse | None:
-    """The response, or None when the server has no bytes past ``offset`` (HTTP 416)."""
-    headers = {"User-Agent": "dcssl-tile"}
-    if token is not None:
-        headers["X-Auth-Token"] = token
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        return urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        err.close()
-        if err.code == 416 and offset:  # nothing past what we have: _verify judges the file
-            return None
-        transient = err.code in _TRANSIENT_HTTP
-        hint = {
-            401: "; the token is missing or expired: set tile.download.token_file",
-            403: "; access denied: the token lacks access to this controlled file",
-            404: "; no such file id on the server: check the manifest",
-        }.get(err.code, "")
-        raise DownloadError(f"HTTP {err.code} {err.reason}{hint}", transient=transient) from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise DownloadError(f"connection failed: {reason}", transient=True) from None
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Hand 3xx back to ``_open``: urllib's own handler copies X-Auth-Token to wherever a
+    redirect points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+_MAX_REDIRECTS = 5
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def _next_url(url: str, err: urllib.error.HTTPError, cfg: DownloadConfig) -> str:
+    """Where a 3xx points, or DownloadError when it points somewhere we will not go."""
+    location = err.headers.get("Location")
+    if not location:
+        raise DownloadError(f"HTTP {err.code} redirect without a Location", transient=False)
+    target = urllib.parse.urljoin(url, location)
+    if not target.startswith(("http://", "https://")):
+        raise DownloadError(f"redirect to a non-http URL ({urllib.parse.urlsplit(target).scheme}:)", False)
+    if not (cfg.allow_insecure or is_secure_url(target)):
+        raise DownloadError(
+            "redirect to plain http on another host refused (set tile.download.allow_insecure "
+            "if that network is trusted)",
+            transient=False,
+        )
+    return target
+
+
+def _open(url: str, token: str | None, offset: int, cfg: DownloadConfig) -> http.client.HTTPResponse | None:
+    """The response, or None when the server has no bytes past ``offset`` (HTTP 416).
+
+    Redirects are followed here, by hand: the token goes only to the base URL's origin (scheme,
+    host, port); a redirect elsewhere is requested without it.
+    """
+    origin = _origin(url)
+    for _ in range(_MAX_REDIRECTS + 1):
+        headers = {"User-Agent": "dcssl-tile"}
+        if token is not None and _origin(url) == origin:
+            headers["X-Auth-Token"] = token
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        try:
+            return _OPENER.open(urllib.request.Request(url, headers=headers), timeout=cfg.timeout_s)
+        except urllib.error.HTTPError as err:
+            err.close()
+            if err.code in (301, 302, 303, 307, 308):
+                url = _next_url(url, err, cfg)
+                continue
+            if err.code == 416 and offset:  # nothing past what we have: _verify judges the file
+                return None
+            raise _http_error(err) from None
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise DownloadError(f"connection failed: {reason}", transient=True) from None
+    raise DownloadError(f"more than {_MAX_REDIRECTS} redirects", transient=False)
+
+
+def _http_error(err: urllib.error.HTTPError) -> DownloadError:
+    hint = {
+        401: "; the token is missing or expired: set tile.download.token_file",
+        403: "; access denied: the token lacks access to this controlled file",
+        404: "; no such file id on the server: check the manifest",
+    }.get(err.code, "")
+    return DownloadError(f"HTTP {err.code} {err.reason}{hint}", transient=err.code in _TRANSIENT_HTTP)
 
 
 def _stream(ref: SlideRef, part: Path, cfg: DownloadConfig, token: str | None) -> int:
@@ -123,7 +172,7 @@ def _stream(ref: SlideRef, part: Path, cfg: DownloadConfig, token: str | None) -
         part.unlink()
         offset = 0
     url = f"{cfg.base_url.rstrip('/')}/data/{ref.gdc_id}"
-    response = _open(url, token, offset, cfg.timeout_s)
+    response = _open(url, token, offset, cfg)
     received = 0
     if response is None:
         return 0

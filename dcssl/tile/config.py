@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,6 +49,18 @@ class TissueConfig:
             raise ValueError(f"min_component_mm2 must be ≥ 0, got {self.min_component_mm2}")
 
 
+def is_secure_url(url: str) -> bool:
+    """https, or http to this machine (a loopback test server)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 @dataclass
 class DownloadConfig:
     """Streaming slides from the GDC (or any server with the same ``/data/<id>`` layout)."""
@@ -67,10 +81,18 @@ class DownloadConfig:
     """Socket timeout for connecting and for each read."""
     chunk_mb: float = 4.0
     """Bytes read per chunk while streaming to disk."""
+    allow_insecure: bool = False
+    """Allow a plain-http base_url (or redirect) to a host other than loopback; the token and the
+    slides then cross the network unencrypted."""
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        if not (self.allow_insecure or is_secure_url(self.base_url)):
+            raise ValueError(
+                f"base_url {self.base_url!r} is plain http to a non-loopback host: use https, "
+                "or set tile.download.allow_insecure=true if that network is trusted"
+            )
         if self.scratch_budget_gb <= 0:
             raise ValueError(f"scratch_budget_gb must be > 0, got {self.scratch_budget_gb}")
         if self.retries < 1:

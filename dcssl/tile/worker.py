@@ -87,13 +87,6 @@ def _open(path: str) -> openslide.OpenSlide:
         raise SlideFailure("open", f"cannot read the file: {err.strerror or err}") from None
 
 
-def _share_like_umask(path: Path) -> None:
-    """Temp files are created 0600; give the shard the mode a plain new file would have."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def plan_slide(slide: openslide.OpenSlide, cfg: TileConfig) -> tuple[SlideProbe, TileGrid, list[Block]]:
     """Probe, mask and grid: the blocks of candidate tiles to read."""
     try:
@@ -264,7 +257,6 @@ def _tile_open_slide(
         ) from None
     except OSError as err:
         raise SlideFailure("write", f"cannot write {shard_path}: {err}") from None
-    _share_like_umask(shard_path)
     return SlideResult(
         slide_id=slide_id,
         tiles=written,

@@ -18,6 +18,7 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import h5py
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from h5py import h5s, h5t
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from dcssl.store import Store, decode_tile, open_h5
+from dcssl.store import Store, check_tiles, decode_tile, open_h5
 from dcssl.train.augment import BatchAugment, eval_transform, uniforms
 from dcssl.train.config import AugmentConfig
 
@@ -212,11 +213,19 @@ class _ShardReader:
     def __init__(self, handle: h5py.File):
         self.handle = handle
         self.tiles = handle["tiles"]
+        self.crcs = handle["crc32"][:] if "crc32" in handle else None  # 4 bytes a tile, read once
         self.vlen = h5py.check_vlen_dtype(self.tiles.dtype) is not None
         self.mtype = h5t.py_create(self.tiles.dtype) if self.vlen else None
 
     def read(self, rows: np.ndarray) -> Sequence[np.ndarray]:
-        """Rows (increasing, unique) as JPEG byte vectors, or an N×H×W×3 array for raw tiles."""
+        """Rows (increasing, unique) as JPEG byte vectors, or an N×H×W×3 array for raw tiles;
+        DamagedFile when one fails its CRC32 — a garbled JPEG would often still decode."""
+        tiles = self._read(rows)
+        if self.crcs is not None:
+            check_tiles(Path(self.handle.filename), rows, tiles, self.crcs[rows])
+        return tiles
+
+    def _read(self, rows: np.ndarray) -> Sequence[np.ndarray]:
         if rows[-1] - rows[0] + 1 == rows.size:  # consecutive rows (extraction): one slice
             if not self.vlen:
                 return self.tiles[int(rows[0]) : int(rows[-1]) + 1]

@@ -2,7 +2,7 @@
 
     RUN_DIR/features/epoch-NNNN/embeddings.f16   raw float16, N×d, C order
                                 meta.json        {"n", "dim", "dtype", "epoch", "source", "stale_fraction"}
-                                COMPLETE         written last
+                                COMPLETE         written last: {"n", "sha256": {file: digest}}
 
 Writers: any number of ranks write disjoint rows with ``os.pwrite`` of whole rows — byte-range
 writes, never a shared writable mmap, because an mmap writes back whole pages and two NFS clients
@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hpc.checkpoint import atomic_path, atomic_write_text
+from hpc.checkpoint import atomic_path, atomic_write_text, temp_files
+from hpc.integrity import seal
 from hpc.mpi import shard_range
 
 __all__ = [
@@ -86,7 +87,9 @@ def prepare_bank(run_dir: str | os.PathLike, epoch: int, n: int, dim: int, init_
             )
     if path.is_file() and path.stat().st_size == n * dim * 2:
         return path  # a resumed segment: keep the rows already written
-    with atomic_path(path) as tmp:
+    for stale in temp_files(path):  # a killed earlier attempt's file (rank 0 is the one writer)
+        stale.unlink(missing_ok=True)
+    with atomic_path(path, size_hint=n * dim * 2) as tmp:
         with open(tmp, "wb") as handle:
             handle.truncate(n * dim * 2)  # sparse zeros
     return path
@@ -133,7 +136,7 @@ def finalize_bank(
         "stale_fraction": round(float(stale_fraction), 6),
     }
     atomic_write_text(folder / META, json.dumps(meta, indent=1))
-    atomic_write_text(folder / COMPLETE, "")
+    seal(folder, (EMBEDDINGS, META), n=n)
 
 
 def write_bank(

@@ -40,12 +40,21 @@ from dcssl.train.featurebank import (
 )
 from dcssl.train.sampler import labels_digest
 from dcssl.train.trainer import Trainer, all_reduce_sum
-from hpc.checkpoint import CheckpointManager, atomic_write_text
+from hpc.checkpoint import CheckpointManager, atomic_write_text, load_finite
 from hpc.distributed import barrier, init_distributed
 from hpc.env import DistEnv
+from hpc.integrity import DamagedFile, check_sealed
 from hpc.preemption import Preempted, PreemptionFlag, requeue_and_exit
 
-__all__ = ["run_segment", "SegmentError", "NonFiniteLoss", "load_labels", "done_path", "checkpoint_manager"]
+__all__ = [
+    "run_segment",
+    "SegmentError",
+    "NonFiniteLoss",
+    "load_labels",
+    "done_path",
+    "checkpoint_manager",
+    "resume_point",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +64,7 @@ class SegmentError(RuntimeError):
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or Inf; the last good checkpoint is kept."""
+    """The loss became NaN or Inf; nothing is saved, the checkpoints on disk are kept."""
 
 
 def done_path(run_dir: str | Path, epoch: int) -> Path:
@@ -63,7 +72,44 @@ def done_path(run_dir: str | Path, epoch: int) -> Path:
 
 
 def checkpoint_manager(run_dir: str | Path, keep: int = 2) -> CheckpointManager:
-    return CheckpointManager(Path(run_dir) / "checkpoints" / "train", prefix="train", keep=keep)
+    return CheckpointManager(
+        Path(run_dir) / "checkpoints" / "train", prefix="train", keep=keep, load_fn=load_finite
+    )
+
+
+def finished_epochs(run_dir: str | Path) -> list[int]:
+    """Epochs whose train segment wrote its done marker."""
+    found = (Path(run_dir) / "train").glob("epoch-*.done.json")
+    return sorted(int(p.name[6:10]) for p in found if p.name[6:10].isdigit())
+
+
+def resume_point(run_dir: str | Path, keep: int = 2) -> tuple[int, dict] | None:
+    """The newest train checkpoint, checked never to go backwards: SegmentError when it (or a
+    newer one) is damaged or missing while finished epochs need it — the run would otherwise
+    train on from older weights (or from the seed's) and mark the epoch done."""
+    manager = checkpoint_manager(run_dir, keep)
+    latest = manager.load_latest()
+    finished = finished_epochs(run_dir)
+    last_done = finished[-1] if finished else -1
+    behind = latest is not None and (
+        int(latest[1]["epoch"]) < last_done
+        or (int(latest[1]["epoch"]) == last_done and latest[1].get("phase") != "done")
+    )
+    if not manager.damaged and not behind and (latest is not None or last_done < 0):
+        return latest
+    damaged = "; ".join(str(err) for err in manager.damaged) or f"{manager.folder}: no train checkpoint"
+    if latest is None:
+        back, redo = "the seed's initial weights", 0
+    else:
+        epoch, phase = int(latest[1]["epoch"]), latest[1].get("phase")
+        back = f"{manager.path_for(latest[0])} (epoch {epoch}, phase {phase})"
+        redo = epoch + 1 if phase == "done" else epoch
+    raise SegmentError(
+        f"{damaged} — finished epochs up to {last_done} have no loadable checkpoint and training "
+        f"would go back to {back}; to continue, redo from epoch {redo} (remove "
+        f"{Path(run_dir) / 'train'}/epoch-{redo:04d}.done.json and later, and the damaged files) "
+        f"or start a new run directory"
+    )
 
 
 def load_labels(run_dir: str | Path, epoch: int, n_tiles: int) -> tuple[np.ndarray, int]:
@@ -81,6 +127,13 @@ def load_labels(run_dir: str | Path, epoch: int, n_tiles: int) -> tuple[np.ndarr
             f"{path}: holds {size // 4} labels, the store has {n_tiles} tiles; "
             f"re-run the cluster job for epoch {epoch} on this store"
         )
+    try:
+        check_sealed(folder)
+    except DamagedFile as err:
+        raise SegmentError(
+            f"{err}; re-run the cluster job for epoch {epoch} "
+            f"(python -m dcssl.launch cluster {run_dir} --epoch {epoch} --redo)"
+        ) from None
     labels = np.array(np.memmap(path, dtype=np.int32, mode="r"))
     stats = json.loads((folder / "stats.json").read_text())
     k = int(stats["k"])
@@ -210,13 +263,10 @@ class _Segment:
         """Load the newest checkpoint and put the trainer where this segment must go on."""
         state = self._load(trainer)
         if state is None:
-            log.warning(
-                "no checkpoint in %s: epoch %d starts from the seed's initial weights",
-                self.ckpt.folder,
-                self.epoch,
+            raise SegmentError(
+                f"{self.ckpt.folder}: no train checkpoint, so not even the bootstrap (epoch 0) "
+                f"weights are there; run train segment 0 first or start a new run directory"
             )
-            trainer.start_epoch(self.epoch, labels, k)
-            return "train"
         last, phase = int(state["epoch"]), state["phase"]
         if last > self.epoch:
             raise SegmentError(
@@ -262,7 +312,7 @@ class _Segment:
 
     # ------------------------------------------------------------------ checkpoints
     def _load(self, trainer: Trainer) -> dict | None:
-        latest = self.ckpt.load_latest()
+        latest = resume_point(self.run_dir, self.cfg.keep_checkpoints)
         if latest is None:
             return None
         step, state = latest
@@ -373,9 +423,9 @@ class _Segment:
             last = self.ckpt.steps()
             raise NonFiniteLoss(
                 f"epoch {self.epoch} step {trainer.step_in_epoch}: loss is {loss}; stopped "
-                f"without saving, the last good checkpoint "
-                f"({self.ckpt.path_for(last[-1]) if last else 'none'}) is kept — lower "
-                f"train.optim.lr or check the tiles"
+                f"without saving, the newest checkpoint "
+                f"({self.ckpt.path_for(last[-1]) if last else 'none'}, checksum and weights "
+                f"verified when it loaded) is kept — lower train.optim.lr or check the tiles"
             )
         now = time.monotonic()  # wall time per step, waiting for data included
         seconds, self._tick = now - self._tick, now

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dcssl.cluster.store import LABEL_FILES
 from dcssl.store import ShardWriter, Store, build_manifest, encode_jpeg
 from dcssl.train.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from hpc.checkpoint import atomic_path, atomic_write_text
+from hpc.integrity import seal
 
 __all__ = ["synthetic_tile", "make_store", "write_pseudo_labels", "tiny_config"]
 
@@ -80,7 +82,7 @@ def write_pseudo_labels(run_dir: str | Path, epoch: int, labels: np.ndarray, k: 
         folder / "stats.json",
         json.dumps({"k": int(k), "n": int(labels.size), "sizes": sizes.tolist(), "epoch": epoch}),
     )
-    atomic_write_text(folder / "COMPLETE", "")
+    seal(folder, LABEL_FILES, n=int(labels.size))
     return folder
 
 

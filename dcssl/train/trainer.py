@@ -234,7 +234,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict:
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        rng = {"torch": torch.get_rng_state(), "numpy": _numpy_rng(), "python": _python_rng()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
@@ -263,7 +263,32 @@ class Trainer:
         rng = state.get("rng") or {}
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
-            random.setstate(rng["python"])
+            _set_numpy_rng(rng["numpy"])
+            _set_python_rng(rng["python"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# RNG states as tensors, ints and lists: what torch.load(weights_only=True) accepts
+def _numpy_rng() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": pos,
+        "gauss": [has_gauss, cached],
+    }
+
+
+def _set_numpy_rng(state: dict) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["name"], keys, int(state["pos"]), *state["gauss"]))
+
+
+def _python_rng() -> dict:
+    version, internal, gauss = random.getstate()
+    return {"version": version, "state": list(internal), "gauss": gauss}
+
+
+def _set_python_rng(state: dict) -> None:
+    random.setstate((state["version"], tuple(state["state"]), state["gauss"]))

@@ -31,6 +31,7 @@ class Behaviour:
     drop_once_at: int | None = None  # first full GET: send the headers, then only this many bytes
     fail_first: int = 0  # this many 503s before serving
     require_token: bool = False
+    redirect_to: str | None = None  # answer GETs outside /mirror with a 302 to this root + the path
     requests: list[dict] = field(default_factory=list)
 
 
@@ -45,6 +46,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         b.requests.append(
             {"path": self.path, "range": self.headers.get("Range"), "token": self.headers.get("X-Auth-Token")}
         )
+        if b.redirect_to is not None and not self.path.startswith("/mirror"):
+            self.send_response(302)
+            self.send_header("Location", b.redirect_to + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if b.require_token and self.headers.get("X-Auth-Token") != TOKEN:
             return self._reply(401, b"")
         if b.fail_first > 0:
@@ -78,15 +85,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-@pytest.fixture
-def server():
+def _served():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.behaviour = Behaviour()
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield httpd
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    yield from _served()
+
+
+@pytest.fixture
+def elsewhere():
+    """A second server: another port is another origin."""
+    yield from _served()
 
 
 def _cfg(httpd, **kw) -> DownloadConfig:
@@ -163,6 +179,36 @@ def test_token_is_sent_and_never_logged(server, tmp_path, caplog):
     assert "HTTP 401" in str(err.value) and "token_file" in str(err.value)
     assert not err.value.transient and len(server.behaviour.requests) == 3
     assert caplog.records and TOKEN not in caplog.text and TOKEN not in str(err.value)
+
+
+def test_token_never_follows_a_redirect_to_another_port(server, elsewhere, tmp_path):
+    elsewhere.behaviour.files["f1"] = SLIDE
+    server.behaviour.redirect_to = f"http://127.0.0.1:{elsewhere.server_port}"
+    path = download_slide(_ref(SLIDE), tmp_path, _cfg(server), token=TOKEN, sleep=lambda s: None)
+    assert path.read_bytes() == SLIDE
+    assert [r["token"] for r in server.behaviour.requests] == [TOKEN]
+    assert [r["token"] for r in elsewhere.behaviour.requests] == [None]
+
+
+def test_same_origin_redirect_keeps_the_token(server, tmp_path):
+    server.behaviour.files["f1"] = SLIDE
+    server.behaviour.require_token = True
+    server.behaviour.redirect_to = "/mirror"  # relative Location: the same scheme, host and port
+    path = download_slide(_ref(SLIDE), tmp_path, _cfg(server), token=TOKEN, sleep=lambda s: None)
+    assert path.read_bytes() == SLIDE
+    requests = server.behaviour.requests
+    assert [(r["path"], r["token"]) for r in requests] == [("/data/f1", TOKEN), ("/mirror/data/f1", TOKEN)]
+
+
+def test_plain_http_elsewhere_is_refused(server, tmp_path):
+    with pytest.raises(ValueError, match="plain http to a non-loopback host.*allow_insecure"):
+        DownloadConfig(base_url="http://api.gdc.example.org")
+    assert DownloadConfig(base_url="http://api.gdc.example.org", allow_insecure=True)
+    assert DownloadConfig(base_url="http://localhost:8080")
+    server.behaviour.redirect_to = "http://slides.example.org"
+    with pytest.raises(DownloadError, match="redirect to plain http on another host refused") as err:
+        download_slide(_ref(SLIDE), tmp_path, _cfg(server), token=TOKEN, sleep=lambda s: None)
+    assert not err.value.transient and len(server.behaviour.requests) == 1
 
 
 def test_scratch_budget_refuses_big_slides_before_any_request(server, tmp_path):
