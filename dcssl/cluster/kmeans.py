@@ -19,7 +19,9 @@ import numpy as np
 
 from .assigner import TILE, Assigner
 from .bounds import Bounds, centroid_gaps, search_shard
-from .exact import ClusterSums, as_comm, blocks, broadcast, exact_total, gather_rows, global_count, global_max
+from .exact import ClusterSums, as_comm, blocks, broadcast, exact_total, global_count, global_max
+from .groups import GroupBounds, auto_groups
+from .seeding import init_centroids, sample_index
 
 __all__ = ["assign", "assign_all", "kmeans", "KMeansState", "init_centroids", "split_empty", "sample_index"]
 
@@ -56,90 +58,6 @@ def assign(
         found = finder.search(np.ascontiguousarray(x_local[lo:hi], dtype=np.float32), xx[lo:hi])
         labels[lo:hi], dist[lo:hi] = found.labels, found.dist
     return labels, dist
-
-
-def sample_index(n: int, m: int, seed: int, stream: int) -> np.ndarray:
-    """m distinct global row indices, sorted, the same on every rank and for every rank count."""
-    rng = np.random.default_rng([seed, stream])
-    return np.sort(rng.choice(n, size=min(m, n), replace=False))
-
-
-def _kmeanspp(sample: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Greedy k-means++ (Arthur & Vassilvitskii; 2+log k trials per pick, as scikit-learn)."""
-    rng = np.random.default_rng([seed, 2])
-    x = sample.astype(np.float32)
-    xx = np.einsum("ij,ij->i", x, x)
-    trials = 2 + int(np.log(k))
-    centers = np.empty((k, x.shape[1]), dtype=np.float32)
-    first = int(rng.integers(len(x)))
-    centers[0] = x[first]
-    closest = np.maximum(xx - 2 * x @ x[first] + xx[first], 0)
-    for i in range(1, k):
-        cum = np.cumsum(closest, dtype=np.float64)
-        if cum[-1] <= 0:  # fewer distinct points than k: take any (duplicates split later)
-            pick = rng.integers(len(x), size=trials)
-        else:
-            pick = np.searchsorted(cum, rng.random(trials) * cum[-1], side="right")
-            pick = np.minimum(pick, len(x) - 1)
-        d_new = np.maximum(xx[None, :] - 2 * x[pick] @ x.T + xx[pick][:, None], 0)
-        cand = np.minimum(closest[None, :], d_new)
-        best = int(np.argmin(cand.sum(axis=1, dtype=np.float64)))
-        closest = cand[best]
-        centers[i] = x[pick[best]]
-    return centers
-
-
-def init_centroids(
-    x_local: np.ndarray,
-    k: int,
-    comm=None,
-    *,
-    method: str = "kmeans++",
-    sample: int = 0,
-    seed: int = 0,
-    row0: int = 0,
-    trials: int = 5,
-    refine: int = 20,
-) -> np.ndarray:
-    """k initial centroids chosen on rank 0 from a global sample and broadcast.
-
-    ``random``: k distinct rows. ``kmeans++``: ``trials`` runs of greedy k-means++ on ``sample``
-    rows (0: max(20 k, 10 000)), each refined by ``refine`` Lloyd iterations on the sample; the
-    lowest sample inertia wins (cheap insurance against a poor local optimum). ``row0`` is this
-    rank's first global row.
-    """
-    comm = as_comm(comm)
-    n = global_count(len(x_local), comm)
-    if k > n:
-        raise ValueError(f"k={k} exceeds the number of rows ({n}); lower k")
-    m = k if method == "random" else min(n, sample or max(20 * k, 10_000))
-    index = sample_index(n, m, seed, 1)
-    rows = gather_rows(np.asarray(x_local, dtype=np.float32), row0, row0 + len(x_local), index, comm)
-    out = np.zeros((k, x_local.shape[1]), dtype=np.float32)
-    if comm.Get_rank() == 0:
-        if method == "random":
-            out[:] = rows[np.random.default_rng([seed, 3]).permutation(k)]
-        elif method == "kmeans++":
-            out[:] = _best_of(rows, k, seed, trials, refine)
-        else:
-            raise ValueError(f"init {method!r}: choose kmeans++ or random")
-    return broadcast(out, comm)
-
-
-def _best_of(rows: np.ndarray, k: int, seed: int, trials: int, refine: int) -> np.ndarray:
-    best, best_inertia = None, np.inf
-    for trial in range(max(trials, 1)):
-        cent = _kmeanspp(rows, k, seed * 1000 + trial)
-        if refine:
-            cent, _, st = kmeans(
-                rows, k, None, iterations=refine, tol=0.0, state=KMeansState(cent), log_every=0
-            )
-            inertia = st["inertia"]
-        else:
-            inertia = float(assign(rows, cent)[1].sum(dtype=np.float64))
-        if inertia < best_inertia:
-            best, best_inertia = cent, inertia
-    return best
 
 
 def split_empty(centroids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -186,14 +104,20 @@ class KMeansState:
 class _Pass:
     """What a rank keeps between Lloyd passes: row norms, pruning bounds, its exact cluster sums."""
 
-    def __init__(self, x_local: np.ndarray, k: int, comm, block: int, backend: str, centroids: np.ndarray):
+    def __init__(
+        self, x_local: np.ndarray, k: int, comm, block: int, backend: str, centroids: np.ndarray, groups: int
+    ):
         self.x, self.comm = x_local, comm
         n = global_count(len(x_local), comm)
         self.xx = _row_norms(x_local, block)
         maxabs, maxsq = _global_extent(x_local, self.xx, comm, block)
         self.xx_total = exact_total(self.xx, n * maxsq * 1.01 + 1e-30, comm)
         self.sums = ClusterSums(k, x_local.shape[1], maxabs, n)
-        self.bounds = Bounds.for_rows(len(x_local))
+        t = groups or auto_groups(k, x_local.shape[1])
+        if t > 1:  # Yinyang group bounds (large k)
+            self.bounds = GroupBounds(len(x_local), centroids, min(t, k), backend, np.sqrt(maxsq))
+        else:  # Hamerly's single bound and Elkan's centroid gaps
+            self.bounds = Bounds.for_rows(len(x_local))
         self.finder = Assigner(centroids, backend, min(TILE, block))
         self.use_gaps = k * _GAPS_RATIO <= len(x_local)
 
@@ -201,9 +125,13 @@ class _Pass:
         """Assign every row to ``centroids`` → (labels, global sums, global counts, inertia)."""
         self.finder.set_centroids(centroids)
         pruned = self.bounds.valid
-        gaps = centroid_gaps(centroids, self.bounds.movers) if pruned and self.use_gaps else None
         old = self.bounds.labels
-        labels = search_shard(self.x, self.xx, self.finder, self.bounds, gaps)
+        if isinstance(self.bounds, GroupBounds):
+            old = old.copy()
+            labels = self.bounds.search(self.x, self.xx, self.finder)
+        else:
+            gaps = centroid_gaps(centroids, self.bounds.movers) if pruned and self.use_gaps else None
+            labels = search_shard(self.x, self.xx, self.finder, self.bounds, gaps)
         changed = np.flatnonzero(labels != old) if pruned else None
         if changed is not None and 2 * len(changed) <= len(labels):
             self.sums.move(self.x, changed, old[changed], labels[changed])
@@ -217,6 +145,8 @@ class _Pass:
     @property
     def scanned(self) -> float:
         """Share of this rank's rows scanned against all centroids in the last pass."""
+        if isinstance(self.bounds, GroupBounds):  # centroids scored, in rows of all k
+            return self.bounds.scanned / max(len(self.x), 1)
         return self.finder.scanned / max(len(self.x), 1)
 
 
@@ -237,7 +167,7 @@ def kmeans(
     *,
     iterations: int = 20,
     tol: float = 1e-4,
-    init: str = "kmeans++",
+    init: str = "auto",
     init_sample: int = 0,
     seed: int = 0,
     block: int = 8192,
@@ -248,6 +178,9 @@ def kmeans(
     init_trials: int = 5,
     init_refine: int = 20,
     log_every: int = 1,
+    groups: int = 0,
+    init_resume: dict | None = None,
+    on_init_round: Callable[[dict], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Lloyd's k-means over the rows of all ranks → (centroids, labels_local, stats).
 
@@ -255,6 +188,9 @@ def kmeans(
     ``state`` resumes a run (from a checkpoint); ``on_iteration(state)`` runs on every rank after
     each iteration (checkpointing, preemption checks). ``row0``: this rank's first global row.
     ``init_trials``/``init_refine``: see ``init_centroids``. ``log_every``: 0 silences progress.
+    ``groups``: centroid groups for pruning (``groups.auto_groups`` when 0; 1: a single bound).
+    ``init_resume``/``on_init_round``: checkpoint the k-means|| rounds (``seeding``);
+    ``on_iteration`` also runs once after the init (iteration 0).
     Labels are the final assignment to the returned centroids.
     """
     comm = as_comm(comm)
@@ -272,12 +208,16 @@ def kmeans(
             row0=row0,
             trials=init_trials,
             refine=init_refine,
+            resume=init_resume,
+            on_round=on_init_round,
         )
         state = KMeansState(cent)
         init_s = time.monotonic() - t0
+        if on_iteration is not None:  # iteration 0: the init is never redone
+            on_iteration(state)
     else:
         init_s = 0.0
-    lloyd = _Pass(x_local, k, comm, block, backend, state.centroids)
+    lloyd = _Pass(x_local, k, comm, block, backend, state.centroids, groups)
     scanned = []  # share of this rank's rows scanned against all centroids, per iteration
     while state.iteration < iterations and not state.converged:
         t0 = time.monotonic()
@@ -329,7 +269,7 @@ def assign_all(
     """Sharded assignment to fixed centroids → (labels_local int32, global counts, inertia)."""
     comm = as_comm(comm)
     labels, _, counts, inertia = _Pass(
-        np.asarray(x_local), len(centroids), comm, block, backend, centroids
+        np.asarray(x_local), len(centroids), comm, block, backend, centroids, 1
     ).run(centroids)
     return labels, counts, inertia
 

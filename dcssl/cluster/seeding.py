@@ -1,0 +1,280 @@
+"""Initial centroids: k random rows, greedy k-means++ on a sample, or k-means|| (Bahmani et al.
+2012) over a sample distributed over the ranks.
+
+Every method draws from seeded global sample indices and decides with rank-count-independent
+quantities (exact nearest centroids, float64 distances of one formula, fixed-point totals, work
+on rank 0 with one BLAS thread), so the same seed gives the same centroids for any rank count.
+
+k-means|| at k = 10,000: greedy k-means++ costs k² × sample × d on rank 0 (hours); k-means||
+takes ``rounds`` passes in which every sample row is drawn with probability ℓ·d²/φ (ℓ = 2k /
+rounds, φ the sample's cost), so ~2k candidates accumulate, each sample row only ever measured
+against the new ones (sample × 2k × d in all, split over the ranks); the candidates, weighted by
+the sample rows nearest to them, are reduced to k by weighted k-means++ in batches on rank 0.
+Each round's state is small (candidate indices, per-sample-row nearest candidate and distance)
+and handed to ``on_round``, so a killed job resumes after the last finished round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .assigner import Assigner
+from .exact import as_comm, broadcast, exact_total, gather_rows, global_count, global_max
+
+__all__ = ["init_centroids", "kmeans_parallel", "sample_index", "AUTO_PARALLEL_FROM"]
+
+# init=auto: greedy k-means++ up to this k (its k²-per-sample cost is minutes there), k-means|| above.
+AUTO_PARALLEL_FROM = 1000
+# k-means|| rounds (Bahmani et al.: 5 suffice) and candidates drawn in all, in units of k.
+_ROUNDS = 5
+_OVERSAMPLE = 2.0
+# Sample rows per centroid k-means|| draws from when ``sample`` is 0.
+_PER_CENTROID = 10
+# Centroids per batch of the weighted k-means++ reduction, in units of k.
+_BATCH_SHARE = 1 / 128
+# Sample rows measured at once (float32 scores: rows × candidates of a round).
+_TILE = 512
+
+
+def _rounded_sample(n: int, k: int, sample: int) -> int:
+    return min(n, sample or max(_PER_CENTROID * k, 10_000))
+
+
+def kmeans_parallel(
+    x_local: np.ndarray,
+    k: int,
+    comm=None,
+    *,
+    sample: int = 0,
+    seed: int = 0,
+    row0: int = 0,
+    rounds: int = _ROUNDS,
+    refine: int = 20,
+    resume: dict | None = None,
+    on_round: Callable[[dict], None] | None = None,
+) -> np.ndarray:
+    """k-means|| on ``sample`` rows (0: max(10 k, 10 000)), each rank measuring its own share.
+
+    ``on_round(state)`` runs on every rank after each round with the global state (the same on
+    all ranks); passing it back as ``resume`` continues after that round. ``refine``: Lloyd
+    iterations on the sample after the reduction (stopping early once the inertia stalls).
+    """
+    comm = as_comm(comm)
+    n = global_count(len(x_local), comm)
+    m = _rounded_sample(n, k, sample)
+    index = sample_index(n, m, seed, 1)
+    mine = np.flatnonzero((index >= row0) & (index < row0 + len(x_local)))
+    xs = np.ascontiguousarray(x_local[index[mine] - row0], dtype=np.float32)
+    gather = lambda picked: gather_rows(x_local, row0, row0 + len(x_local), index[picked], comm, root=None)  # noqa: E731
+    if resume is None:
+        picked = np.array([int(np.random.default_rng([seed, 4]).integers(m))])
+        d2, near, done = np.full(len(mine), np.inf), np.zeros(len(mine), dtype=np.int64), 0
+        cand = [np.asarray(gather(picked), dtype=np.float32)]
+        _closer(xs, cand[0], 0, d2, near)
+        picked_all = picked
+    else:
+        picked_all, done = np.asarray(resume["init_cand"], dtype=np.int64), int(resume["init_round"])
+        d2, near = np.asarray(resume["init_d2"])[mine].copy(), np.asarray(resume["init_near"])[mine].copy()
+        cand = [np.asarray(gather(picked_all), dtype=np.float32)] if len(picked_all) else []
+    draw = _OVERSAMPLE * k / max(rounds, 1)
+    for r in range(done, rounds):
+        bound = m * float(global_max(d2.max() if len(d2) else 0.0, comm)[0]) * 1.01 + 1e-300
+        phi = exact_total(d2, bound, comm)
+        u = np.random.default_rng([seed, 5, r]).random(m)[mine]
+        local = np.zeros(m, dtype=np.int64)
+        local[mine[u * phi < draw * d2]] = 1
+        new = np.flatnonzero(_allreduce(local, comm))
+        if len(new):
+            rows = np.asarray(gather(new), dtype=np.float32)
+            _closer(xs, rows, len(picked_all), d2, near)
+            cand.append(rows)
+            picked_all = np.r_[picked_all, new]
+        if on_round is not None:
+            on_round(_round_state(r + 1, picked_all, d2, near, mine, m, comm))
+    if len(picked_all) < k:  # few distinct rows drew: top up with seeded sample rows
+        order = np.random.default_rng([seed, 7]).permutation(m)
+        extra = np.sort(order[~np.isin(order, picked_all)][: k - len(picked_all)])
+        rows = np.asarray(gather(extra), dtype=np.float32)
+        _closer(xs, rows, len(picked_all), d2, near)
+        cand.append(rows)
+    c = np.concatenate(cand)
+    weights = _allreduce(np.bincount(near, minlength=len(c)).astype(np.int64), comm)
+    out = np.zeros((k, x_local.shape[1]), dtype=np.float32)
+    if comm.Get_rank() == 0:
+        out[:] = _reduce(c, weights, k, seed)
+    out = broadcast(out, comm)
+    if refine:  # Lloyd on the distributed sample (pruned: the later passes cost little)
+        from .kmeans import KMeansState, kmeans
+
+        out = kmeans(xs, k, comm, iterations=refine, tol=0.0, state=KMeansState(out), log_every=0)[0]
+    return out
+
+
+def _allreduce(values: np.ndarray, comm) -> np.ndarray:
+    from hpc.mpi import allreduce_
+
+    return allreduce_(values, comm) if comm.Get_size() > 1 else values
+
+
+def _round_state(r: int, picked: np.ndarray, d2, near, mine, m: int, comm) -> dict:
+    """The global k-means|| state after round ``r`` (per-sample-row arrays by sample position)."""
+    full_d2, full_near = np.zeros(m), np.zeros(m, dtype=np.int64)
+    full_d2[mine], full_near[mine] = d2, near
+    return {
+        "init_round": r,
+        "init_cand": picked.copy(),
+        "init_d2": _allreduce(full_d2, comm),
+        "init_near": _allreduce(full_near, comm),
+    }
+
+
+def _closer(xs: np.ndarray, new: np.ndarray, offset: int, d2: np.ndarray, near: np.ndarray) -> None:
+    """Sample rows whose exact nearest new candidate (float64 distance, one formula) is nearer
+    than their current one move to it; a tie keeps the earlier (lower-index) candidate."""
+    if len(xs) == 0:
+        return
+    finder = Assigner(new)
+    xx = np.einsum("ij,ij->i", xs, xs)
+    for lo in range(0, len(xs), _TILE):
+        hi = min(lo + _TILE, len(xs))
+        labels = finder.search(xs[lo:hi], xx[lo:hi]).labels
+        dist = finder.dist64(xs[lo:hi], np.arange(hi - lo), labels)
+        closer = dist < d2[lo:hi]
+        d2[lo:hi][closer] = dist[closer]
+        near[lo:hi][closer] = offset + labels[closer]
+
+
+def _reduce(c: np.ndarray, weights: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k of the candidates by weighted k-means++ (D²·weight sampling), in batches of k/128
+    drawn without replacement; one BLAS thread, so the picks do not depend on thread counts."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng([seed, 6])
+    w = weights.astype(np.float64) + 1e-12  # a candidate nobody is nearest to (duplicates) stays drawable
+    cc = np.einsum("ij,ij->i", c, c)
+    closest = np.full(len(c), np.inf)
+    picks = [int(rng.choice(len(c), p=w / w.sum()))]
+    batch = max(1, int(k * _BATCH_SHARE))
+    with threadpool_limits(1):
+        new = np.array(picks)
+        while True:
+            d = cc[None, :] - 2.0 * (c[new] @ c.T) + cc[new, None]
+            np.minimum(closest, np.maximum(d.min(axis=0), 0.0), out=closest)
+            closest[new] = 0.0
+            left = k - len(picks)
+            if left == 0:
+                break
+            p = w * closest
+            keys = rng.standard_exponential(len(c)) / np.where(p > 0, p, np.nan)
+            keys[np.isnan(keys)] = np.inf
+            keys[picks] = np.nan  # never again (sorted last)
+            new = np.argsort(keys, kind="stable")[: min(batch, left)]
+            picks.extend(int(i) for i in new)
+    return c[np.array(picks)]
+
+
+def sample_index(n: int, m: int, seed: int, stream: int) -> np.ndarray:
+    """m distinct global row indices, sorted, the same on every rank and for every rank count."""
+    rng = np.random.default_rng([seed, stream])
+    return np.sort(rng.choice(n, size=min(m, n), replace=False))
+
+
+def _kmeanspp(sample: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Greedy k-means++ (Arthur & Vassilvitskii; 2+log k trials per pick, as scikit-learn)."""
+    rng = np.random.default_rng([seed, 2])
+    x = sample.astype(np.float32)
+    xx = np.einsum("ij,ij->i", x, x)
+    trials = 2 + int(np.log(k))
+    centers = np.empty((k, x.shape[1]), dtype=np.float32)
+    first = int(rng.integers(len(x)))
+    centers[0] = x[first]
+    closest = np.maximum(xx - 2 * x @ x[first] + xx[first], 0)
+    for i in range(1, k):
+        cum = np.cumsum(closest, dtype=np.float64)
+        if cum[-1] <= 0:  # fewer distinct points than k: take any (duplicates split later)
+            pick = rng.integers(len(x), size=trials)
+        else:
+            pick = np.searchsorted(cum, rng.random(trials) * cum[-1], side="right")
+            pick = np.minimum(pick, len(x) - 1)
+        d_new = np.maximum(xx[None, :] - 2 * x[pick] @ x.T + xx[pick][:, None], 0)
+        cand = np.minimum(closest[None, :], d_new)
+        best = int(np.argmin(cand.sum(axis=1, dtype=np.float64)))
+        closest = cand[best]
+        centers[i] = x[pick[best]]
+    return centers
+
+
+def init_centroids(
+    x_local: np.ndarray,
+    k: int,
+    comm=None,
+    *,
+    method: str = "auto",
+    sample: int = 0,
+    seed: int = 0,
+    row0: int = 0,
+    trials: int = 5,
+    refine: int = 20,
+    resume: dict | None = None,
+    on_round: Callable[[dict], None] | None = None,
+) -> np.ndarray:
+    """k initial centroids chosen on rank 0 from a global sample and broadcast.
+
+    ``random``: k distinct rows. ``kmeans++``: ``trials`` runs of greedy k-means++ on ``sample``
+    rows (0: max(20 k, 10 000)), each refined by ``refine`` Lloyd iterations on the sample; the
+    lowest sample inertia wins (cheap insurance against a poor local optimum). ``kmeans||``: see
+    ``kmeans_parallel`` (``resume``/``on_round`` checkpoint its rounds). ``auto``: kmeans++ up to
+    1,000 clusters, kmeans|| above. ``row0`` is this rank's first global row.
+    """
+    comm = as_comm(comm)
+    n = global_count(len(x_local), comm)
+    if k > n:
+        raise ValueError(f"k={k} exceeds the number of rows ({n}); lower k")
+    if method == "auto":
+        method = "kmeans++" if k <= AUTO_PARALLEL_FROM else "kmeans||"
+    if method == "kmeans||":
+        return kmeans_parallel(
+            x_local,
+            k,
+            comm,
+            sample=sample,
+            seed=seed,
+            row0=row0,
+            refine=refine,
+            resume=resume,
+            on_round=on_round,
+        )
+    m = k if method == "random" else min(n, sample or max(20 * k, 10_000))
+    index = sample_index(n, m, seed, 1)
+    rows = gather_rows(np.asarray(x_local, dtype=np.float32), row0, row0 + len(x_local), index, comm)
+    out = np.zeros((k, x_local.shape[1]), dtype=np.float32)
+    if comm.Get_rank() == 0:
+        if method == "random":
+            out[:] = rows[np.random.default_rng([seed, 3]).permutation(k)]
+        elif method == "kmeans++":
+            out[:] = _best_of(rows, k, seed, trials, refine)
+        else:
+            raise ValueError(f"init {method!r}: choose auto, kmeans++, kmeans|| or random")
+    return broadcast(out, comm)
+
+
+def _best_of(rows: np.ndarray, k: int, seed: int, trials: int, refine: int) -> np.ndarray:
+    best, best_inertia = None, np.inf
+    for trial in range(max(trials, 1)):
+        cent = _kmeanspp(rows, k, seed * 1000 + trial)
+        if refine:
+            from .kmeans import KMeansState, kmeans
+
+            cent, _, st = kmeans(
+                rows, k, None, iterations=refine, tol=0.0, state=KMeansState(cent), log_every=0
+            )
+            inertia = st["inertia"]
+        else:
+            from .kmeans import assign
+
+            inertia = float(assign(rows, cent)[1].sum(dtype=np.float64))
+        if inertia < best_inertia:
+            best, best_inertia = cent, inertia
+    return best
