@@ -65,16 +65,24 @@ class ClusterConfig:
     """Maximum Lloyd iterations."""
     tol: float = 0.0
     """Stop early when the inertia improves by less than this fraction (0: always run all)."""
-    init: Literal["kmeans++", "random"] = "kmeans++"
-    """Initial centroids: greedy k-means++ on a sample, or k random rows."""
+    init: Literal["auto", "kmeans++", "kmeans||", "random"] = "auto"
+    """Initial centroids: greedy k-means++ on a sample (rank 0), k-means|| (Bahmani et al. 2012:
+    5 sampling rounds over a sample spread over the ranks, checkpointed after each round), or k
+    random rows. auto: kmeans++ up to k = 1,000, kmeans|| above (k-means++ costs ~k²·20·d on
+    rank 0: hours at k = 10,000; k-means|| takes seconds)."""
     init_sample: int = 0
-    """Rows k-means++ samples from (0: max(20·k, 10 000)). k-means++ costs ~k²·20·d on rank 0:
-    for k in the thousands prefer ``init: random`` (as faiss and DeepCluster do)."""
+    """Rows the init samples from (0: max(20·k, 10 000) for kmeans++, max(10·k, 10 000) for
+    kmeans||)."""
     init_trials: int = 5
     """k-means++ restarts on the sample, each refined by ``init_refine`` Lloyd iterations there;
-    the lowest sample inertia starts the full run."""
+    the lowest sample inertia starts the full run (kmeans||: one run)."""
     init_refine: int = 20
-    """Lloyd iterations on the sample per k-means++ restart (0: none)."""
+    """Lloyd iterations on the sample after seeding (per k-means++ restart; 0: none)."""
+    groups: int = 0
+    """Centroid groups for pruning (Yinyang k-means): a row keeps one float16 lower bound per
+    group (2 bytes each) and rescans only the groups whose bound fails. 0: k/10 groups capped
+    at pca_dim/5 (bounds ≤ 10 % of a float32 row) from k = 2,000, below that 1; 1: a single
+    bound (Hamerly + Elkan's centroid gaps). Never changes a label."""
     seed: int = 0
     """Base seed; the epoch is added, so every epoch draws a new initialisation (as DeepCluster)."""
     seed_per_epoch: bool = True
@@ -103,7 +111,7 @@ class ClusterConfig:
         for name in ("k", "iterations", "block_rows", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("pca_dim", "init_sample", "threads", "seed", "init_trials", "init_refine"):
+        for name in ("pca_dim", "init_sample", "threads", "seed", "init_trials", "init_refine", "groups"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if not 0 <= self.tol < 1:

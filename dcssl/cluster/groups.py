@@ -95,12 +95,15 @@ class GroupBounds:
         moves = np.sqrt(((new.astype(np.float64) - old) ** 2).sum(axis=1)) * (1 + 1e-6)
         self.upper += moves.astype(np.float32)[self.labels]
         self.upper *= np.float32(1 + _ROUND)
-        worst = np.array([moves[m].max() if len(m) else 0.0 for m in self.members])
-        worst = (worst / self.scale * (1 + 1e-6)).astype(np.float32)
+        worst = (self.group_moves(moves) / self.scale * (1 + 1e-6)).astype(np.float32)
         for lo in range(0, len(self.lower), _BLOCK):
             value = self.lower[lo : lo + _BLOCK].astype(np.float32)
             value -= worst
             _store_down(value, self.lower[lo : lo + _BLOCK])
+
+    def group_moves(self, moves: np.ndarray) -> np.ndarray:
+        """The largest move in each group: how far any of its centroids came nearer a row."""
+        return np.array([moves[m].max() if len(m) else 0.0 for m in self.members])
 
     def search(self, x: np.ndarray, xx: np.ndarray, finder: Assigner) -> np.ndarray:
         """Exact nearest centroid of every row → int32 labels; bounds updated in place."""

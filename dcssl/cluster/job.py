@@ -131,12 +131,21 @@ class _Checkpointer:
             self.ckpt.save({**pca_state, **state, "meta": {**self.meta, **state.get("meta", {})}}, step)
 
     def __call__(self, ks: KMeansState) -> None:
+        self._after(_kmeans_state(ks), ks.iteration, f"iteration {ks.iteration}")
+
+    def init_round(self, state: dict) -> None:
+        """After each k-means|| round (step 0: the init's rounds, then its centroids)."""
+        rounds = state["init_round"]
+        arrays = {key: value for key, value in state.items() if key != "init_round"}
+        self._after({**arrays, "meta": {"init_round": rounds}}, 0, f"init round {rounds}")
+
+    def _after(self, state: dict, step: int, what: str) -> None:
         preempted = bool(global_max(float(self.flag.is_set()), self.comm)[0])
         if self.cfg.checkpoint or preempted:
-            self.save(_kmeans_state(ks), ks.iteration)
+            self.save(state, step)
         if preempted:
             self.comm.Barrier()
-            log.warning("preempted after iteration %d: checkpoint saved, requeueing", ks.iteration)
+            log.warning("preempted after %s: checkpoint saved, requeueing", what)
             requeue_and_exit(
                 is_main=self.comm.Get_rank() == 0, code=0 if os.environ.get("SLURM_JOB_ID") else 75
             )
@@ -165,6 +174,16 @@ def _kmeans_from(state: dict) -> KMeansState:
         list(m["seconds"]),
         m["converged"],
     )
+
+
+def _init_from(resume: dict | None) -> dict | None:
+    """The k-means|| rounds a checkpoint holds (None: none, or the init had finished)."""
+    if resume is None or "init_cand" not in resume or "centroids" in resume:
+        return None
+    return {
+        **{key: resume[key] for key in ("init_cand", "init_d2", "init_near")},
+        "init_round": resume["meta"]["init_round"],
+    }
 
 
 def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dict:
@@ -228,6 +247,9 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
             row0=start,
             state=_kmeans_from(resume) if resume and "centroids" in resume else None,
             on_iteration=saver,
+            groups=cfg.groups,
+            init_resume=_init_from(resume),
+            on_init_round=saver.init_round,
         )
         phases["init"] = stats.pop("seconds_init")
         phases["kmeans"] = time.monotonic() - t0 - phases["init"]
@@ -254,6 +276,7 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
         block_rows=block,
         pca_explained=pca.explained if pca is not None else None,
         resumed_from=int(resume["meta"].get("iteration", 0)) if resume else None,
+        init_resumed_after_round=_init_from(resume)["init_round"] if _init_from(resume) else None,
     )
     phases["write"] = time.monotonic() - t0
     phases["total"] = time.monotonic() - t_start

@@ -1,13 +1,16 @@
 """Distributed PCA with whitening: all-reduced mean and covariance in exact float64, then eigh.
 
 Three streaming passes over a rank's rows (bounds, sums, nothing kept but d×d), so a memory-mapped
-float16 shard is never materialised. Results are bit-identical for any number of ranks when the
+float16 shard is never materialised; each block's pages are dropped once read (``_drop_pages``),
+so a rank's peak is its float32 copy, not that plus the float16 pages. Results are bit-identical for any number of ranks when the
 shards come from ``exact.shard_rows`` with the same ``block`` (see ``exact``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import mmap
 import time
 from dataclasses import dataclass
 
@@ -51,8 +54,27 @@ class PCA:
         )
 
 
+_PAGE = mmap.PAGESIZE
+_MADV_DONTNEED = 4
+
+
+def _drop_pages(x_local: np.ndarray, lo: int, hi: int) -> None:
+    """Unmap the pages rows [lo, hi) of a read-only memory-mapped bank occupy (they stay in the
+    page cache, out of this rank's RSS): the float16 shard is never resident beside its float32
+    copy. Partial pages at either end stay."""
+    if not isinstance(x_local, np.memmap) or x_local.flags.writeable or hi <= lo:
+        return
+    row = x_local.strides[0]
+    start = x_local.ctypes.data + lo * row
+    first, last = -(-start // _PAGE) * _PAGE, (start + (hi - lo) * row) // _PAGE * _PAGE
+    if last > first:
+        ctypes.CDLL(None).madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
+
+
 def _rows(x_local: np.ndarray, lo: int, hi: int) -> np.ndarray:
     block = np.asarray(x_local[lo:hi], dtype=np.float32)
+    if x_local.dtype != np.float32:  # a copy: the bank's pages are no longer needed
+        _drop_pages(x_local, lo, hi)
     if not np.isfinite(block).all():
         bad = lo + int(np.argwhere(~np.isfinite(block))[0, 0])
         raise ValueError(

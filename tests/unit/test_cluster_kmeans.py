@@ -258,3 +258,73 @@ def test_cuda_path_gives_the_same_labels_and_bounds(monkeypatch):
         np.testing.assert_allclose(a.lower, b.lower, rtol=1e-5, atol=1e-5)
         labels.append(b.labels)
     assert (np.concatenate(labels) == _nearest64(x, c)).all()
+
+
+def _mixture(n, d, components, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((components, d)).astype(np.float32) * 4
+    return rng.standard_normal((n, d), dtype=np.float32) + centers[rng.integers(0, components, n)]
+
+
+def _run_from(x, start, **kw):
+    return kmeans(x, len(start), iterations=8, tol=0.0, state=KMeansState(start.copy()), log_every=0, **kw)
+
+
+def test_group_bounds_prune_at_large_k_without_changing_any_result(monkeypatch):
+    # k = 2,400 over a 200-component mixture: k over-clusters the data, as DeepCluster's k does.
+    from dcssl.cluster import groups
+
+    x = _mixture(12_000, 60, 200)
+    start = x[np.random.default_rng(1).choice(len(x), 2400, replace=False)]
+    assert groups.auto_groups(2400, 60) == 12
+    pruned = _run_from(x, start)
+    assert max(pruned[2]["rescanned_fraction_per_iteration"][2:]) < 0.2  # the group bounds do skip
+    monkeypatch.setattr(groups.GroupBounds, "shift", lambda self, old, new: setattr(self, "valid", False))
+    full = _run_from(x, start)
+    assert set(full[2]["rescanned_fraction_per_iteration"]) == {1.0}
+    assert pruned[2]["iterations"] >= 5
+    single = _run_from(x, start, groups=1)
+    for other in (full, single):
+        np.testing.assert_array_equal(pruned[0], other[0])
+        np.testing.assert_array_equal(pruned[1], other[1])
+        assert pruned[2]["inertia_history"] == other[2]["inertia_history"]
+
+
+def test_a_loosened_group_bound_changes_the_labels(monkeypatch):
+    # The same run with each group's bound shrunk by only half its largest move: rows keep labels
+    # they should have lost — the exactness above rests on the bound, not on luck.
+    from dcssl.cluster import groups
+
+    x = _mixture(12_000, 60, 200)
+    start = x[np.random.default_rng(1).choice(len(x), 2400, replace=False)]
+    exact = _run_from(x, start)
+    real = groups.GroupBounds.group_moves
+    monkeypatch.setattr(groups.GroupBounds, "group_moves", lambda self, moves: 0.5 * real(self, moves))
+    loose = _run_from(x, start)
+    assert not np.array_equal(exact[1], loose[1])
+
+
+def test_kmeans_parallel_is_deterministic_per_seed_and_covers_the_mixture():
+    from dcssl.cluster.seeding import init_centroids
+
+    x = _mixture(20_000, 16, 50, seed=3)
+    a = init_centroids(x, 300, method="kmeans||", seed=4)
+    b = init_centroids(x, 300, method="kmeans||", seed=4)
+    c = init_centroids(x, 300, method="kmeans||", seed=5)
+    assert a.shape == (300, 16) and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert len(np.unique(a, axis=0)) == 300
+    random = init_centroids(x, 300, method="random", seed=4)
+    assert assign(x, a)[1].sum() < 0.8 * assign(x, random)[1].sum()
+
+
+def test_kmeans_parallel_resumes_after_a_round_with_the_same_centroids():
+    from dcssl.cluster.seeding import kmeans_parallel
+
+    x = _mixture(20_000, 16, 50, seed=3)
+    rounds = []
+    whole = kmeans_parallel(x, 300, seed=4, on_round=rounds.append)
+    assert [r["init_round"] for r in rounds] == [1, 2, 3, 4, 5]
+    again = []
+    resumed = kmeans_parallel(x, 300, seed=4, resume=rounds[1], on_round=again.append)
+    assert [r["init_round"] for r in again] == [3, 4, 5]  # rounds 1-2 are not redone
+    assert np.array_equal(whole, resumed)
