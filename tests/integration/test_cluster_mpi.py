@@ -188,3 +188,52 @@ def test_srun_pmi2_two_ranks_match_one_rank(slurm_cluster, tmp_path):
     stats = json.loads((two / "labels/epoch-0000/stats.json").read_text())
     assert stats["ranks"] == 2  # a real 2-rank world, not two 1-rank worlds
     assert np.array_equal(_labels(one), _labels(two))
+
+
+LARGE_K = ["k=64", "pca_dim=12", "block_rows=1000", "iterations=8", "init=kmeans||", "groups=8"]
+
+
+def test_kmeans_parallel_init_and_group_bounds_give_identical_labels_for_1_2_4_ranks(tmp_path):
+    # k-means|| draws from a sample spread over the ranks, the group bounds prune each shard:
+    # neither may depend on how the rows are split.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 24))[rng.integers(0, 16, 20_000)] * 3 + rng.standard_normal((20_000, 24))
+    runs = {r: tmp_path / f"r{r}" for r in (0, 2, 4)}
+    for ranks, run in runs.items():
+        write_bank(run, 0, x)
+        _run(run, 0, ranks, LARGE_K)
+    for run in (runs[2], runs[4]):
+        assert np.array_equal(_labels(runs[0]), _labels(run))
+        assert np.array_equal(_centroids(runs[0]), _centroids(run))
+
+
+SLOW_INIT = ["k=4000", "pca_dim=0", "block_rows=4096", "iterations=3", "init=kmeans||", "init_refine=0"]
+
+
+def test_kill9_during_the_init_resumes_after_its_last_round(tmp_path):
+    x = np.random.default_rng(4).standard_normal((100_000, 64))
+    reference = tmp_path / "reference"
+    write_bank(reference, 0, x)
+    _run(reference, 0, 0, SLOW_INIT)
+    run = tmp_path / "killed"
+    write_bank(run, 0, x)
+    proc = subprocess.Popen(
+        _cmd(run, 0, 2, SLOW_INIT), env=ENV, start_new_session=True, stderr=subprocess.PIPE, text=True
+    )
+    ckpt, deadline, started = checkpoints(run, 0, 2), time.monotonic() + 300, False
+    while not started:
+        assert proc.poll() is None, f"job ended during the wait: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "no init checkpoint appeared"
+        found = ckpt.load_latest() if ckpt.steps() else None
+        started = found is not None and found[1]["meta"].get("init_round", 0) >= 1
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and both ranks, mid-init
+    proc.wait(timeout=120)
+    state = ckpt.load_latest()[1]  # a round may have finished before the kill landed
+    saved = state["meta"]["init_round"]
+    assert "centroids" not in state and 1 <= saved < 5
+    assert not (run / "labels/epoch-0000/COMPLETE").exists()
+    stats = _run(run, 0, 1, SLOW_INIT)
+    assert stats["init_resumed_after_round"] == saved  # the finished rounds are not redone
+    assert np.array_equal(_labels(run), _labels(reference))
+    assert np.array_equal(_centroids(run), _centroids(reference))
