@@ -189,7 +189,9 @@ def _worker(args) -> int:
         folder / "x.f32", dtype=np.float32, count=(stop - start) * d, offset=start * d * 4
     ).reshape(-1, d)
     init_s = 0.0
-    if meta["init"] == "kmeans||":  # the init under test: timed on the ranks, then shared
+    if (
+        meta["init"] == "kmeans||" and not (folder / "init.npy").exists()
+    ):  # the init under test: timed on the ranks, then shared
         from dcssl.cluster.kmeans import init_centroids
 
         t0 = time.monotonic()
@@ -217,6 +219,7 @@ def _worker(args) -> int:
             "seconds_per_iteration": stats["seconds_per_iteration"],
             "rescanned": stats["rescanned_fraction_per_iteration"],
             "init_s": init_s,
+            "inertia": stats["inertia"],
         },
         root=0,
     )
@@ -254,12 +257,24 @@ def _args(argv):
     p.add_argument("--ranks", type=int, default=2, help="MPI ranks of the multi-rank run")
     p.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
     p.add_argument("--min-seconds", type=float, help="work per measured figure")
+    p.add_argument(
+        "--faiss-iters",
+        type=int,
+        help="iterations faiss is timed over (default: --iters; its iterations all cost the same)",
+    )
+    p.add_argument(
+        "--check-rows",
+        type=int,
+        help="rows of the 1-rank identity and same-start inertia checks (default: all)",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     names = ("n", "d", "k", "iters", "components", "init", "min_seconds")
     for name, value in zip(names, PRESETS[args.preset], strict=True):
         if getattr(args, name) is None:
             setattr(args, name, value)
+    args.faiss_iters = args.faiss_iters or args.iters
+    args.check_rows = min(args.check_rows or args.n, args.n)
     return args
 
 
@@ -270,7 +285,7 @@ def _run_ranks(args, x, init, folder: Path) -> tuple[list[dict], np.ndarray, np.
         np.save(folder / "init.npy", init)
     per_rank = max(1, args.threads // args.ranks)
     meta = {
-        "n": args.n,
+        "n": len(x),
         "d": args.d,
         "k": args.k,
         "iters": args.iters,
@@ -331,14 +346,21 @@ def main(argv: list[str] | None = None) -> int:
     secs = np.max([r["seconds_per_iteration"] for r in ranks], axis=0)
     print("per iteration (s):", " ".join(f"{v:.2f}" for v in secs), flush=True)
     print("rows rescanned (share, rank 0):", " ".join(f"{v:.3f}" for v in ranks[0]["rescanned"]), flush=True)
+    kd_mb = args.k * args.d * 4 / 2**20
+    for r in ranks:
+        print(
+            f"rank {r['rank']}: shard {r['shard_mb']:.1f} MB, peak memory growth "
+            f"{r['peak_growth_mb']:.1f} MB ({r['peak_growth_mb'] / r['shard_mb']:.2f}× shard); "
+            f"of which {r['fixed_mb']:.1f} MB do not grow with the rows (k·d float32 = "
+            f"{kd_mb:.2f} MB): {_per_row(r):.2f}× shard + that",
+            flush=True,
+        )
     peak = _sgemm_peak(args.threads, max(args.min_seconds, 1.0))
     print(f"sgemm peak (4096², float32): {peak:.1f} GFLOP/s", flush=True)
-    s_faiss, c_faiss = _faiss(x, init, args.iters, args.min_seconds, args.threads)
-    print(f"faiss.Kmeans:   {s_faiss:.3f} s/iter  {flop / s_faiss / 1e9:6.1f} GFLOP/s", flush=True)
-    s_one, c_one, _ = _ours(x, init, args.iters, args.min_seconds, args.backend)
+    s_faiss, c_faiss = _faiss(x, init, args.faiss_iters, args.min_seconds, args.threads)
     print(
-        f"dcssl 1 rank:   {s_one:.3f} s/iter  {flop / s_one / 1e9:6.1f} GFLOP/s  "
-        f"({s_faiss / s_one:.2f}× faiss)",
+        f"faiss.Kmeans:   {s_faiss:.3f} s/iter  {flop / s_faiss / 1e9:6.1f} GFLOP/s "
+        f"(over {args.faiss_iters} iterations)",
         flush=True,
     )
     print(
@@ -346,30 +368,39 @@ def main(argv: list[str] | None = None) -> int:
         f"({s_faiss / s_two:.2f}× faiss)",
         flush=True,
     )
+    m = args.check_rows
+    if m < args.n:  # the checks on the first m rows: a second multi-rank run, faiss, 1 rank
+        print(f"checks on the first {m} rows:", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-kmeans-") as tmp:
+            _, c_ranks, _ = _run_ranks(args, x[:m], init, Path(tmp))
+        _, c_faiss = _faiss(x[:m], init, args.iters, 0.0, args.threads)
+    elif args.faiss_iters != args.iters:
+        c_faiss = None
+    s_one, c_one, _ = _ours(x[:m], init, args.iters, args.min_seconds if m == args.n else 0.0, args.backend)
+    if m == args.n:
+        print(
+            f"dcssl 1 rank:   {s_one:.3f} s/iter  {flop / s_one / 1e9:6.1f} GFLOP/s  "
+            f"({s_faiss / s_one:.2f}× faiss)",
+            flush=True,
+        )
     identical = bool(np.array_equal(c_one, c_ranks))
-    inertia = {"faiss": _inertia(x, c_faiss), "ranks": _inertia(x, c_ranks)}
-    inertia["one"] = inertia["ranks"] if identical else _inertia(x, c_one)
+    inertia = {"ranks": _inertia(x[:m], c_ranks)}
+    inertia["faiss"] = _inertia(x[:m], c_faiss) if c_faiss is not None else float("nan")
+    inertia["one"] = inertia["ranks"] if identical else _inertia(x[:m], c_one)
     # Signed: negative means lower (better) inertia than faiss. The runs share their start;
     # they part ways when a cluster empties (faiss splits a random cluster, this job the largest).
     rel = (inertia["ranks"] - inertia["faiss"]) / inertia["faiss"]
     print(
-        f"final inertia: faiss {inertia['faiss']:.6g}, 1 rank {inertia['one']:.6g}, "
+        f"final inertia ({m} rows): faiss {inertia['faiss']:.6g}, 1 rank {inertia['one']:.6g}, "
         f"{args.ranks} ranks {inertia['ranks']:.6g} ({rel:+.2%} vs faiss); 1 rank and "
-        f"{args.ranks} ranks identical centroids: {bool(np.array_equal(c_one, c_ranks))}"
+        f"{args.ranks} ranks identical centroids: {identical}",
+        flush=True,
     )
     parity, split = float("nan"), None
     if args.k <= AUTO_PARALLEL_FROM:  # greedy k-means++ beyond that takes hours
         parity, split = _parity(x, args.k, args.iters, args.threads, args.backend)
         print(f"from a k-means++ start: inertia {parity:+.3%} vs faiss ({split} clusters split here)")
-    kd_mb = args.k * args.d * 4 / 2**20
     worst = max(ranks, key=lambda r: r["peak_growth_mb"] / r["shard_mb"])
-    for r in ranks:
-        print(
-            f"rank {r['rank']}: shard {r['shard_mb']:.1f} MB, peak memory growth "
-            f"{r['peak_growth_mb']:.1f} MB ({r['peak_growth_mb'] / r['shard_mb']:.2f}× shard); "
-            f"of which {r['fixed_mb']:.1f} MB do not grow with the rows (k·d float32 = "
-            f"{kd_mb:.2f} MB): {_per_row(r):.2f}× shard + that"
-        )
     result = {
         "bench": "kmeans",
         "preset": args.preset,
@@ -385,12 +416,12 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "ranks": args.ranks,
         "backend": args.backend,
-        "s_per_iter_1rank": round(s_one, 4),
+        "s_per_iter_1rank": round(s_one, 4) if m == args.n else None,
         "s_per_iter_2ranks": round(s_two, 4),
         "s_per_iter_faiss": round(s_faiss, 4),
         "speedup_vs_faiss": round(s_faiss / s_two, 3),
-        "speedup_vs_faiss_1rank": round(s_faiss / s_one, 3),
-        "gflops_1rank": round(flop / s_one / 1e9, 1),
+        "speedup_vs_faiss_1rank": round(s_faiss / s_one, 3) if m == args.n else None,
+        "gflops_1rank": round(flop / s_one / 1e9, 1) if m == args.n else None,
         "gflops_2ranks": round(flop / s_two / 1e9, 1),
         "gflops_faiss": round(flop / s_faiss / 1e9, 1),
         "sgemm_peak_gflops": round(peak, 1),
@@ -398,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
         "inertia_faiss": inertia["faiss"],
         "inertia_1rank": inertia["one"],
         "inertia_2ranks": inertia["ranks"],
-        "inertia_rel_diff": float(f"{rel:.3e}"),
+        "inertia_rel_diff": float(f"{rel:.3e}") if np.isfinite(rel) else None,
+        "faiss_iters": args.faiss_iters,
+        "check_rows": m,
         "inertia_rel_diff_kmeanspp": None if split is None else float(f"{parity:.3e}"),
         "empty_split_kmeanspp": split,
         "identical_1_vs_ranks": identical,
