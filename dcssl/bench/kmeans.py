@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,26 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from dcssl.bench._kmeans_ranks import per_row, run_ranks
 from dcssl.cluster.seeding import AUTO_PARALLEL_FROM
-from hpc.mpi import mpiexec
 
 __all__ = ["main"]
 
 # Rows per block, the shards' granularity: small enough that 2 ranks get equal shares of the
 # 200 k rows (k-means is exact per row, so any block gives the same labels).
 _BLOCK = 1024
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _mixture(n: int, d: int, k: int, seed: int) -> np.ndarray:
@@ -154,87 +140,12 @@ def _sgemm_peak(threads: int, min_s: float) -> float:
     return best
 
 
-def _per_row(rank: dict) -> float:
-    """Peak growth beyond the fixed part, per MB of shard."""
-    return (rank["peak_growth_mb"] - rank["fixed_mb"]) / rank["shard_mb"]
-
-
-def _worker(args) -> int:
-    """One MPI rank of the multi-rank run: read my shard, time iterations, report."""
-    from mpi4py import MPI
-
-    from dcssl.cluster import shard_rows
-
-    comm = MPI.COMM_WORLD
-    folder = Path(args.worker)
-    meta = json.loads((folder / "meta.json").read_text())
-    n, d = meta["n"], meta["d"]
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(meta["threads_per_rank"])
-    start, stop = shard_rows(n, comm.Get_rank(), comm.Get_size(), _BLOCK)
-    # Baseline after the libraries are loaded and BLAS has set up its thread buffers (a fixed
-    # cost per process, not per row): import the clustering code, touch sgemm/dgemm once.
-    import dcssl.cluster.kmeans  # noqa: F401
-
-    np.ones((256, 256), np.float32) @ np.ones((256, 256), np.float32)
-    np.ones((256, 256)) @ np.ones((256, 256))
-    if meta["backend"] == "torch":
-        import torch
-
-        torch.set_num_threads(meta["threads_per_rank"])
-        torch.ones(256, 256) @ torch.ones(256, 256)
-    base = _rss_mb()
-    x = np.fromfile(
-        folder / "x.f32", dtype=np.float32, count=(stop - start) * d, offset=start * d * 4
-    ).reshape(-1, d)
-    init_s = 0.0
-    if (
-        meta["init"] == "kmeans||" and not (folder / "init.npy").exists()
-    ):  # the init under test: timed on the ranks, then shared
-        from dcssl.cluster.kmeans import init_centroids
-
-        t0 = time.monotonic()
-        init = init_centroids(x, meta["k"], comm, method="kmeans||", seed=0, row0=start)
-        init_s = time.monotonic() - t0
-        if comm.Get_rank() == 0:
-            np.save(folder / "init.npy", init)
-    else:
-        init = np.load(folder / "init.npy")
-    # The part of the peak that does not grow with the rows (score buffers, k×d sums, MPI): a
-    # short run with the same k and d on a few rows, whose own data is subtracted.
-    small = np.random.default_rng(9).standard_normal((2 * len(init), d)).astype(np.float32)
-    _ours(small, init, 2, 0.0, meta["backend"], comm, comm.Get_rank() * len(small))
-    fixed = max(_peak_mb() - base - small.nbytes / 2**20 - x.nbytes / 2**20, 0.0)
-    del small
-    s_iter, cent, stats = _ours(x, init, meta["iters"], meta["min_s"], meta["backend"], comm, start)
-    grown = _peak_mb() - base
-    report = comm.gather(
-        {
-            "rank": comm.Get_rank(),
-            "shard_mb": x.nbytes / 2**20,
-            "peak_growth_mb": grown,
-            "fixed_mb": fixed,
-            "s_per_iter": s_iter,
-            "seconds_per_iteration": stats["seconds_per_iteration"],
-            "rescanned": stats["rescanned_fraction_per_iteration"],
-            "init_s": init_s,
-            "inertia": stats["inertia"],
-        },
-        root=0,
-    )
-    if comm.Get_rank() == 0:
-        np.save(folder / "centroids_ranks.npy", cent)
-        (folder / "ranks.json").write_text(json.dumps(report))
-    return 0
-
-
-# name → (rows, dimension, k, iterations, mixture components, init, seconds per figure).
+# name → (rows, dimension, k, iterations, mixture components (0: k), init, seconds per figure).
 # deepcluster: DeepCluster's setting (d = 256, k = 10,000, 20 iterations) on 1 M rows of a
 # 1,000-component mixture — k over-clusters the structure ten-fold, as DeepCluster's k does on
 # ImageNet, which is where single-bound pruning stops working; the start is this job's k-means||.
 PRESETS = {
-    "small": (200_000, 128, 1000, 10, 1000, "random", 5.0),
+    "small": (200_000, 128, 1000, 10, 0, "random", 5.0),
     "deepcluster": (1_000_000, 256, 10_000, 20, 1000, "kmeans||", 0.0),
 }
 
@@ -246,7 +157,7 @@ def _args(argv):
     p.add_argument("--d", type=int, help="dimension")
     p.add_argument("--k", type=int, help="clusters")
     p.add_argument("--iters", type=int, help="Lloyd iterations per run")
-    p.add_argument("--components", type=int, help="Gaussian mixture components of the data")
+    p.add_argument("--components", type=int, help="Gaussian mixture components of the data (0: k)")
     p.add_argument("--init", choices=["random", "kmeans||"], help="the shared start")
     p.add_argument(
         "--threads",
@@ -267,59 +178,19 @@ def _args(argv):
         type=int,
         help="rows of the 1-rank identity and same-start inertia checks (default: all)",
     )
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     names = ("n", "d", "k", "iters", "components", "init", "min_seconds")
     for name, value in zip(names, PRESETS[args.preset], strict=True):
         if getattr(args, name) is None:
             setattr(args, name, value)
+    args.components = args.components or args.k
     args.faiss_iters = args.faiss_iters or args.iters
     args.check_rows = min(args.check_rows or args.n, args.n)
     return args
 
 
-def _run_ranks(args, x, init, folder: Path) -> tuple[list[dict], np.ndarray, np.ndarray]:
-    """The multi-rank run (``mpiexec``, spawned here) → (per-rank reports, centroids, init)."""
-    x.tofile(folder / "x.f32")
-    if init is not None:
-        np.save(folder / "init.npy", init)
-    per_rank = max(1, args.threads // args.ranks)
-    meta = {
-        "n": len(x),
-        "d": args.d,
-        "k": args.k,
-        "iters": args.iters,
-        "min_s": args.min_seconds,
-        "backend": args.backend,
-        "threads_per_rank": per_rank,
-        "init": args.init,
-    }
-    (folder / "meta.json").write_text(json.dumps(meta))
-    env = {
-        **os.environ,
-        **{v: str(per_rank) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
-    }
-    cmd = [
-        mpiexec(),
-        "-n",
-        str(args.ranks),
-        sys.executable,
-        "-m",
-        "dcssl.bench.kmeans",
-        "--worker",
-        str(folder),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    ranks = json.loads((folder / "ranks.json").read_text())
-    return ranks, np.load(folder / "centroids_ranks.npy"), np.load(folder / "init.npy")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    if args.worker:
-        return _worker(args)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(args.threads)
@@ -335,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="bench-kmeans-") as tmp:
         try:
-            ranks, c_ranks, init = _run_ranks(args, x, init, Path(tmp))
+            ranks, c_ranks, init = run_ranks(args, x, init, Path(tmp))
         except RuntimeError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
@@ -352,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             f"rank {r['rank']}: shard {r['shard_mb']:.1f} MB, peak memory growth "
             f"{r['peak_growth_mb']:.1f} MB ({r['peak_growth_mb'] / r['shard_mb']:.2f}× shard); "
             f"of which {r['fixed_mb']:.1f} MB do not grow with the rows (k·d float32 = "
-            f"{kd_mb:.2f} MB): {_per_row(r):.2f}× shard + that",
+            f"{kd_mb:.2f} MB): {per_row(r):.2f}× shard + that",
             flush=True,
         )
     peak = _sgemm_peak(args.threads, max(args.min_seconds, 1.0))
@@ -372,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if m < args.n:  # the checks on the first m rows: a second multi-rank run, faiss, 1 rank
         print(f"checks on the first {m} rows:", flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-kmeans-") as tmp:
-            _, c_ranks, _ = _run_ranks(args, x[:m], init, Path(tmp))
+            _, c_ranks, _ = run_ranks(args, x[:m], init, Path(tmp))
         _, c_faiss = _faiss(x[:m], init, args.iters, 0.0, args.threads)
     elif args.faiss_iters != args.iters:
         c_faiss = None
@@ -439,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "shard_mb_per_rank": round(worst["shard_mb"], 1),
         "rss_over_shard": round(worst["peak_growth_mb"] / worst["shard_mb"], 3),
         "fixed_mb_per_rank": round(worst["fixed_mb"], 1),
-        "rss_over_shard_beyond_fixed": round(max(_per_row(r) for r in ranks), 3),
+        "rss_over_shard_beyond_fixed": round(max(per_row(r) for r in ranks), 3),
         "kd_mb": round(kd_mb, 2),
     }
     print(json.dumps(result))
