@@ -8,6 +8,11 @@ start, where clusters rarely empty and both run the same iterations) and each ra
 memory beyond its baseline next to its shard size — split into the part that does not grow with
 the rows (measured by a short run with the same k and d) and the rest. Seconds per iteration are
 a run's mean (pruning makes later iterations cheaper). Last line: one JSON object.
+
+``--preset deepcluster`` is DeepCluster's setting (1 M × 256, k = 10,000, 20 iterations) on a
+1,000-component mixture, started from this job's k-means|| (timed on the ranks: ``init_s``);
+``--faiss-iters`` / ``--check-rows`` shorten faiss's timing and the 1-rank checks when the whole
+run does not fit the time at hand (the JSON says what was run).
 """
 
 from __future__ import annotations
