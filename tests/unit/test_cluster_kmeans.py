@@ -328,3 +328,16 @@ def test_kmeans_parallel_resumes_after_a_round_with_the_same_centroids():
     resumed = kmeans_parallel(x, 300, seed=4, resume=rounds[1], on_round=again.append)
     assert [r["init_round"] for r in again] == [3, 4, 5]  # rounds 1-2 are not redone
     assert np.array_equal(whole, resumed)
+
+
+def test_group_bounds_on_the_cuda_path_match_numpy(monkeypatch):
+    # No GPU here: the cuda code path runs on CPU tensors (Tensor.cuda → the tensor itself).
+    import torch
+
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self: self)
+    x = _mixture(6000, 20, 100, seed=2)
+    start = x[np.random.default_rng(3).choice(len(x), 2000, replace=False)]
+    cpu, gpu = _run_from(x, start), _run_from(x, start, backend="cuda")
+    assert min(gpu[2]["rescanned_fraction_per_iteration"]) < 0.5
+    np.testing.assert_array_equal(cpu[0], gpu[0])
+    np.testing.assert_array_equal(cpu[1], gpu[1])
