@@ -34,6 +34,20 @@ from hpc.config import ConfigError
 
 log = logging.getLogger("dcssl.bench.quality")
 
+# Both recipes: in-process loading, SGD with a cosine schedule, an exact extraction pass per epoch,
+# two cores per train and cluster task (the peers then get two threads too).
+_SHARED = [
+    "train.data.workers=0",
+    "train.optim.lr=0.05",
+    "train.optim.weight_decay=0.0001",
+    "train.optim.schedule=cosine",
+    "train.feature_source=extract",
+    "train.log_every=20",
+    "cluster.iterations=20",
+    "executor_train.cpus_per_task=2",
+    "executor_cluster.cpus_per_task=2",
+]
+
 # A thin ResNet-18 at 32 px (BloodMNIST is 28 px) with the small stem (3×3 stride 1, no max-pool:
 # torchvision's stem leaves a 1×1 final map at 32 px, and pretraining then barely beats random
 # init), width 16 (the small stem costs ~16× the FLOPs per tile; 7 epochs take ~6 CPU-minutes
@@ -53,18 +67,9 @@ RECIPE = [
     "train.augment.contrast=0.3",
     "train.augment.grayscale_p=0.1",
     "train.data.batch_size=128",
-    "train.data.workers=0",
-    "train.optim.lr=0.05",
-    "train.optim.weight_decay=0.0001",
-    "train.optim.schedule=cosine",
-    "train.feature_source=extract",
-    "train.log_every=20",
     "cluster.k=100",
     "cluster.pca_dim=64",
-    "cluster.iterations=20",
-    "executor_train.cpus_per_task=2",
-    "executor_cluster.cpus_per_task=2",
-]
+] + _SHARED
 
 # An H&E image folder (crc-he-dev: 224-px tiles) at ``--size`` px: the ImageNet stem (at 64 px
 # the last stage is 2×2), width 32, k = 50 (10 × the 5 classes), the default H&E colour jitter.
@@ -75,18 +80,9 @@ TILES_RECIPE = [
     "train.augment.scale_min=0.25",
     "train.augment.color=both",
     "train.data.batch_size=64",
-    "train.data.workers=0",
-    "train.optim.lr=0.05",
-    "train.optim.weight_decay=0.0001",
-    "train.optim.schedule=cosine",
-    "train.feature_source=extract",
-    "train.log_every=20",
     "cluster.k=50",
     "cluster.pca_dim=32",
-    "cluster.iterations=20",
-    "executor_train.cpus_per_task=2",
-    "executor_cluster.cpus_per_task=2",
-]
+] + _SHARED
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
