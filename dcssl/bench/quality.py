@@ -1,9 +1,13 @@
-"""``python -m dcssl.bench quality --npz bloodmnist.npz``: does DeepCluster pretraining help?
+"""``python -m dcssl.bench quality --npz bloodmnist.npz | --tiles crc-he-dev``: does DeepCluster help?
 
-The whole recipe through the real pipeline, in one process: the .npz train split is ingested as a
-run's store → ``launch train`` (the local executor: torchrun train segments, mpiexec clustering)
-→ ``launch eval`` against the same architecture at random init, plus k-NN on raw pixels. Queries
-are the test split. The baselines are measured in the same process on the same splits.
+The whole recipe through the real pipeline, in one process: the train split (an .npz's, or an image
+folder's ``train/`` with class sub-folders) is ingested as a run's store → ``launch train`` (the
+local executor: torchrun train segments, mpiexec clustering) → the k-NN / linear probe of
+``launch eval`` against the same architecture at random init, plus k-NN on raw pixels. Queries are
+the test split (``test/`` of a folder). ``--peers simclr,byol,swav`` also trains each peer through
+lightly (``dcssl.bench.peers``: same trunk, input size, augmentations, threads) to the images
+DeepCluster saw and to its CPU time, and scores them with the same probes: one JSON line at equal
+images seen, a second at equal CPU minutes (CPU = user + system time of every process involved).
 
 Every recipe setting is a ``section.key=value`` override (``RECIPE`` below); extra overrides on
 the command line win. The last stdout line is one JSON object.
@@ -19,14 +23,30 @@ import tempfile
 import time
 from pathlib import Path
 
+from dcssl.bench.peers import PEERS, cpu_seconds, train_peer
 from dcssl.evaluate.config import EvalConfig
-from dcssl.evaluate.labelled import ingest_npz
-from dcssl.evaluate.run import evaluate, format_table
+from dcssl.evaluate.encoder import LoadedEncoder, random_encoder, trained_encoder
+from dcssl.evaluate.labelled import LabelledSet, StoreSource, ingest_npz, load_labelled
+from dcssl.evaluate.run import _headline, evaluate_encoders, format_table
 from dcssl.launch.common import UsageError
 from dcssl.launch.train import resolve, run_loop
 from hpc.config import ConfigError
 
 log = logging.getLogger("dcssl.bench.quality")
+
+# Both recipes: in-process loading, SGD with a cosine schedule, an exact extraction pass per epoch,
+# two cores per train and cluster task (the peers then get two threads too).
+_SHARED = [
+    "train.data.workers=0",
+    "train.optim.lr=0.05",
+    "train.optim.weight_decay=0.0001",
+    "train.optim.schedule=cosine",
+    "train.feature_source=extract",
+    "train.log_every=20",
+    "cluster.iterations=20",
+    "executor_train.cpus_per_task=2",
+    "executor_cluster.cpus_per_task=2",
+]
 
 # A thin ResNet-18 at 32 px (BloodMNIST is 28 px) with the small stem (3×3 stride 1, no max-pool:
 # torchvision's stem leaves a 1×1 final map at 32 px, and pretraining then barely beats random
@@ -47,24 +67,32 @@ RECIPE = [
     "train.augment.contrast=0.3",
     "train.augment.grayscale_p=0.1",
     "train.data.batch_size=128",
-    "train.data.workers=0",
-    "train.optim.lr=0.05",
-    "train.optim.weight_decay=0.0001",
-    "train.optim.schedule=cosine",
-    "train.feature_source=extract",
-    "train.log_every=20",
     "cluster.k=100",
     "cluster.pca_dim=64",
-    "cluster.iterations=20",
-    "executor_train.cpus_per_task=2",
-    "executor_cluster.cpus_per_task=2",
-]
+] + _SHARED
+
+# An H&E image folder (crc-he-dev: 224-px tiles) at ``--size`` px: the ImageNet stem (at 64 px
+# the last stage is 2×2), width 32, k = 50 (10 × the 5 classes), the default H&E colour jitter.
+TILES_RECIPE = [
+    "train.model.arch=resnet18",
+    "train.model.width=32",
+    "train.model.proj_dim=128",
+    "train.augment.scale_min=0.25",
+    "train.augment.color=both",
+    "train.data.batch_size=64",
+    "cluster.k=50",
+    "cluster.pca_dim=32",
+] + _SHARED
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dcssl.bench quality", description=__doc__)
-    parser.add_argument("--npz", type=Path, required=True, help="MedMNIST-style .npz")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--npz", type=Path, help="MedMNIST-style .npz")
+    data.add_argument("--tiles", type=Path, help="image folder with train/ and test/ class sub-folders")
+    parser.add_argument("--size", type=int, default=224, help="--tiles: tile and input size in px")
     parser.add_argument("--epochs", type=int, default=7, help="DeepCluster epochs (loop.epochs)")
+    parser.add_argument("--peers", default="", help=f"comma-separated peers to train: {','.join(PEERS)}")
     parser.add_argument(
         "--run",
         type=Path,
@@ -79,21 +107,90 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="section.key=value",
         help="recipe overrides, e.g. cluster.k=200 train.model.width=64",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.peers = [p for p in args.peers.split(",") if p]
+    unknown = sorted(set(args.peers) - set(PEERS))
+    if unknown:
+        raise UsageError(f"--peers {','.join(unknown)}: unknown; choose from {','.join(PEERS)}")
+    args.recipe = RECIPE if args.npz else TILES_RECIPE + [f"train.augment.size={args.size}"]
+    return args
 
 
-def _pretrain(run_dir: Path, epochs: int, overrides: list[str]) -> float:
-    """The DeepCluster loop exactly as `python -m dcssl.launch train` runs it; minutes."""
-    schedule = [f"train.optim.epochs={max(epochs, 1)}"]  # the cosine spans exactly the run
-    loop_overrides = [o for o in RECIPE + schedule + overrides if not o.startswith("eval.")]
-    args = argparse.Namespace(
-        run_dir=run_dir, config=None, overrides=loop_overrides, executor="local", epochs=epochs, wait=True
+def _pretrain(run_dir: Path, args) -> tuple[float, float]:
+    """The DeepCluster loop exactly as `python -m dcssl.launch train` runs it; (wall, CPU) minutes."""
+    schedule = [f"train.optim.epochs={max(args.epochs, 1)}"]  # the cosine spans exactly the run
+    loop_overrides = [o for o in args.recipe + schedule + args.overrides if not o.startswith("eval.")]
+    ns = argparse.Namespace(
+        run_dir=run_dir,
+        config=None,
+        overrides=loop_overrides,
+        executor="local",
+        epochs=args.epochs,
+        wait=True,
     )
-    started = time.time()
-    paths, cfg = resolve(args)
+    started, cpu = time.time(), cpu_seconds() + cpu_seconds(children=True)
+    paths, cfg = resolve(ns)
     if run_loop(paths, cfg, wait=True) != 0:
         raise SystemExit(f"error: the DeepCluster loop failed; see {run_dir / 'logs'}")
-    return (time.time() - started) / 60
+    spent = cpu_seconds() + cpu_seconds(children=True) - cpu
+    return (time.time() - started) / 60, spent / 60
+
+
+def _labelled(args, run_dir: Path) -> LabelledSet:
+    """The probe's reference (train split) and queries (test split)."""
+    if args.npz:
+        return load_labelled(args.npz)
+    from dcssl.store import Store
+    from dcssl.tile.config import TileConfig
+    from dcssl.tile.ingest import ingest_folder
+
+    ingest_folder(
+        args.tiles / "test", run_dir / "eval-test", TileConfig(tile_size=args.size), "folders", "test"
+    )
+    ref, query = Store(run_dir / "store"), Store(run_dir / "eval-test")
+    return LabelledSet(
+        StoreSource(ref), ref.labels(), StoreSource(query), query.labels(), f"{args.tiles}: train/ → test/"
+    )
+
+
+def _ingest(args, run_dir: Path) -> int:
+    if args.npz:
+        return len(ingest_npz(args.npz, run_dir / "store", splits=("train",)))
+    from dcssl.tile.config import TileConfig
+    from dcssl.tile.ingest import ingest_folder
+
+    train = args.tiles / "train"
+    return ingest_folder(train, run_dir / "store", TileConfig(tile_size=args.size), "folders", "train")[
+        "written"
+    ]
+
+
+def _images_seen(run_dir: Path, batch_size: int) -> int:
+    """Tiles DeepCluster trained on (one process): its epochs' steps × batch (epoch 0 only embeds)."""
+    from dcssl.jsonl import read_jsonl
+
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    steps = {r["epoch"]: r["steps"] for r in records if r.get("kind") == "train_epoch" and r["epoch"] > 0}
+    return int(sum(steps.values()) * batch_size)
+
+
+def _peers(args, run_dir: Path, train_cfg, images: int, cpu_minutes: float) -> tuple[dict, dict]:
+    """Each peer trained to DeepCluster's images and CPU time → (encoders, facts per peer)."""
+    import torch
+
+    torch.set_num_threads(2)  # the train segment's executor_train.cpus_per_task in both recipes
+    encoders, facts = {}, {}
+    for method in args.peers:
+        log.info("peer %s: to %d images and %.1f CPU minutes", method, images, cpu_minutes)
+        result = train_peer(method, run_dir / "store", train_cfg, images, cpu_minutes * 60)
+        for at, net in result.snapshots.items():
+            encoders[f"{method}@{at}"] = LoadedEncoder(net, result.images_at[at], None, None)
+        facts[method] = {
+            "images_at": result.images_at,
+            "cpu_minutes_at": {k: round(v / 60, 2) for k, v in result.cpu_seconds_at.items()},
+            "final_loss": result.losses[-1],
+        }
+    return encoders, facts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,58 +201,83 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _check_inputs(args) -> str | None:
+    if args.npz and not args.npz.is_file():
+        return f"{args.npz}: not found; pass the BloodMNIST .npz (MedMNIST v2)"
+    if args.tiles and not ((args.tiles / "train").is_dir() and (args.tiles / "test").is_dir()):
+        return f"{args.tiles}: needs train/ and test/ folders of class sub-folders (e.g. crc-he-dev)"
+    return None
+
+
 def _main(argv: list[str] | None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.npz.is_file():
-        print(f"error: {args.npz}: not found; pass the BloodMNIST .npz (MedMNIST v2)", file=sys.stderr)
+    problem = _check_inputs(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     run_dir = args.run or Path(tempfile.mkdtemp(prefix="dcssl-quality-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    store = ingest_npz(args.npz, run_dir / "store", splits=("train",))
-    log.info("store: %d train tiles in %s", len(store), store.root)
-    pretrain_minutes = _pretrain(run_dir, args.epochs, args.overrides)
+    log.info("store: %d train tiles in %s", _ingest(args, run_dir), run_dir / "store")
+    pretrain_minutes, pretrain_cpu = _pretrain(run_dir, args)
 
     from dcssl.config import load_section
     from dcssl.train.config import TrainConfig
 
     train_cfg = load_section(TrainConfig, "train", run_dir)
     eval_cfg = load_section(EvalConfig, "eval", None, None, args.overrides)
-    result = evaluate(run_dir, args.npz, eval_cfg, train_cfg)
+    data = _labelled(args, run_dir)
+    images = _images_seen(run_dir, train_cfg.data.batch_size)
+    peer_encoders, peer_facts = _peers(args, run_dir, train_cfg, images, pretrain_cpu)
+    encoders = {"pretrained": trained_encoder(run_dir, train_cfg), "random": random_encoder(train_cfg)}
+    rows = evaluate_encoders(data, {**encoders, **peer_encoders}, eval_cfg, train_cfg)
+    result = _headline(rows)
     minutes = (time.time() - started) / 60
-    print(f"\nBloodMNIST-style quality check: {result['split']}")
-    for line in format_table(result["rows"]):
+    print(f"\nquality check: {data.description}")
+    for line in format_table(rows):
         print(line)
     gain = result["knn_pretrained"] - result["knn_random"]
     print(
-        f"k-NN: pretrained {result['knn_pretrained']:.4f} vs random init "
-        f"{result['knn_random']:.4f} ({gain * 100:+.1f} points, ratio "
-        f"{result['knn_pretrained'] / max(result['knn_random'], 1e-9):.3f}) vs raw pixels "
-        f"{result['knn_raw_pixels']:.4f}"
+        f"k-NN: pretrained {result['knn_pretrained']:.4f} vs random init {result['knn_random']:.4f} "
+        f"({gain * 100:+.1f} points) vs raw pixels {result['knn_raw_pixels']:.4f}; DeepCluster "
+        f"{pretrain_minutes:.1f} min wall, {pretrain_cpu:.1f} CPU-min ({args.epochs} epochs, {images} images)"
     )
-    print(
-        f"DeepCluster pretraining: {pretrain_minutes:.1f} min ({args.epochs} epochs); "
-        f"whole recipe {minutes:.1f} min; run {run_dir}"
-    )
-    print(
-        json.dumps(
-            {
-                "knn_pretrained": result["knn_pretrained"],
-                "knn_random": result["knn_random"],
-                "knn_raw_pixels": result["knn_raw_pixels"],
-                "linear_pretrained": result["linear_pretrained"],
-                "linear_random": result["linear_random"],
-                "knn_gain_points": round(gain * 100, 2),
-                "epochs": args.epochs,
-                "pretrain_minutes": round(pretrain_minutes, 2),
-                "minutes": round(minutes, 2),
-                "run_dir": str(run_dir),
-                "overrides": RECIPE + args.overrides,
-            }
-        )
-    )
+    common = {
+        "knn_pretrained": result["knn_pretrained"],
+        "knn_random": result["knn_random"],
+        "knn_raw_pixels": result["knn_raw_pixels"],
+        "linear_pretrained": result["linear_pretrained"],
+        "linear_random": result["linear_random"],
+        "knn_gain_points": round(gain * 100, 2),
+        "label_fractions": {f"{r['encoder']}@{r['fraction']:g}": [r["knn"], r.get("linear")] for r in rows},
+        "epochs": args.epochs,
+        "size": train_cfg.augment.size,
+        "images_seen": images,
+        "pretrain_minutes": round(pretrain_minutes, 2),
+        "cpu_minutes": {"deepcluster": round(pretrain_cpu, 2)},
+        "minutes": round(minutes, 2),
+        "run_dir": str(run_dir),
+        "overrides": args.recipe + args.overrides,
+    }
+    for at, setting in (("images", "equal_images_seen"), ("cpu", "equal_cpu_minutes")):
+        print(json.dumps({"setting": setting, **common, **_versus_peers(result, peer_facts, at)}))
     return 0
+
+
+def _versus_peers(result: dict, facts: dict, at: str) -> dict:
+    if not facts:
+        return {}
+    knn = {m: result[f"knn_{m}@{at}"] for m in facts}
+    best = max(knn, key=knn.get)
+    return {
+        "peers_knn": knn,
+        "peers_linear": {m: result[f"linear_{m}@{at}"] for m in facts},
+        "peers_cpu_minutes": {m: facts[m]["cpu_minutes_at"][at] for m in facts},
+        "peers_images_seen": {m: facts[m]["images_at"][at] for m in facts},
+        "best_peer": best,
+        "knn_vs_best_peer": round(result["knn_pretrained"] / max(knn[best], 1e-9), 4),
+    }
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ Output (``RUN/embed/features.h5`` by default)::
     shard_names     S  str                     shard file name under store/shards/
     attrs           arch, width, layer, size, checkpoint, checkpoint_step, store, n_tiles, dim
 
+``write_clam_layout`` then splits it per slide into ``features/<shard>.h5`` (``features`` N×d,
+``coords`` N×2 at the root, as CLAM and TRIDENT write them) so slide-level MIL code reads them.
+
 The file is built under a hidden ``.partial`` name, chunk by chunk (each chunk's completion is
 recorded in the file), so a crash loses at most one chunk and a re-run continues; it is renamed
 to its final name only when complete, so a file under the final name is always whole.
@@ -30,8 +33,9 @@ from dcssl.evaluate.features import extract_features
 from dcssl.evaluate.labelled import StoreSource
 from dcssl.store import Store
 from dcssl.train.config import TrainConfig
+from hpc.checkpoint import atomic_path
 
-__all__ = ["embed_store", "default_embed_path"]
+__all__ = ["embed_store", "default_embed_path", "write_clam_layout"]
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +153,37 @@ def embed_store(
             )
     _finish(partial, out)
     return {**summary, "skipped": False, "seconds": round(time.time() - started, 1)}
+
+
+def write_clam_layout(features_file: str | Path, out_dir: str | Path) -> dict:
+    """One ``<out_dir>/<shard name>.h5`` per slide (CLAM / TRIDENT layout) from a finished
+    features file: ``features`` (N×d), ``coords`` (N×2 int64, level 0) and the slide's attrs.
+    Each file is written under a temporary name and renamed; a file already there from the same
+    features file (same checkpoint step and rows) is kept."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = kept = 0
+    with h5py.File(features_file, "r", locking=False) as src:
+        offsets = src["shard_offsets"][:]
+        names = [n.decode() if isinstance(n, bytes) else n for n in src["shard_names"][:]]
+        slides = [n.decode() if isinstance(n, bytes) else n for n in src["slide_ids"][:]]
+        step = int(src.attrs["checkpoint_step"])
+        for name, slide, lo, hi in zip(names, slides, offsets[:-1], offsets[1:]):
+            target = out_dir / (Path(name).stem + ".h5")
+            if _slide_file_matches(target, step, int(hi - lo)):
+                kept += 1
+                continue
+            with atomic_path(target) as tmp, h5py.File(tmp, "w", locking=False) as f:
+                f["features"] = src["features"][lo:hi]
+                f["coords"] = src["coords"][lo:hi]
+                f.attrs.update(slide_id=slide, checkpoint_step=step, arch=src.attrs["arch"])
+            written += 1
+    return {"clam_dir": str(out_dir), "slides_written": written, "slides_kept": kept}
+
+
+def _slide_file_matches(path: Path, step: int, rows: int) -> bool:
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return int(f.attrs["checkpoint_step"]) == step and f["features"].shape[0] == rows
+    except (OSError, KeyError):
+        return False

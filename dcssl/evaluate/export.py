@@ -1,4 +1,7 @@
-"""The trained trunk as a torchvision ResNet state_dict, plus a JSON of how it was trained.
+"""The trained trunk as a torchvision ResNet (or timm ViT) state_dict, plus a JSON of how it was trained.
+
+A ViT trunk (``train.model.arch=vit_*``) is written under timm's keys with a fresh 1000-class
+``head``: ``timm.create_model(arch, checkpoint_path=PATH)`` loads it strictly.
 
 ``torchvision.models.resnet18()`` (or ``resnet50()``) loads the file with ``strict=True``: the
 trunk's keys are torchvision's, and ``fc`` — which DeepCluster never trains — is written as a
@@ -20,6 +23,7 @@ import yaml
 
 from dcssl.evaluate.encoder import NoCheckpoint, trained_encoder
 from dcssl.train.config import TrainConfig
+from dcssl.train.model import is_vit
 from hpc.checkpoint import atomic_write_bytes, atomic_write_text, torch_bytes
 from hpc.integrity import DamagedFile, verify_digests
 
@@ -31,9 +35,10 @@ def default_export_path(run_dir: str | Path) -> Path:
 
 
 def torchvision_state_dict(
-    trunk: torch.nn.Module, seed: int = 0, num_classes: int = 1000
+    trunk: torch.nn.Module, seed: int = 0, num_classes: int = 1000, classifier: str = "fc"
 ) -> dict[str, torch.Tensor]:
-    """The trunk's tensors under torchvision's keys, with a freshly drawn ``fc``."""
+    """The trunk's tensors under torchvision's keys, with a freshly drawn ``fc`` (timm's ViTs:
+    ``classifier="head"``)."""
     state = {k: v.detach().clone() for k, v in trunk.state_dict().items()}
     generator = torch.Generator().manual_seed(seed)
     fc = torch.nn.Linear(trunk.out_dim, num_classes)
@@ -41,7 +46,7 @@ def torchvision_state_dict(
     with torch.no_grad():
         fc.weight.uniform_(-bound, bound, generator=generator)
         fc.bias.uniform_(-bound, bound, generator=generator)
-    state["fc.weight"], state["fc.bias"] = fc.weight.detach(), fc.bias.detach()
+    state[f"{classifier}.weight"], state[f"{classifier}.bias"] = fc.weight.detach(), fc.bias.detach()
     return state
 
 
@@ -84,10 +89,13 @@ def export_encoder(run_dir: str | Path, cfg: TrainConfig, out: str | Path | None
     trunk = loaded.net.trunk
     # The small stem has torchvision's keys but a 3×3 conv1 and no max-pool: the file would not
     # load (width 64) or would compute something else, so it is never called compatible.
-    compatible = cfg.model.width == 64 and not cfg.model.sobel and cfg.model.stem == "imagenet"
+    vit = is_vit(cfg.model.arch)
+    compatible = vit or (cfg.model.width == 64 and not cfg.model.sobel and cfg.model.stem == "imagenet")
     run_config = _run_config(run_dir)
     how = (
-        f"torchvision.models.{cfg.model.arch}().load_state_dict(torch.load(PATH))"
+        f"timm.create_model({cfg.model.arch!r}, checkpoint_path=PATH)"
+        if vit
+        else f"torchvision.models.{cfg.model.arch}().load_state_dict(torch.load(PATH))"
         if compatible
         else _rebuild_instructions(cfg)
     )
@@ -98,9 +106,10 @@ def export_encoder(run_dir: str | Path, cfg: TrainConfig, out: str | Path | None
         "stem": cfg.model.stem,
         "sobel": cfg.model.sobel,
         "feature_dim": trunk.out_dim,
-        "torchvision_compatible": compatible,
+        "torchvision_compatible": compatible and not vit,
+        "timm_compatible": vit,
         "load": how,
-        "fc": "fresh nn.Linear init (seed 0): DeepCluster trains no fc; replace it",
+        "fc": "fresh nn.Linear init (seed 0): DeepCluster trains no fc (ViT: head); replace it",
         "input": {
             "size": cfg.augment.size,
             "mean": cfg.augment.mean,
@@ -116,7 +125,7 @@ def export_encoder(run_dir: str | Path, cfg: TrainConfig, out: str | Path | None
         "config": run_config,
     }
     _refuse_going_back(out, loaded.step)
-    data = torch_bytes(torchvision_state_dict(trunk))
+    data = torch_bytes(torchvision_state_dict(trunk, classifier="head" if vit else "fc"))
     document["sha256"] = hashlib.sha256(data).hexdigest()
     # the JSON first: a crash between the two leaves a mismatch `verify` reports, never a new
     # encoder.pt described by an old JSON

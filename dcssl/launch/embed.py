@@ -1,4 +1,5 @@
-"""``launch embed RUN [--store STORE] [--out FILE]``: encoder features of every tile, in HDF5."""
+"""``launch embed RUN [--store STORE] [--out FILE] [--layout clam]``: encoder features of every
+tile, in HDF5 (one file by global index; ``--layout clam``: also one features/<slide>.h5 per slide)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from dcssl.evaluate.cli import load_configs, print_json_line
 from dcssl.evaluate.config import EmbedConfig
-from dcssl.evaluate.embed import default_embed_path, embed_store
+from dcssl.evaluate.embed import default_embed_path, embed_store, write_clam_layout
 from dcssl.evaluate.encoder import NoCheckpoint
 from dcssl.evaluate.labelled import LabelledDataError, find_store
 from dcssl.launch.common import UsageError, add_run_arguments
@@ -22,6 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tile store to embed (a store folder or a run directory; default the run's own store)",
     )
     parser.add_argument("--out", type=Path, default=None, help="HDF5 file (default RUN/embed/features.h5)")
+    parser.add_argument(
+        "--layout",
+        choices=("index", "clam"),
+        default="index",
+        help="index: the one file by global index; clam: also features/<slide>.h5 per slide beside "
+        "it (features N×d, coords N×2, as CLAM / TRIDENT write them)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         store = find_store(args.store or run_dir)
         summary = embed_store(run_dir, store.root, cfg, train_cfg, args.out or default_embed_path(run_dir))
+        if args.layout == "clam":
+            summary.update(write_clam_layout(summary["out"], Path(summary["out"]).parent / "features"))
     except (LabelledDataError, NoCheckpoint) as err:
         raise UsageError(str(err)) from None
     print(

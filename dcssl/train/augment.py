@@ -13,6 +13,7 @@ handful of tensor ops on either device.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -26,7 +27,9 @@ __all__ = [
     "splitmix64",
     "sample_seeds",
     "uniforms",
+    "view_uniforms",
     "BatchAugment",
+    "MultiCrop",
     "eval_transform",
     "to_float",
 ]
@@ -74,6 +77,23 @@ def uniforms(seeds: np.ndarray) -> np.ndarray:
         counters = s * _U64(N_PARAMS) + np.arange(N_PARAMS, dtype=_U64)[None, :]
     bits = splitmix64(counters) >> _U64(40)  # 24 bits: exactly representable in float32
     return (bits.astype(np.float32) / np.float32(1 << 24)).astype(np.float32)
+
+
+def view_uniforms(seeds: np.ndarray, views: int) -> np.ndarray:
+    """(n, views, N_PARAMS) uniforms: one independent stream per view (crop) of each sample.
+
+    View 0 is ``uniforms(seeds)`` itself, so a single-crop run sees the same first view; view v
+    hashes (sample seed, v), so every crop is as reproducible (and resumable) as the sample."""
+    seeds = np.asarray(seeds, dtype=np.int64)
+    out = np.empty((seeds.size, views, N_PARAMS), dtype=np.float32)
+    for v in range(views):
+        if v == 0:
+            out[:, 0] = uniforms(seeds)
+            continue
+        with np.errstate(over="ignore"):
+            mixed = splitmix64(seeds.astype(_U64) ^ _U64(mix_seed(0x5EED, v)))
+        out[:, v] = uniforms((mixed >> _U64(1)).astype(np.int64))
+    return out
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -191,6 +211,32 @@ class BatchAugment:
         gray = torch.outer(torch.ones(3, device=u.device), luma)
         on = (u[:, 18] < self.cfg.grayscale_p).view(-1, 1, 1)
         return torch.where(on, gray, torch.eye(3, device=u.device))
+
+
+class MultiCrop:
+    """SwAV / DeepCluster-v2 multi-crop: ``global_crops`` views at ``size`` and ``local_crops``
+    small views at ``local_size`` (area ``local_scale_min``–``local_scale_max``), each from its own
+    uniforms. ``crops(images, u N×V×N_PARAMS) → (G×N×3×S×S, L×N×3×s×s)``."""
+
+    def __init__(self, cfg: AugmentConfig):
+        self.cfg = cfg
+        self.globals = BatchAugment(cfg)
+        local = replace(
+            cfg, size=cfg.local_size, scale_min=cfg.local_scale_min, scale_max=cfg.local_scale_max
+        )
+        self.locals = BatchAugment(local)
+
+    @property
+    def views(self) -> int:
+        return self.cfg.global_crops + self.cfg.local_crops
+
+    def __call__(self, images: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g, n = self.cfg.global_crops, len(images)
+        first = torch.stack([self.globals(images, u[:, v]) for v in range(g)])
+        small = [self.locals(images, u[:, v]) for v in range(g, self.views)]
+        s = self.cfg.local_size
+        second = torch.stack(small) if small else torch.empty(0, n, 3, s, s, device=images.device)
+        return first, second
 
 
 def _identity(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,10 +26,14 @@ def _fraction(owner: object, *names: str) -> None:
 
 @dataclass
 class ModelConfig:
-    """The network: ResNet trunk → projection to ``proj_dim`` (L2-normalised) → linear head of k."""
+    """The network: ResNet or ViT trunk → projection to ``proj_dim`` (L2-normalised) → linear head of k."""
 
-    arch: Literal["resnet18", "resnet50"] = "resnet50"
-    """torchvision ResNet trunk."""
+    arch: Literal[
+        "resnet18", "resnet50", "vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224"
+    ] = "resnet50"
+    """Trunk: a torchvision ResNet, or a timm Vision Transformer (vit_small_patch16_224 = ViT-S/16;
+    vit_tiny for CPU tests), which takes any input size that is a multiple of 16; width and stem
+    apply to ResNets only."""
     width: int = 64
     """Channels of the first stage; 64 is torchvision's network exactly, smaller makes a thin
     ResNet (e.g. 8 for seconds-long CPU tests). Must be a multiple of 8."""
@@ -57,6 +61,8 @@ class ModelConfig:
             raise ValueError(f"stem must be 'imagenet' or 'small', got {self.stem!r}")
         if self.proj_hidden < 0:
             raise ValueError(f"proj_hidden must be ≥ 0, got {self.proj_hidden}")
+        if self.arch.startswith("vit_") and (self.stem != "imagenet" or self.sobel):
+            raise ValueError(f"arch={self.arch}: stem=small and sobel are ResNet options; leave them unset")
 
 
 @dataclass
@@ -132,6 +138,17 @@ class AugmentConfig:
     """… and shifted by [-bias, bias]."""
     grayscale_p: float = 0.2
     """Probability of turning a tile gray."""
+    global_crops: int = 1
+    """Views per tile at ``size`` (2 = the SwAV / DeepCluster-v2 multi-crop recipe); every view is
+    classified into the tile's cluster, and the first one's embedding goes to the feature bank."""
+    local_crops: int = 0
+    """Extra small views per tile at ``local_size`` (multi-crop; SwAV: 6 at 96 px for 224 px)."""
+    local_size: int = 96
+    """Side in pixels of the small views."""
+    local_scale_min: float = 0.05
+    """Smallest crop area of a small view, as a fraction of the tile."""
+    local_scale_max: float = 0.14
+    """Largest crop area of a small view."""
     device: Literal["auto", "cpu", "gpu"] = "auto"
     """Where augmentation runs: cpu = in the loader workers; gpu = on the training device, so the
     CPU only reads and decodes (use when CPU cores cap GPU training); auto = gpu when CUDA exists."""
@@ -141,8 +158,10 @@ class AugmentConfig:
     """Per-channel std divided after augmentation."""
 
     def __post_init__(self) -> None:
-        _positive(self, "size", "scale_min", "ratio_min")
-        _fraction(self, "scale_min", "scale_max", "jitter_p", "grayscale_p")
+        _positive(self, "size", "scale_min", "ratio_min", "global_crops", "local_size", "local_scale_min")
+        _fraction(self, "scale_min", "scale_max", "jitter_p", "grayscale_p", "local_scale_max")
+        if self.local_crops < 0 or self.local_scale_min > self.local_scale_max:
+            raise ValueError("local_crops must be ≥ 0 and local_scale_min ≤ local_scale_max")
         if self.scale_min > self.scale_max or self.ratio_min > self.ratio_max:
             raise ValueError("scale_min/ratio_min must not exceed scale_max/ratio_max")
         for name in ("brightness", "contrast", "saturation", "hue", "hed_sigma", "hed_bias"):
@@ -150,6 +169,11 @@ class AugmentConfig:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need 3 values each, std > 0")
+
+    @property
+    def views(self) -> int:
+        """Training views per tile (1 unless multi-crop is on)."""
+        return self.global_crops + self.local_crops
 
 
 @dataclass
@@ -195,9 +219,10 @@ class TrainConfig:
     seed: int = 0
     """Seeds the initial weights, every epoch's sample order and every tile's augmentation: the
     same seed gives the same weights, with or without preemptions in between."""
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """auto: bf16 autocast on GPUs that support it and on CPUs with native bf16 (AVX512-BF16 /
-    AMX), fp32 otherwise."""
+    AMX), fp32 otherwise; fp16: float16 autocast with a dynamic gradient scaler, for GPUs without
+    bf16 (V100, T4); the scaler's state is part of the checkpoint."""
     channels_last: bool = True
     """channels_last memory format (faster convolutions, on GPUs and with oneDNN on CPUs)."""
     feature_source: Literal["train", "extract"] = "train"

@@ -29,7 +29,7 @@ from h5py import h5s, h5t
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from dcssl.store import Store, check_tiles, decode_tile, open_h5
-from dcssl.train.augment import BatchAugment, eval_transform, uniforms
+from dcssl.train.augment import BatchAugment, MultiCrop, eval_transform, uniforms, view_uniforms
 from dcssl.train.config import AugmentConfig
 
 __all__ = ["TileDataset", "make_loader", "decode_batch", "new_batch"]
@@ -84,6 +84,8 @@ class TileDataset(Dataset):
     ``transform_in_worker=True``: images are finished float tensors (augmented or eval view).
     False: images stay uint8 tiles and training keys carry their uniforms ``u`` so the consumer
     augments on its device (``BatchAugment``) — the CPU then only reads and decodes.
+    Multi-crop (``augment.views`` > 1): training ``images`` are G×N×3×S×S global views and
+    ``local_images`` L×N×3×s×s small ones (or ``u`` is N×views×N_PARAMS, for the device).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class TileDataset(Dataset):
         self.augment_cfg = augment
         self.transform_in_worker = transform_in_worker
         self.augment = BatchAugment(augment)
+        self.multicrop = MultiCrop(augment) if augment.views > 1 else None
         self.tile_size = self._probe_tile_size()
         self.labels: np.ndarray | None = None
         self.max_open = max_open
@@ -192,8 +195,13 @@ class TileDataset(Dataset):
             owner = torch.ones(len(keys), dtype=torch.bool)
         images = decode_batch(self.read_encoded(index), self.tile_size)
         batch = {"index": torch.from_numpy(index), "owner": owner}
-        u = torch.from_numpy(uniforms(seeds)) if train else None
-        if self.transform_in_worker:
+        u = None
+        if train:
+            views = self.augment_cfg.views
+            u = torch.from_numpy(uniforms(seeds) if views == 1 else view_uniforms(seeds, views))
+        if self.transform_in_worker and train and self.multicrop is not None:
+            images, batch["local_images"] = self.multicrop(images, u)  # G×N×3×S×S, L×N×3×s×s
+        elif self.transform_in_worker:
             size = self.augment_cfg.size
             out = new_batch((len(keys), 3, size, size), torch.float32)
             images = self.augment(images, u, out) if train else eval_transform(images, self.augment_cfg, out)

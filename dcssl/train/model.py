@@ -22,9 +22,31 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from dcssl.train.config import ModelConfig
 
-__all__ = ["DeepClusterNet", "build_trunk", "Sobel"]
+__all__ = ["DeepClusterNet", "build_trunk", "build_vit", "is_vit", "Sobel"]
 
 _LAYERS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet50": (Bottleneck, [3, 4, 6, 3])}
+VITS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
+"""timm Vision Transformers usable as ``train.model.arch`` (tiny: CPU tests; small = ViT-S/16)."""
+
+
+def is_vit(arch: str) -> bool:
+    return arch in VITS
+
+
+def build_vit(arch: str, in_channels: int = 3) -> nn.Module:
+    """A timm ViT without its classifier (pooled class token out); ``.out_dim`` is its width.
+
+    ``dynamic_img_size``: the 224-px position embedding is interpolated to any input size (small
+    CPU crops, multi-crop's local views) while the parameters keep timm's shapes, so the export
+    loads into ``timm.create_model(arch, checkpoint_path=...)`` unchanged.
+    """
+    import timm  # heavy import, only for ViT runs
+
+    net = timm.create_model(
+        arch, pretrained=False, num_classes=0, in_chans=in_channels, dynamic_img_size=True
+    )
+    net.out_dim = net.num_features
+    return net
 
 
 class _ScaledResNet(ResNet):
@@ -59,10 +81,12 @@ class _ScaledResNet(ResNet):
         return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
 
 
-def build_trunk(arch: str, width: int = 64, in_channels: int = 3, stem: str = "imagenet") -> _ScaledResNet:
-    """A torchvision ResNet without its classifier; ``.out_dim`` is its feature size.
+def build_trunk(arch: str, width: int = 64, in_channels: int = 3, stem: str = "imagenet") -> nn.Module:
+    """A torchvision ResNet (or a timm ViT) without its classifier; ``.out_dim`` is its feature size.
 
-    ``stem``: "imagenet" (torchvision's) or "small" (3×3 stride-1 conv, no max-pool)."""
+    ``stem``: "imagenet" (torchvision's) or "small" (3×3 stride-1 conv, no max-pool); ResNets only."""
+    if is_vit(arch):
+        return build_vit(arch, in_channels)
     block, layers = _LAYERS[arch]
     return _ScaledResNet(block, layers, width, in_channels, stem)
 
@@ -82,7 +106,8 @@ class Sobel(nn.Module):
 
 
 class DeepClusterNet(nn.Module):
-    """``forward(x) → (logits over the active k classes, L2-normalised embedding)``."""
+    """``forward(x) → (logits over the active k classes, L2-normalised embedding)``; ``x`` may be a
+    list of batches of different sizes (multi-crop), whose rows are then concatenated."""
 
     def __init__(self, cfg: ModelConfig, k: int):
         super().__init__()
@@ -118,8 +143,9 @@ class DeepClusterNet(nn.Module):
             x = self.sobel(x)
         return F.normalize(self.projection(self.trunk(x)).float(), dim=1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.embed(x)
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        # multi-crop: one forward over views of several sizes (DDP allows one forward per backward)
+        z = torch.cat([self.embed(v) for v in x]) if isinstance(x, list) else self.embed(x)
         logits = self.head(z) / self.cfg.temperature
         if self.k < self.head_rows:
             masked = torch.arange(self.head_rows, device=logits.device) >= self.active_k

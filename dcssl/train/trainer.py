@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from dcssl.train.augment import BatchAugment, eval_transform, mix_seed
+from dcssl.train.augment import BatchAugment, MultiCrop, eval_transform, mix_seed
 from dcssl.train.config import TrainConfig
 from dcssl.train.data import TileDataset, make_loader
 from dcssl.train.model import DeepClusterNet
@@ -36,10 +36,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     """The autocast dtype (None = plain fp32).
 
     auto: bf16 on GPUs that support it, and on CPUs with native bf16 (AVX512-BF16/AMX, where
-    oneDNN runs bf16 convolutions ~1.5-2x faster than fp32); fp32 elsewhere.
+    oneDNN runs bf16 convolutions ~1.5-2x faster than fp32); fp32 elsewhere. fp16 always means
+    float16 (its narrow range needs the gradient scaler the Trainer then uses).
     """
     if precision == "fp32":
         return None
+    if precision == "fp16":
+        return torch.float16
     if precision == "bf16" or _native_bf16(device):
         return torch.bfloat16
     return None
@@ -77,6 +80,8 @@ class Trainer:
     def __init__(self, run_dir: str | Path, cfg: TrainConfig, env: DistEnv, device: torch.device, k: int = 1):
         self.cfg, self.env, self.device = cfg, env, device
         self.amp_dtype = resolve_precision(cfg.precision, device)
+        # fp16 overflows/underflows gradients without loss scaling; bf16 has fp32's range
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.channels_last = cfg.channels_last
         where = cfg.augment.device
         self.augment_on_device = where == "gpu" or (where == "auto" and device.type == "cuda")
@@ -88,6 +93,7 @@ class Trainer:
             max_open=cfg.data.max_open_shards,
         )
         self.device_augment = BatchAugment(cfg.augment)
+        self.multicrop = MultiCrop(cfg.augment) if cfg.augment.views > 1 else None
         torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed alone
         self.model = DeepClusterNet(cfg.model, k).to(device)
         if self.channels_last:
@@ -188,14 +194,25 @@ class Trainer:
                 break
             yield batch
 
-    def inputs(self, batch: dict, train: bool = True) -> torch.Tensor:
-        """The network input on the device (augmenting there when configured)."""
+    def inputs(self, batch: dict, train: bool = True) -> torch.Tensor | list[torch.Tensor]:
+        """The network input on the device (augmenting there when configured). Multi-crop
+        training: a list [all global views, all small views], each view-major (view 0's N tiles,
+        then view 1's …)."""
         images = batch["images"].to(self.device, non_blocking=True)
+        if train and self.multicrop is not None:
+            if self.augment_on_device:
+                views = self.multicrop(images, batch["u"].to(self.device, non_blocking=True))
+            else:
+                views = (images, batch["local_images"].to(self.device, non_blocking=True))
+            return [self._layout(v.flatten(0, 1)) for v in views if v.numel()]
         if self.augment_on_device:
             if train:
                 images = self.device_augment(images, batch["u"].to(self.device, non_blocking=True))
             else:
                 images = eval_transform(images, self.cfg.augment)
+        return self._layout(images)
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
@@ -216,10 +233,14 @@ class Trainer:
         target = self.dataset.labels_for(batch["index"]).to(self.device, non_blocking=True)
         with self.autocast():
             logits, z = model(images)
-        loss = F.cross_entropy(logits.float(), target)
+        n = len(target)
+        views = len(logits) // n  # multi-crop: every view is classified into the tile's cluster
+        loss = F.cross_entropy(logits.float(), target.repeat(views))
+        z = z[:n]  # the first (global) view's embedding is what the feature bank records
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)  # skipped (and the scale lowered) on inf/NaN gradients
+        self.scaler.update()
         self.position += len(batch["index"])
         self.global_step += 1
         return StepOutput(loss.detach(), z.detach(), batch["index"], batch["owner"])
@@ -240,7 +261,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scaler": None,  # bf16 needs no loss scaling; the slot keeps the format stable
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "epoch": self.epoch,
             "position": self.position,
             "global_step": self.global_step,
@@ -258,6 +279,8 @@ class Trainer:
             self.ddp = None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.position = int(state["position"])
         rng = state.get("rng") or {}

@@ -1,0 +1,153 @@
+"""Peer self-supervised methods (SimCLR, BYOL, SwAV through ``lightly``) on dcssl's own trunk.
+
+Each peer trains the trunk that ``train.model`` builds (``DeepClusterNet(...).trunk``, Sobel
+included), on the same store, with dcssl's batch augmentations (two views per tile from the
+tile's seeded uniform streams, the same recipe DeepCluster trains with), at the same input size,
+in this process on the configured threads. Heads and losses are lightly's. Training stops when
+both budgets are spent — ``images`` tiles drawn and ``cpu_seconds`` of CPU time — and the trunk is
+snapshotted at each, so one run gives the encoder at equal images seen and at equal CPU time.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from dcssl.train.augment import MultiCrop, sample_seeds, view_uniforms
+from dcssl.train.config import TrainConfig
+from dcssl.train.data import TileDataset, decode_batch
+from dcssl.train.model import DeepClusterNet
+
+__all__ = ["PEERS", "PeerResult", "train_peer", "cpu_seconds"]
+
+PEERS = ("simclr", "byol", "swav")
+
+
+def cpu_seconds(children: bool = False) -> float:
+    """User + system CPU seconds of this process (all threads), or of its finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class PeerResult:
+    method: str
+    snapshots: dict[str, DeepClusterNet] = field(default_factory=dict)
+    """'images' (equal images seen) and 'cpu' (equal CPU time) → the network with that trunk."""
+    images_at: dict[str, int] = field(default_factory=dict)
+    cpu_seconds_at: dict[str, float] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+
+
+class _Peer(nn.Module):
+    """trunk → method head; ``loss(view_a, view_b)``."""
+
+    def __init__(self, method: str, net: DeepClusterNet):
+        super().__init__()
+        from lightly.loss import NegativeCosineSimilarity, NTXentLoss, SwaVLoss
+        from lightly.models import modules
+
+        self.method, self.net = method, net
+        dim = net.trunk.out_dim
+        if method == "simclr":
+            self.head, self.criterion = modules.SimCLRProjectionHead(dim, dim, 128), NTXentLoss(0.2)
+        elif method == "byol":
+            self.head = modules.BYOLProjectionHead(dim, 1024, 128)
+            self.predictor = modules.BYOLPredictionHead(128, 1024, 128)
+            self.momentum_net, self.momentum_head = copy.deepcopy(net), copy.deepcopy(self.head)
+            for p in [*self.momentum_net.parameters(), *self.momentum_head.parameters()]:
+                p.requires_grad = False
+            self.criterion = NegativeCosineSimilarity()
+        elif method == "swav":
+            self.head = modules.SwaVProjectionHead(dim, dim, 128)
+            self.prototypes = modules.SwaVPrototypes(128, n_prototypes=100)
+            self.criterion = SwaVLoss()
+        else:
+            raise ValueError(f"unknown peer {method!r}; choose from {', '.join(PEERS)}")
+
+    def features(self, x: torch.Tensor, net: DeepClusterNet | None = None) -> torch.Tensor:
+        net = net or self.net
+        return net.trunk(net.sobel(x) if net.sobel is not None else x)
+
+    def loss(self, a: torch.Tensor, b: torch.Tensor, progress: float) -> torch.Tensor:
+        if self.method == "simclr":
+            return self.criterion(self.head(self.features(a)), self.head(self.features(b)))
+        if self.method == "byol":
+            from lightly.models.utils import update_momentum
+
+            m = 0.99 + 0.01 * (1 - math.cos(math.pi * progress)) / 2  # BYOL's 0.99 → 1
+            update_momentum(self.net, self.momentum_net, m)
+            update_momentum(self.head, self.momentum_head, m)
+            p = [self.predictor(self.head(self.features(v))) for v in (a, b)]
+            with torch.no_grad():
+                t = [self.momentum_head(self.features(v, self.momentum_net)) for v in (a, b)]
+            return 0.5 * (self.criterion(p[0], t[1]) + self.criterion(p[1], t[0]))
+        self.prototypes.normalize()
+        out = [self.prototypes(nn.functional.normalize(self.head(self.features(v)), dim=1)) for v in (a, b)]
+        return self.criterion(out, [])
+
+
+def _views(dataset: TileDataset, crop: MultiCrop, seed: int, epoch: int, index: np.ndarray, pos: np.ndarray):
+    images = decode_batch(dataset.read_encoded(index), dataset.tile_size)
+    u = torch.from_numpy(view_uniforms(sample_seeds(seed, epoch, pos), 2))
+    views, _ = crop(images, u)
+    return views[0], views[1]
+
+
+def train_peer(
+    method: str,
+    store_root: str | Path,
+    cfg: TrainConfig,
+    images: int,
+    cpu_budget_s: float,
+    on_step: Callable[[int, float], None] | None = None,
+) -> PeerResult:
+    """Train ``method`` until ``images`` tiles are drawn and ``cpu_budget_s`` CPU seconds spent."""
+    torch.manual_seed(cfg.seed)
+    net = DeepClusterNet(cfg.model, k=1)
+    peer = _Peer(method, net)
+    params = [p for p in peer.parameters() if p.requires_grad]
+    lr = 0.06 * cfg.data.batch_size / 256  # lightly's benchmark settings (SGD + cosine)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+    dataset = TileDataset(store_root, cfg.augment, transform_in_worker=False)
+    crop = MultiCrop(replace(cfg.augment, global_crops=2, local_crops=0))
+    n, batch, rng = len(dataset), cfg.data.batch_size, np.random.default_rng(cfg.seed)
+    total_steps = max(1, images // batch)
+    result, start_cpu, seen, epoch = PeerResult(method), cpu_seconds(), 0, 0
+    while len(result.snapshots) < 2:
+        epoch += 1
+        order = rng.permutation(n)
+        for lo in range(0, n - batch + 1, batch):
+            progress = min(result.steps / total_steps, 1.0)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * progress))
+            a, b = _views(dataset, crop, cfg.seed, epoch, order[lo : lo + batch], np.arange(lo, lo + batch))
+            peer.train()
+            loss = peer.loss(a, b, progress)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen, result.steps = seen + batch, result.steps + 1
+            result.losses.append(float(loss.detach()))
+            spent = cpu_seconds() - start_cpu
+            if result.steps == 5:  # the schedule spans whichever budget is longer
+                total_steps = max(total_steps, int(cpu_budget_s / (spent / 5)))
+            for name, reached in (("images", seen >= images), ("cpu", spent >= cpu_budget_s)):
+                if reached and name not in result.snapshots:
+                    result.snapshots[name] = copy.deepcopy(net).eval()
+                    result.images_at[name], result.cpu_seconds_at[name] = seen, spent
+            if on_step is not None:
+                on_step(result.steps, float(loss))
+            if len(result.snapshots) == 2:
+                break
+    dataset.close()
+    return result
