@@ -12,23 +12,27 @@ __all__ = ["ClusterConfig", "RCCConfig"]
 class RCCConfig:
     """Robust Continuous Clustering (Shah & Koltun 2017), used when ``method: rcc``.
 
-    RCC reads distances on a kNN graph, so set ``whiten: false`` with it: whitening lifts
-    noise-only PCA directions to unit variance and splits clusters into fragments.
+    RCC reads distances on a kNN graph, so the job never whitens its PCA (``cluster.whiten`` is
+    for k-means): whitening lifts noise-only directions to unit variance and shatters clusters.
+    The number of clusters is not set: it follows from the data through δ, λ and μ (see README).
     """
 
     sample: int = 100_000
     """Points RCC optimises (a seeded global sample); every point is then assigned to the nearest
     cluster representative. 0: all points (only sensible for small banks)."""
     knn: int = 10
-    """Neighbours per point for the mutual-kNN graph (the paper's k = 10); MST edges keep it connected."""
+    """Neighbours per point for the mutual-kNN graph (the paper's k = 10); MST edges keep it connected.
+    More neighbours: more edges between groups, so fewer, larger clusters."""
     dim: int = 32
-    """RCC runs on the sample's top ``dim`` principal components (each solve costs ∝ dim); 0: all."""
+    """RCC runs on the sample's top ``dim`` principal components (each solve costs ∝ dim); 0: all.
+    Fewer dimensions: less noise in the kNN graph, usually fewer clusters."""
     iterations: int = 100
     """Maximum outer iterations (each: line-process update + one sparse linear solve)."""
     mu_every: int = 4
-    """Graduated non-convexity: μ is halved every this many iterations until it reaches δ/2."""
+    """Graduated non-convexity: μ is halved every this many iterations (sooner when the objective
+    settles) until it drops below δ/2 (the paper's 4)."""
     tol: float = 1e-3
-    """Stop once μ is at its floor and the objective changes by less than this fraction."""
+    """Stop once μ is at its floor and the objective changes by less than this fraction (0.1 %)."""
     cg_tol: float = 1e-4
     """Relative residual at which each conjugate-gradient solve stops."""
     cg_iterations: int = 100
@@ -58,7 +62,8 @@ class ClusterConfig:
     pca_dim: int = 256
     """PCA output dimension (clamped to the feature dimension); 0 skips PCA."""
     whiten: bool = True
-    """Divide each principal direction by its standard deviation (DeepCluster's whitening)."""
+    """Divide each principal direction by its standard deviation (DeepCluster's whitening).
+    k-means only: for ``method: rcc`` the PCA is never whitened."""
     l2_normalize: bool = True
     """L2-normalise rows after PCA (spherical geometry, as DeepCluster)."""
     iterations: int = 20
@@ -104,6 +109,10 @@ class ClusterConfig:
     """Checkpoints kept per epoch (older ones are deleted; a corrupt newest falls back)."""
     keep_checkpoints_after: bool = False
     """Keep the epoch's checkpoint folder once its labels are complete (default: delete it)."""
+    warn_largest_share: float = 0.5
+    """Warn (log, stats, metrics, status) when one cluster holds more than this share of the rows."""
+    warn_clusters_fraction: float = 0.5
+    """Warn when the clusters number at least this fraction of the rows (near-singletons)."""
     rcc: RCCConfig = field(default_factory=RCCConfig)
     """Settings for ``method: rcc``."""
 
@@ -116,3 +125,6 @@ class ClusterConfig:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if not 0 <= self.tol < 1:
             raise ValueError(f"tol must lie in [0, 1), got {self.tol}")
+        for name in ("warn_largest_share", "warn_clusters_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must lie in (0, 1], got {getattr(self, name)}")

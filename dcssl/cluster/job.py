@@ -22,6 +22,7 @@ from hpc.preemption import PreemptionFlag, requeue_and_exit
 
 from .config import ClusterConfig
 from .exact import broadcast, gather_rows, global_max, shard_rows
+from .health import label_warnings
 from .kmeans import KMeansState, assign_all, kmeans, sample_index
 from .nmi import nmi
 from .pca import PCA, pca_fit, pca_transform
@@ -277,6 +278,7 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
         pca_explained=pca.explained if pca is not None else None,
         resumed_from=int(resume["meta"].get("iteration", 0)) if resume else None,
         init_resumed_after_round=_init_from(resume)["init_round"] if _init_from(resume) else None,
+        warnings=label_warnings(stats["sizes"], bank.n, cfg.warn_largest_share, cfg.warn_clusters_fraction),
     )
     phases["write"] = time.monotonic() - t0
     phases["total"] = time.monotonic() - t_start
@@ -292,13 +294,14 @@ def _fit_pca(raw, cfg: ClusterConfig, resume, comm, block) -> PCA | None:
         return None
     if resume is not None and "pca_proj" in resume:
         return PCA.from_state(resume)
-    pca = pca_fit(raw, cfg.pca_dim, comm, whiten=cfg.whiten, block=block)
+    whiten = cfg.whiten and cfg.method == "kmeans"  # RCC reads distances: never whitened
+    pca = pca_fit(raw, cfg.pca_dim, comm, whiten=whiten, block=block)
     if comm.Get_rank() == 0:
         log.info(
             "PCA %d → %d%s keeps %.1f%% of the variance",
             raw.shape[1],
             pca.proj.shape[1],
-            " (whitened)" if cfg.whiten else "",
+            " (whitened)" if whiten else " (not whitened)",
             100 * pca.explained,
         )
     return pca
@@ -381,6 +384,7 @@ def _finish(run_dir: Path, epoch: int, cfg: ClusterConfig, ckpt, stats: dict) ->
             "clusters_used": stats["clusters_used"],
             "empty_split": stats["empty_split"],
             "largest_share": stats["largest_share"],
+            "warnings": stats["warnings"],
             "seconds": stats["seconds"],
         },
     )
@@ -396,3 +400,5 @@ def _finish(run_dir: Path, epoch: int, cfg: ClusterConfig, ckpt, stats: dict) ->
         "n/a" if stats["nmi_prev"] is None else f"{stats['nmi_prev']:.4f}",
         stats["seconds"]["total"],
     )
+    for warning in stats["warnings"]:
+        log.warning("epoch %d: DEGENERATE LABELS (%s): %s", epoch, cfg.method, warning)

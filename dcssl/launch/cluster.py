@@ -4,6 +4,7 @@ another k or RCC on a finished run), with the same executors as the loop."""
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from dataclasses import replace
 
@@ -46,6 +47,20 @@ def run(args: argparse.Namespace) -> int:
         except StepFailed as err:
             print(f"error: {err}")
             return 1
-        return 0
-    submit_chain([step], paths, {"cluster": executor}, state)
-    return 0 if wait_chain([step], paths, state) else 1
+    else:
+        submit_chain([step], paths, {"cluster": executor}, state)
+        if not wait_chain([step], paths, state):
+            return 1
+    print(result_line(json.loads((paths.labels(args.epoch) / "stats.json").read_text())))
+    return 0
+
+
+def result_line(stats: dict) -> str:
+    """One line a person reads: clusters found, the largest one's share, NMI, any warnings."""
+    nmi = "n/a" if stats.get("nmi_prev") is None else f"{stats['nmi_prev']:.4f}"
+    line = (
+        f"epoch {stats['epoch']} ({stats['method']}): {stats['clusters_used']} clusters found, "
+        f"largest {100 * stats['largest_share']:.1f}% of {stats['n']} rows, NMI with epoch "
+        f"{stats['epoch'] - 1}: {nmi}"
+    )
+    return "\n".join([line] + [f"WARNING: degenerate labels: {w}" for w in stats.get("warnings") or []])

@@ -7,6 +7,7 @@ lists, never shell strings.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from dcssl.cluster.health import single_label_reason
 from dcssl.paths import RunPaths
 from dcssl.pipeline.state import RunState
 from dcssl.pipeline.steps import Step, is_done
@@ -47,7 +49,19 @@ def step_command(step: Step, run_dir: Path, executor: ExecutorConfig) -> list[st
     return [mpiexec(), "-n", str(procs), sys.executable, *task]
 
 
+def _refuse_single_label(step: Step, paths: RunPaths, state: RunState) -> None:
+    """A train segment on one label learns nothing: stop before starting it, reason on the console."""
+    stats_file = paths.labels(step.epoch - 1) / "stats.json"
+    if step.kind != "train" or step.epoch == 0 or not stats_file.is_file():
+        return
+    reason = single_label_reason(json.loads(stats_file.read_text()), step.epoch - 1)
+    if reason:
+        state.update(step.name, status="refused", reason=reason)
+        raise StepFailed(f"{step.name} refused: {reason}")
+
+
 def _run_step(step: Step, paths: RunPaths, executor: ExecutorConfig, state: RunState) -> None:
+    _refuse_single_label(step, paths, state)
     log_file = RunState.log_path(paths, step.name)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(executor.cpus_per_task), PYTHONUNBUFFERED="1")

@@ -42,6 +42,7 @@ def epoch_summary(records: list[dict], epoch: int) -> dict:
         "empty_split": cluster.get("empty_split"),
         "largest_share": cluster.get("largest_share"),
         "inertia": cluster.get("inertia"),
+        "warnings": cluster.get("warnings") or [],
         "stale_fraction": train.get("stale_fraction"),
         "seconds": {
             "train": train.get("seconds"),
@@ -135,6 +136,8 @@ def publish_epoch(paths: RunPaths, epoch: int) -> dict:
         summary.get("nmi_prev"),
         summary.get("clusters_used"),
     )
+    for warning in summary.get("warnings") or []:
+        log.warning("epoch %d: DEGENERATE LABELS: %s", epoch, warning)
     return summary
 
 
@@ -158,7 +161,8 @@ def publish_missing(paths: RunPaths) -> Path | None:
 
 
 def epoch_table(records: list[dict]) -> list[str]:
-    """Text rows of the per-epoch metrics, for ``status``."""
+    """Text rows of the per-epoch metrics, for ``status``; a degenerate clustering is flagged with
+    ``!`` after its row and its warnings on the lines below."""
     rows = [
         f"{'epoch':>5} {'loss':>8} {'NMI(t-1,t)':>10} {'used':>6} {'split':>5} "
         f"{'largest':>7} {'train s':>8} {'cluster s':>9}"
@@ -173,6 +177,7 @@ def epoch_table(records: list[dict]) -> list[str]:
             f"{r['epoch']:>5} {fmt(r.get('loss'), '8.4f')} {fmt(r.get('nmi_prev'), '10.3f')} "
             f"{fmt(r.get('clusters_used'), '6d')} {fmt(r.get('empty_split'), '5d')} "
             f"{fmt(r.get('largest_share'), '7.3f')} {fmt(sec.get('train'), '8.1f')} "
-            f"{fmt(sec.get('cluster'), '9.1f')}"
+            f"{fmt(sec.get('cluster'), '9.1f')}" + (" !" if r.get("warnings") else "")
         )
+        rows += [f"{'':>5} ! WARNING: {w}" for w in r.get("warnings") or []]
     return rows

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dcssl.cluster.health import single_label_reason
 from dcssl.jsonl import append_jsonl
 from dcssl.store import Store
 from dcssl.train.config import TrainConfig
@@ -143,6 +144,9 @@ def load_labels(run_dir: str | Path, epoch: int, n_tiles: int) -> tuple[np.ndarr
         )
     if labels.max() < 0:
         raise SegmentError(f"{path}: every tile is unassigned (-1); re-run the cluster job")
+    reason = single_label_reason(stats, epoch)
+    if reason:
+        raise SegmentError(f"{folder}: {reason}")
     return labels, k
 
 

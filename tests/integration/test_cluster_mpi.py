@@ -74,6 +74,23 @@ def test_1_2_4_ranks_give_identical_labels_and_nmi(tmp_path):
         assert s["nmi_prev"] == pytest.approx(dense, abs=1e-12)
 
 
+def test_rcc_one_and_two_ranks_give_identical_labels(tmp_path):
+    """RCC runs on a gathered sample on rank 0; every row is then assigned by the sharded step."""
+    rng = np.random.default_rng(2)
+    centers = rng.standard_normal((6, 16)) * 4
+    y = rng.integers(0, 6, 6000)
+    x = centers[y] + rng.standard_normal((6000, 16))
+    overrides = ["method=rcc", "pca_dim=8", "block_rows=1000", "rcc.sample=2500", "rcc.min_size=5"]
+    runs = {r: tmp_path / f"r{r}" for r in (0, 2)}
+    for ranks, run in runs.items():
+        write_bank(run, 0, x)
+        stats = _run(run, 0, ranks, overrides)
+        assert stats["ranks"] == max(ranks, 1) and stats["warnings"] == []
+    assert np.array_equal(_labels(runs[0]), _labels(runs[2]))
+    assert np.array_equal(_centroids(runs[0]), _centroids(runs[2]))
+    assert normalized_mutual_info_score(y, _labels(runs[0])) > 0.99
+
+
 SLOW = [
     "k=200",
     "pca_dim=0",

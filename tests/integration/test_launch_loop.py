@@ -176,3 +176,19 @@ def test_bad_invocations_exit_2_with_one_line_and_write_nothing(tiled_run, tmp_p
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_demo_with_rcc_keeps_between_two_and_half_n_clusters_every_epoch(tmp_path):
+    """The README's demo with RCC (k emerges): no single label, no near-singletons, and the
+    `cluster` subcommand prints its result line."""
+    run = tmp_path / "demo"
+    launch("demo", "--out", str(run), "cluster.method=rcc", timeout=1500)
+    n_tiles = Store(run / "store").n_tiles
+    assert_finished(run, 3)
+    for epoch in range(4):
+        stats = json.loads((run / "labels" / f"epoch-{epoch:04d}" / "stats.json").read_text())
+        assert stats["method"] == "rcc" and stats["n"] == n_tiles
+        assert 1 < stats["clusters_used"] < n_tiles / 2, (epoch, stats["clusters_used"], n_tiles)
+    again = launch("cluster", str(run), "--epoch", "3", "--redo", "cluster.method=rcc")
+    line = [x for x in again.stdout.splitlines() if x.startswith("epoch 3 (rcc): ")]
+    assert len(line) == 1 and " clusters found, largest " in line[0] and "NMI with epoch 2: 0." in line[0]

@@ -200,7 +200,7 @@ def test_bad_input_is_named_with_its_fix(booted, tmp_path):
     wrong.write_bytes(np.zeros(5, dtype=np.int32).tobytes())
     with pytest.raises(SegmentError, match="holds 5 labels, the store has 96 tiles"):
         _run(run_dir, 1)
-    write_pseudo_labels(run_dir, 1, np.zeros(N), 1)
+    write_pseudo_labels(run_dir, 1, np.arange(N) % 2, 2)  # two labels: one would be refused first
     with pytest.raises(SegmentError, match="segment 0 has not finished|features of epoch 1"):
         _run(run_dir, 2)
     with pytest.raises(SegmentError, match="no tile store"):

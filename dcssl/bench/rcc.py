@@ -1,0 +1,218 @@
+"""``python -m dcssl.bench rcc``: Robust Continuous Clustering against k-means, by AMI / NMI.
+
+The paper's comparison (Shah & Koltun 2017, Table 2) on labelled data available here: RCC finds
+its own number of clusters K; k-means (faiss, 25 iterations, the same K) is the baseline, run in
+the same process on the same rows. Every set goes through what ``cluster.method=rcc`` does in the
+cluster job: PCA to ``--pca-dim`` (not whitened), rows L2-normalised, then RCC (its own top
+``rcc.dim`` components). Sets: sklearn's digits; raw pixels of BloodMNIST and crc-he-dev; and the
+DeepCluster features of both after ``--epochs`` epochs of the project's own loop (the quality
+bench's recipe, k-means pseudo-labels). Then a size test: a 100-component Gaussian mixture at
+``--scale`` rows, in a child process so its peak memory is its own. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
+log = logging.getLogger("dcssl.bench.rcc")
+
+SETS = ("digits", "blood-pixels", "crc-pixels", "blood-deepcluster", "crc-deepcluster")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dcssl.bench rcc", description=__doc__.split("\n")[0])
+    parser.add_argument("--npz", type=Path, default=Path("tests/data/bloodmnist.npz"), help="BloodMNIST")
+    parser.add_argument("--crc", type=Path, default=Path("../shared/data/crc-he-dev"), help="crc-he-dev")
+    parser.add_argument("--sets", nargs="*", default=list(SETS), choices=SETS, help="labelled sets to run")
+    parser.add_argument("--rows", type=int, default=6000, help="rows drawn from each labelled set")
+    parser.add_argument("--pca-dim", type=int, default=64, help="cluster.pca_dim before RCC")
+    parser.add_argument("--epochs", type=int, default=1, help="DeepCluster epochs for the feature sets")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the DeepCluster runs")
+    parser.add_argument("--scale", type=int, nargs="*", default=[100_000], help="size-test rows (0: none)")
+    return parser.parse_args(argv)
+
+
+def _prepare(x: np.ndarray, dim: int) -> np.ndarray:
+    """The cluster job's input to RCC: centred PCA to ``dim`` (not whitened), rows L2-normalised."""
+    x = x.astype(np.float64) - x.mean(axis=0)
+    if dim and dim < x.shape[1]:
+        _, vectors = np.linalg.eigh(x.T @ x)
+        x = x @ vectors[:, ::-1][:, :dim]
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _kmeans(x: np.ndarray, k: int) -> np.ndarray:
+    import faiss
+
+    km = faiss.Kmeans(x.shape[1], k, niter=25, seed=1, verbose=False)
+    km.train(np.ascontiguousarray(x, dtype=np.float32))
+    return km.index.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1].ravel()
+
+
+def _scores(y: np.ndarray | None, labels: np.ndarray, seconds: float) -> dict:
+    out = {
+        "clusters": int(len(np.unique(labels))),
+        "largest_share": round(float(np.bincount(labels).max() / len(labels)), 4),
+        "seconds": round(seconds, 2),
+    }
+    if y is not None:
+        out["ami"] = round(float(adjusted_mutual_info_score(y, labels)), 4)
+        out["nmi"] = round(float(normalized_mutual_info_score(y, labels)), 4)
+    return out
+
+
+def compare(x: np.ndarray, y: np.ndarray | None) -> dict:
+    """RCC (K found) then k-means with the same K, on the same rows."""
+    from dcssl.cluster.health import label_warnings
+    from dcssl.cluster.rcc import rcc
+
+    t0 = time.monotonic()
+    labels, info = rcc(x)
+    rcc_scores = _scores(y, labels, time.monotonic() - t0)
+    rcc_scores["warnings"] = label_warnings(np.bincount(labels).tolist(), len(x), 0.5, 0.5)
+    t0 = time.monotonic()
+    km = _kmeans(x, max(info["clusters"], 1))
+    return {
+        "rows": len(x),
+        "rcc": {**rcc_scores, "iterations": info["iterations"], "converged": info["converged"]},
+        "kmeans": _scores(y, km, time.monotonic() - t0),
+    }
+
+
+def _draw(n: int, rows: int, seed: int = 0) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).permutation(n)[: min(rows, n)])
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    return load_digits(return_X_y=True)
+
+
+def _blood_pixels(args):
+    with np.load(args.npz) as npz:
+        pick = _draw(len(npz["train_labels"]), args.rows)
+        return npz["train_images"][pick].reshape(len(pick), -1) / 255.0, npz["train_labels"][pick, 0]
+
+
+def _crc_files(root: Path) -> tuple[list[Path], np.ndarray]:
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / "train" / name).iterdir())]
+    return [f for f, _ in files], np.array([c for _, c in files])
+
+
+def _crc_pixels(args, size: int = 32):
+    """Tiles at ``size`` px, each mean-centred (stain brightness says little about the class)."""
+    from PIL import Image
+
+    files, y = _crc_files(args.crc)
+    pick = _draw(len(files), args.rows)
+    x = np.stack([np.asarray(Image.open(files[i]).convert("RGB").resize((size, size))) for i in pick])
+    x = x.reshape(len(pick), -1).astype(np.float64)
+    return x - x.mean(axis=1, keepdims=True), y[pick]
+
+
+def _deepcluster(args, name: str):
+    """Features of the last epoch of a short DeepCluster run (the quality bench's recipe)."""
+    from dcssl.bench.quality import _pretrain
+    from dcssl.cluster.store import open_features
+    from dcssl.store import Store
+
+    run = (args.work or Path("runs/bench-rcc")) / name
+    run.mkdir(parents=True, exist_ok=True)
+    extra = [f"train.optim.epochs={args.epochs}"]
+    if name == "crc":
+        from dcssl.tile.config import TileConfig
+        from dcssl.tile.ingest import ingest_folder
+
+        if not (run / "store" / "manifest.json").is_file():
+            ingest_folder(args.crc / "train", run / "store", TileConfig(tile_size=64), "folders")
+        extra += ["train.augment.size=64"]
+    else:
+        from dcssl.evaluate.labelled import ingest_npz
+
+        ingest_npz(args.npz, run / "store", splits=("train",))
+    minutes = _pretrain(run, args.epochs, extra)
+    bank = open_features(run, args.epochs)
+    y = Store(run / "store").labels()
+    pick = _draw(bank.n, args.rows)
+    log.info("%s: DeepCluster features of epoch %d after %.1f min", name, args.epochs, minutes)
+    return np.asarray(bank.rows(0, bank.n), dtype=np.float32)[pick], y[pick]
+
+
+def _load(args, name: str):
+    if name == "digits":
+        return _digits()
+    if name == "blood-pixels":
+        return _blood_pixels(args)
+    if name == "crc-pixels":
+        return _crc_pixels(args)
+    return _deepcluster(args, name.split("-")[0])
+
+
+def _mixture(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """100 Gaussian blobs in 32-d of unequal spread and size (Zipf-like weights)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((100, 32)) * 4
+    weights = 1.0 / np.arange(1, 101) ** 0.5
+    y = rng.choice(100, size=n, p=weights / weights.sum())
+    spread = rng.uniform(0.3, 1.0, 100)
+    return (centres[y] + rng.standard_normal((n, 32)) * spread[y, None]).astype(np.float32), y
+
+
+def _scale_child(n: int) -> dict:
+    x, y = _mixture(n)
+    out = compare(x, y)
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
+
+
+def _scale(n: int) -> dict:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_scale_child, (n,))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.npz.is_file() or not (args.crc / "train").is_dir():
+        print(f"error: need {args.npz} and {args.crc}/train; pass --npz / --crc", file=sys.stderr)
+        return 2
+    results = {}
+    for name in args.sets:
+        x, y = _load(args, name)
+        results[name] = compare(_prepare(x, args.pca_dim), y)
+        r, k = results[name]["rcc"], results[name]["kmeans"]
+        warn = f"  WARNING: {'; '.join(r['warnings'])}" if r["warnings"] else ""
+        print(
+            f"{name:<18} {len(x):>6} rows  RCC K={r['clusters']:<4} AMI {r['ami']:.3f} NMI {r['nmi']:.3f} "
+            f"largest {r['largest_share']:.1%} {r['seconds']:.1f} s | k-means AMI {k['ami']:.3f} "
+            f"NMI {k['nmi']:.3f} | AMI ratio {r['ami'] / max(k['ami'], 1e-9):.2f}{warn}",
+            flush=True,
+        )
+    for n in (n for n in args.scale if n > 0):
+        results[f"mixture-{n}"] = res = _scale(n)
+        print(
+            f"mixture {n} rows: RCC K={res['rcc']['clusters']} AMI {res['rcc']['ami']:.3f} "
+            f"{res['rcc']['seconds']:.0f} s, k-means AMI {res['kmeans']['ami']:.3f} "
+            f"{res['kmeans']['seconds']:.0f} s, peak RSS {res['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
+    # a tie at K = 1 (both AMI 0) is no win: RCC found no structure there
+    wins = {n: r["rcc"]["ami"] >= r["kmeans"]["ami"] and r["rcc"]["clusters"] > 1 for n, r in results.items()}
+    print(json.dumps({"bench": "rcc", "rcc_ami_ge_kmeans": wins, "results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
