@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dcssl.exclusion import mask_labels
 from dcssl.jsonl import append_jsonl
 from dcssl.store import Store
 from dcssl.train.config import TrainConfig
@@ -134,7 +135,7 @@ def load_labels(run_dir: str | Path, epoch: int, n_tiles: int) -> tuple[np.ndarr
             f"{err}; re-run the cluster job for epoch {epoch} "
             f"(python -m dcssl.launch cluster {run_dir} --epoch {epoch} --redo)"
         ) from None
-    labels = np.array(np.memmap(path, dtype=np.int32, mode="r"))
+    labels = mask_labels(run_dir, np.array(np.memmap(path, dtype=np.int32, mode="r")))
     stats = json.loads((folder / "stats.json").read_text())
     k = int(stats["k"])
     if labels.max() >= k or labels.min() < -1:
@@ -142,7 +143,10 @@ def load_labels(run_dir: str | Path, epoch: int, n_tiles: int) -> tuple[np.ndarr
             f"{path}: labels outside [-1, {k}) (stats.json k={k}); re-run the cluster job for epoch {epoch}"
         )
     if labels.max() < 0:
-        raise SegmentError(f"{path}: every tile is unassigned (-1); re-run the cluster job")
+        raise SegmentError(
+            f"{path}: every tile is unassigned (-1) or excluded; re-run the cluster job or undo "
+            "an exclusion (python -m dcssl.launch exclude RUN --epoch E --clusters … --undo)"
+        )
     return labels, k
 
 
