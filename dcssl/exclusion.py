@@ -3,7 +3,8 @@
     RUN_DIR/excluded.npy   uint8, np.packbits of the N-tile boolean mask (written atomically)
 
 ``launch exclude RUN --epoch E --clusters 3,17`` sets the bits of every tile that epoch E put in
-those clusters (``--undo`` clears them), and appends an ``exclude`` record to metrics.jsonl with
+those clusters (``--undo`` clears them: the next clustering labels them again and the segment
+after it draws them), and appends an ``exclude`` record to metrics.jsonl with
 who and when. Every later train segment reads its labels through ``mask_labels``: an excluded
 tile is unassigned (-1), so the sampler never draws it; the cluster job fits on the other tiles
 only and labels excluded ones -1. Tiles are kept by index, not by cluster, so the mask means

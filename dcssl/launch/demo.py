@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         ["tile", out, "--slides", str(args.slides or demo_slide()), "--executor", "local", *overrides],
         ["train", out, "--executor", "local", *overrides],
         ["export", out],
+        ["report", out],  # also redrawn after every clustering; here for a resumed, finished demo
     ]
     for argv in stages:
         code = launch(argv)
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             return code
     print(
         f"\ndemo finished: {out}\n"
+        f"  report   {args.out / 'report' / 'index.html'}   (open it in a browser)\n"
         f"  chart    {args.out / 'charts' / 'progress.png'}\n"
         f"  metrics  {args.out / 'metrics.jsonl'}\n"
         f"  encoder  {args.out / 'export'}\n"

@@ -2,7 +2,7 @@
 
 The tiles epoch E put in those clusters are set in RUN/excluded.npy (see dcssl.exclusion): the
 next train segments never draw them and the next clusterings label them -1. ``--undo`` puts them
-back. The report's cluster cards print this command for each cluster.
+back: the next clustering labels them again and the segment after it draws them. The report's cluster cards print this command for each cluster.
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
             f"--clusters: epoch {args.epoch} has no cluster {unknown[0]} (largest id {labels.max()})"
         )
     record = update_exclusion(run_dir, args.epoch, labels, clusters, undo=args.undo)
-    verb = "put back" if args.undo else "excluded"
+    when = "clustered again from the next clustering" if args.undo else "out from the next train segment"
     print(
-        f"{verb} {record['tiles']} tiles of epoch {args.epoch} clusters {record['clusters']}; "
-        f"{record['excluded_total']} tiles excluded in all (applies from the next train segment)"
+        f"{'put back' if args.undo else 'excluded'} {record['tiles']} tiles of epoch {args.epoch} clusters "
+        f"{record['clusters']} ({when}); {record['excluded_total']} tiles excluded in all"
     )
     return 0

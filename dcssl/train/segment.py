@@ -40,6 +40,7 @@ from dcssl.train.featurebank import (
     prepare_bank,
 )
 from dcssl.train.sampler import labels_digest
+from dcssl.train.tbsteps import StepScalars
 from dcssl.train.trainer import Trainer, all_reduce_sum
 from hpc.checkpoint import CheckpointManager, atomic_write_text, load_finite
 from hpc.distributed import barrier, init_distributed
@@ -389,10 +390,12 @@ class _Segment:
             )
         window = _Window()
         self._tick = time.monotonic()
+        self.scalars = StepScalars(self.run_dir, enabled=self.env.is_main)
         try:
             for batch in trainer.batches(limit):
                 self._step(trainer, batch, writer, window, total)
         finally:
+            self.scalars.close()
             if writer is not None:
                 writer.close()
         complete = trainer.step_in_epoch >= total
@@ -440,6 +443,8 @@ class _Segment:
         self.stats["train_seconds"] += seconds
         window.add(loss, images, seconds)
         step = trainer.global_step
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        self.scalars.add(step, loss=loss, lr=lr, images_per_s=images / max(seconds, 1e-9))
         if trainer.step_in_epoch % cfg.log_every == 0 or trainer.step_in_epoch == total:
             self._report(trainer, window, total)
         if float(agreed[1]) > 0:
