@@ -49,7 +49,7 @@ def _draw(store: Store, entry: dict, labels: np.ndarray, out: Path) -> None:
         )
         entry["dropped"] = int(f["overview/dropped"].shape[0])
     name = f"slide-{i}.png"
-    image.save(out / "img" / name, optimize=True)
+    image.save(out / "img" / name, compress_level=3)
     counts = np.bincount(mine[mine >= 0]) if (mine >= 0).any() else np.zeros(0, dtype=np.int64)
     top = np.argsort(-counts, kind="stable")[: min(12, np.count_nonzero(counts))]
     entry["composition"] = [(int(c), int(counts[c])) for c in top]

@@ -6,9 +6,8 @@ JPEG tiles are decoded at reduced size (libjpeg DCT scaling) since montages are 
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 from dcssl.store import Store
@@ -20,12 +19,10 @@ QC_NAMES = ("background", "blur", "pen")
 
 def _thumb(encoded, px: int) -> Image.Image:
     array = np.asarray(encoded)
-    if array.ndim == 3:
-        image = Image.fromarray(array)
-    else:
-        image = Image.open(io.BytesIO(array.tobytes()))
-        image.draft("RGB", (px, px))
-    return image.convert("RGB").resize((px, px), Image.BILINEAR)
+    if array.ndim != 3:  # JPEG: decoded at the smallest DCT scale still ≥ px (4-8× less work)
+        array = simplejpeg.decode_jpeg(array.tobytes(), colorspace="RGB", min_height=px, min_width=px)
+    image = Image.fromarray(array)
+    return image if image.size == (px, px) else image.resize((px, px), Image.BILINEAR)
 
 
 def read_tiles(
