@@ -87,35 +87,40 @@ def _card_positions(n_picks: int, card_tiles: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_picks - 1, min(card_tiles, n_picks)).round().astype(int))
 
 
-def _write_clusters(out: Path, store: Store, cards, distances, epoch: int, run_dir: str, cfg: ReportConfig):
-    picked = np.concatenate([c.picks for c in cards])
-    images, qc = read_tiles(store, picked, cfg.tile_px)
+def _tile_row(store: Store, qc: dict, j: int, distance: float) -> list:
+    """Slide, level-0 x, y and distance to the centre of the j-th tile read."""
+    x, y = (int(v) for v in qc["xy"][j])
+    return [store.shards[int(qc["shard"][j])].slide_id, x, y, f"{distance:.4f}"]
+
+
+def _write_cards(out: Path, store: Store, chunk, distances, epoch: int, run_dir: str, cfg: ReportConfig):
+    """Montages, flags and cluster pages of one atlas page's cards: only its tiles are in memory."""
+    if not chunk:
+        return
+    images, qc = read_tiles(store, np.concatenate([c.picks for c in chunk]), cfg.tile_px)
     at = {int(g): i for i, g in enumerate(qc["index"])}
-    for card in cards:
+    for card in chunk:
         rows = [at[int(g)] for g in card.picks]
         card.flags = flags({name: qc[name][rows] for name in QC_NAMES}, cfg)
         tiles = [images[int(g)] for g in card.picks]
         montage(tiles, 8, cfg.tile_px).save(out / "img" / f"page-{card.cluster}.jpg", quality=85)
         shown = [tiles[i] for i in _card_positions(len(tiles), cfg.card_tiles)]
         montage(shown, 4, cfg.tile_px).save(out / "img" / f"card-{card.cluster}.jpg", quality=85)
+        listing = [_tile_row(store, qc, j, distances[g]) for g, j in zip(card.picks, rows)]
+        page_html = cluster_page(card, epoch, run_dir, [[i + 1, *row] for i, row in enumerate(listing)])
+        (out / "clusters" / f"c{card.cluster}.html").write_text(page_html)
+
+
+def _write_clusters(out: Path, store: Store, cards, distances, epoch: int, run_dir: str, cfg: ReportConfig):
+    """The atlas page by page (bounded memory at k = 10,000: one page's tiles at a time)."""
     pages = max(1, math.ceil(len(cards) / cfg.cards_per_page))
     for p in range(pages):
         chunk = cards[p * cfg.cards_per_page : (p + 1) * cfg.cards_per_page]
         for card in chunk:
             card.page = p + 1
+        _write_cards(out, store, chunk, distances, epoch, run_dir, cfg)
         (out / f"atlas-{p + 1:04d}.html").write_text(
             atlas_page(chunk, p + 1, pages, epoch, run_dir, len(cards))
-        )
-    for card in cards:
-        with_coords = []
-        for i, g in enumerate(card.picks):
-            j = at[int(g)]
-            x, y = (int(v) for v in qc["xy"][j])
-            with_coords.append(
-                [i + 1, store.shards[int(qc["shard"][j])].slide_id, x, y, f"{distances[g]:.4f}"]
-            )
-        (out / "clusters" / f"c{card.cluster}.html").write_text(
-            cluster_page(card, epoch, run_dir, with_coords)
         )
 
 
