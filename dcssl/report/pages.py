@@ -163,6 +163,8 @@ def slides_page(entries: list[dict], page_no: int, pages: int, epoch: int) -> st
                 f"{e['tiles']} tiles kept, {e['dropped']} candidates dropped (×). Clusters: "
                 + _composition(e["composition"], e["tiles"])
             )
+            if not e["tiles"]:  # kept no tiles: the map shows the mask, the reason says why
+                info += f'</p><p class="flag">{esc(e["reason"])}'
             blocks.append(
                 f'<div class="slide">{head}<img src="img/{e["map"]}" alt="map of {esc(e["slide"])}"><p>{info}</p></div>'
             )
