@@ -18,6 +18,7 @@ from dcssl.launch.demo import demo_slide
 from dcssl.report import build_report
 from dcssl.report.config import ReportConfig
 from dcssl.report.synthetic import FAILED_REASON, FAILED_SLIDE, make_clustered_run
+from dcssl.store import latest_attempts
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
@@ -104,8 +105,8 @@ def test_demo_report_in_the_browser(chromium, tmp_path):
         found = _visit(browser, run_dir / "report", tmp_path)
     assert found["cards"] == stats["clusters_used"]
     assert found["maps"] == 1
-    assert (
-        len(found["failed"]) == 1
-        and "unreadable" in found["failed"][0]
-        and "failed at open" in found["failed"][0]
-    )
+    ledger = latest_attempts(run_dir / "store")["unreadable"]
+    assert ledger["status"] == "failed"
+    assert len(found["failed"]) == 1
+    assert found["failed"][0].startswith("unreadable")
+    assert f"failed at {ledger['stage']}: {ledger['reason']}" in found["failed"][0]
