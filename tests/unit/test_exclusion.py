@@ -106,3 +106,16 @@ def test_bad_exclude_arguments_are_one_line_errors(clustered, capsys, args, mess
     assert message in err and "\n" not in err
     after = read_mask(clustered, N)
     assert (before is None and after is None) or (after == before).all()
+
+
+def test_every_training_step_has_its_tensorboard_scalars(clustered):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    last = max(json.loads(p.read_text())["global_step"] for p in (clustered / "train").glob("*.done.json"))
+    steps = set()
+    for events in (clustered / "tb").glob("events.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if "step/loss" in accumulator.Tags()["scalars"]:
+            steps |= {s.step for s in accumulator.Scalars("step/loss")}
+    assert last > 0 and steps == set(range(1, last + 1))
