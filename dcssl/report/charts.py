@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-__all__ = ["loss_chart", "nmi_chart", "sizes_chart", "seconds_chart"]
+__all__ = ["plot_losses", "loss_chart", "nmi_chart", "sizes_chart", "seconds_chart"]
 
 
 def _figure(width: float = 5.0, height: float = 3.2):
@@ -29,9 +29,8 @@ def _png(plt, fig) -> bytes:
     return buffer.getvalue()
 
 
-def loss_chart(windows: list[dict], epochs: list[dict]) -> bytes:
-    """Window losses over (e-1, e], epoch means, and ln k: the loss of a head that knows nothing."""
-    plt, fig, ax = _figure()
+def plot_losses(ax, windows: list[dict], epochs: list[dict]) -> None:
+    """Window losses spread over (e-1, e] (segment e is the e-th epoch of training), epoch means."""
     for epoch in sorted({w["epoch"] for w in windows}):
         mine = [w for w in windows if w["epoch"] == epoch]
         xs = epoch - 1 + (np.arange(len(mine)) + 1) / len(mine)
@@ -40,6 +39,12 @@ def loss_chart(windows: list[dict], epochs: list[dict]) -> bytes:
     ax.plot(
         [r["epoch"] for r in trained], [r["loss"] for r in trained], "o-", color="tab:red", label="epoch mean"
     )
+
+
+def loss_chart(windows: list[dict], epochs: list[dict]) -> bytes:
+    """Window losses over (e-1, e], epoch means, and ln k: the loss of a head that knows nothing."""
+    plt, fig, ax = _figure()
+    plot_losses(ax, windows, epochs)
     ks = [r["k"] for r in epochs if r.get("k")]
     if ks:
         ax.axhline(math.log(ks[-1]), ls="--", color="grey", label=f"chance: ln k = {math.log(ks[-1]):.2f}")
