@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from dcssl.cluster.config import ClusterConfig
 from dcssl.config import LoopConfig
 from dcssl.evaluate.config import CurateConfig, EmbedConfig, EvalConfig
+from dcssl.report.config import ReportConfig
 from dcssl.tile.config import TileConfig
 from dcssl.train.config import TrainConfig
 from hpc.submit import ExecutorConfig
@@ -32,6 +33,8 @@ class RunConfig:
     """Writing encoder features for a store."""
     curate: CurateConfig = field(default_factory=CurateConfig)
     """Diverse per-cluster selection of tiles."""
+    report: ReportConfig = field(default_factory=ReportConfig)
+    """The static HTML report: run page, cluster atlas, slide maps, artefact flags."""
     executor_tile: ExecutorConfig = field(default_factory=ExecutorConfig)
     """Where tiling array elements run (one slide per element)."""
     executor_train: ExecutorConfig = field(default_factory=ExecutorConfig)

@@ -7,6 +7,10 @@ Layout (see DESIGN.md)::
                               tissue  N float32, tissue fraction of each tile
                               labels  N int64 (optional: pre-tiled, labelled inputs)
                               crc32   N uint32, CRC32 of each tile's stored bytes (checked on read)
+                              blur, pen  N float32 (optional: per-tile QC, see dcssl.tile.qc)
+                              overview/{thumbnail, mask, dropped}  (optional, slides only): a
+                                      small JPEG of the slide, its tissue mask as PNG, and
+                                      the level-0 x,y of candidates dropped as background
                               attrs   slide_id, mpp, tile_size, level, source_md5, encoding, n_tiles
     store/shards/<shard>.h5.sha256   the shard's SHA-256, written before the shard is renamed
     store/manifest.json       shards in global-index order with tile counts, offsets and SHA-256
@@ -127,6 +131,7 @@ class ShardWriter:
         level: int = 0,
         source_md5: str = "",
         with_labels: bool = False,
+        qc_columns: tuple[str, ...] = (),
         attrs: dict | None = None,
     ):
         if encoding not in ("jpeg", "raw"):
@@ -135,6 +140,7 @@ class ShardWriter:
         self.encoding = encoding
         self.tile_size = tile_size
         self.with_labels = with_labels
+        self.qc_columns = qc_columns
         self.attrs = dict(
             slide_id=slide_id,
             tile_size=tile_size,
@@ -173,7 +179,14 @@ class ShardWriter:
         f.create_dataset("crc32", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.uint32)
         if self.with_labels:
             f.create_dataset("labels", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.int64)
+        for name in self.qc_columns:
+            f.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.float32)
         return self
+
+    def put(self, name: str, data: np.ndarray, **attrs) -> None:
+        """A whole dataset written once (e.g. ``overview/thumbnail`` JPEG bytes as uint8)."""
+        dataset = self._file.create_dataset(name, data=np.asarray(data))
+        dataset.attrs.update(attrs)
 
     def append(
         self,
@@ -181,14 +194,20 @@ class ShardWriter:
         coords: np.ndarray,
         tissue: np.ndarray,
         labels: np.ndarray | None = None,
+        qc: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """Add a batch: JPEG byte strings (jpeg) or a k×H×W×3 uint8 array (raw)."""
+        """Add a batch: JPEG byte strings (jpeg) or a k×H×W×3 uint8 array (raw); ``qc`` holds
+        one array per name in ``qc_columns``."""
         k = len(tiles)
         if k == 0:
             return
         f, start = self._file, self.n_tiles
-        for name in ("tiles", "coords", "tissue", "crc32") + (("labels",) if self.with_labels else ()):
+        for name in ("tiles", "coords", "tissue", "crc32", *self.qc_columns) + (
+            ("labels",) if self.with_labels else ()
+        ):
             f[name].resize(start + k, axis=0)
+        for name in self.qc_columns:
+            f[name][start : start + k] = np.asarray(qc[name], dtype=np.float32)
         if self.encoding == "jpeg":
             stored = [np.frombuffer(t, dtype=np.uint8) for t in tiles]
         else:

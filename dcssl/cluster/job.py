@@ -22,6 +22,7 @@ from hpc.preemption import PreemptionFlag, requeue_and_exit
 
 from .config import ClusterConfig
 from .exact import broadcast, gather_rows, global_max, shard_rows
+from .excluded import kept_rows
 from .health import label_warnings
 from .kmeans import KMeansState, assign_all, kmeans, sample_index
 from .nmi import nmi
@@ -202,11 +203,12 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
     bank = open_features(run_dir, epoch)
     threads, backend = _set_threads(cfg, comm), _backend(cfg, comm)
     seed = cfg.seed + (epoch if cfg.seed_per_epoch else 0)
-    fingerprint = _fingerprint(cfg, bank.n, bank.dim, seed)
-    ckpt = checkpoints(run_dir, epoch, cfg.keep_checkpoints)
-    resume = _load_resume(ckpt, fingerprint, comm)
     block = cfg.block_rows
     start, stop = shard_rows(bank.n, rank, size, block)
+    kept = kept_rows(run_dir, bank.n, start, stop, comm)  # excluded tiles take no part
+    fingerprint = _fingerprint(cfg, kept.n, bank.dim, seed)
+    ckpt = checkpoints(run_dir, epoch, cfg.keep_checkpoints)
+    resume = _load_resume(ckpt, fingerprint, comm)
     if rank == 0:
         log.info(
             "epoch %d: %d × %d features, %d ranks × %d threads, %s backend, rank 0 rows [%d, %d)%s",
@@ -221,7 +223,7 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
             f", resuming after iteration {resume['meta'].get('iteration', 0)}" if resume else "",
         )
     t0 = time.monotonic()
-    raw = bank.rows(start, stop)
+    raw = kept.take(bank.rows(start, stop))
     pca = _fit_pca(raw, cfg, resume, comm, block)
     phases["pca_fit"] = time.monotonic() - t0
     t0 = time.monotonic()
@@ -245,7 +247,7 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
             seed=seed,
             block=block,
             backend=backend,
-            row0=start,
+            row0=kept.row0,
             state=_kmeans_from(resume) if resume and "centroids" in resume else None,
             on_iteration=saver,
             groups=cfg.groups,
@@ -255,12 +257,16 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
         phases["init"] = stats.pop("seconds_init")
         phases["kmeans"] = time.monotonic() - t0 - phases["init"]
     else:
-        centroids, labels, stats = _run_rcc(x, cfg, seed, bank.n, start, resume, saver, comm, block, backend)
+        centroids, labels, stats = _run_rcc(
+            x, cfg, seed, kept.n, kept.row0, resume, saver, comm, block, backend
+        )
         phases["rcc"] = time.monotonic() - t0
     t0 = time.monotonic()
+    labels = kept.expand(labels)
     prev = read_labels_range(run_dir, epoch - 1, bank.n, start, stop)
     missing = global_max(float(prev is None), comm)[0] > 0  # every rank must have its rows
-    nmi_prev = None if missing else nmi(prev, labels, comm)
+    both = (prev >= 0) & (labels >= 0) if not missing else None  # NMI over tiles labelled twice
+    nmi_prev = None if missing else nmi(prev[both], labels[both], comm)
     phases["nmi"] = time.monotonic() - t0
     t0 = time.monotonic()
     writer = LabelsWriter(run_dir, epoch, bank.n, comm)
@@ -275,10 +281,11 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
         backend=backend,
         seed=seed,
         block_rows=block,
+        excluded=bank.n - kept.n,
         pca_explained=pca.explained if pca is not None else None,
         resumed_from=int(resume["meta"].get("iteration", 0)) if resume else None,
         init_resumed_after_round=_init_from(resume)["init_round"] if _init_from(resume) else None,
-        warnings=label_warnings(stats["sizes"], bank.n, cfg.warn_largest_share, cfg.warn_clusters_fraction),
+        warnings=label_warnings(stats["sizes"], kept.n, cfg.warn_largest_share, cfg.warn_clusters_fraction),
     )
     phases["write"] = time.monotonic() - t0
     phases["total"] = time.monotonic() - t_start

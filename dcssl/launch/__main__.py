@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "cluster": "cluster one epoch's features (PCA-whitening + k-means or RCC)",
     "status": "show what is done, failed and pending, with the latest metrics",
     "plot": "redraw charts/progress.png from metrics.jsonl",
+    "report": "write RUN/report/: run page, cluster atlas, cluster pages and slide maps (static HTML)",
+    "exclude": "drop (or --undo) an epoch's artefact clusters from training, by tile",
     "demo": "tile the shipped slide and run a few DeepCluster epochs locally on the CPU",
     "eval": "k-NN and linear-probe accuracy of the encoder against random init",
     "export": "write the trunk as a torchvision-compatible state_dict",

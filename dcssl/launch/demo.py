@@ -12,16 +12,24 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
+# Chosen so that the demo shows learning within ~2 CPU-minutes (measured: NMI(t-1, t) 0.12 → 0.21
+# → 0.29 → 0.50 → 0.45 and the epoch loss falling below ln 6 from epoch 3), where the earlier
+# settings (k=8, 7 steps an epoch, features recorded from augmented crops) sat at NMI ≈ 0.06-0.09
+# with the loss above chance:
 DEMO_OVERRIDES = [
     "tile.tile_size=96",  # ≈240 tissue tiles from the small slide instead of ≈45 at 224 px
     "train.model.arch=resnet18",
     "train.model.proj_dim=64",  # torchvision resnet18, exportable
     "train.augment.size=64",
+    "train.augment.scale_min=0.4",  # crops of ≥ 40 % of a 96 px tile keep its tissue type
     "train.data.batch_size=32",
     "train.data.workers=0",
-    "cluster.k=8",
+    "train.data.samples_per_epoch=1024",  # 32 steps an epoch (each tile ≈ 4×), not 7
+    "train.optim.lr=0.02",  # 0.05 with 32-tile batches kept the loss above ln k
+    "train.feature_source=extract",  # cluster eval-mode features of whole tiles, not of crops
+    "cluster.k=6",  # ≈ 40 tiles per cluster
     "cluster.pca_dim=32",
-    "loop.epochs=3",
+    "loop.epochs=5",
 ]
 
 
@@ -48,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _has_tiles(run_dir: Path) -> bool:
+    from dcssl.store import Store
+
+    manifest = run_dir / "store" / "manifest.json"
+    return manifest.is_file() and Store(run_dir / "store").n_tiles > 0
+
+
 def run(args: argparse.Namespace) -> int:
     from dcssl.launch.__main__ import main as launch
 
@@ -56,13 +71,15 @@ def run(args: argparse.Namespace) -> int:
         ["tile", out, "--slides", str(args.slides or demo_slide()), "--executor", "local", *overrides],
         ["train", out, "--executor", "local", *overrides],
         ["export", out],
+        ["report", out],  # also redrawn after every clustering; here for a resumed, finished demo
     ]
     for argv in stages:
         code = launch(argv)
-        if code != 0:
-            return code
+        if code != 0 and not (argv[0] == "tile" and _has_tiles(args.out)):
+            return code  # a slide that failed to tile stops nothing while others gave tiles
     print(
         f"\ndemo finished: {out}\n"
+        f"  report   {args.out / 'report' / 'index.html'}   (open it in a browser)\n"
         f"  chart    {args.out / 'charts' / 'progress.png'}\n"
         f"  metrics  {args.out / 'metrics.jsonl'}\n"
         f"  encoder  {args.out / 'export'}\n"

@@ -71,16 +71,10 @@ def draw_progress(paths: RunPaths, records: list[dict], target: Path | None = No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from dcssl.report.charts import plot_losses
+
     fig, (ax_loss, ax_nmi, ax_sizes) = plt.subplots(1, 3, figsize=(15, 4.2))
-    # window losses spread over (e-1, e]: segment e is the e-th epoch of training
-    for epoch in sorted({w["epoch"] for w in windows}):
-        mine = [w for w in windows if w["epoch"] == epoch]
-        xs = epoch - 1 + (np.arange(len(mine)) + 1) / len(mine)
-        ax_loss.plot(xs, [w["loss"] for w in mine], lw=0.8, color="tab:blue", alpha=0.5)
-    trained = [r for r in epochs if r.get("loss") is not None]
-    ax_loss.plot(
-        [r["epoch"] for r in trained], [r["loss"] for r in trained], "o-", color="tab:red", label="epoch mean"
-    )
+    plot_losses(ax_loss, windows, epochs)
     ax_loss.set_xlabel("epoch")
     ax_loss.grid(alpha=0.3)
     ax_loss.set_title("training loss")

@@ -63,6 +63,21 @@ def train_task(run_dir: str, epoch: int) -> dict:
     return run_segment(Path(run_dir), epoch, cfg)
 
 
+def redraw_report(run_dir: str, epoch: int) -> None:
+    """Rewrite RUN/report/ for the epoch just clustered; a report that fails is logged and the
+    loop goes on (the report is a view, never a reason to stop training)."""
+    import logging
+
+    from dcssl.config import load_section
+    from dcssl.report.build import build_report
+    from dcssl.report.config import ReportConfig
+
+    try:
+        build_report(Path(run_dir), epoch, load_section(ReportConfig, "report", run_dir))
+    except Exception as err:  # noqa: BLE001 — logged with its cause; `launch report` retries it
+        logging.getLogger(__name__).warning("report of epoch %d not written: %s", epoch, err, exc_info=True)
+
+
 def cluster_task(run_dir: str, epoch: int) -> dict:
     """Cluster epoch's features (MPI ranks of whatever started us), then report the epoch."""
     from dcssl.cluster.config import ClusterConfig
@@ -76,6 +91,7 @@ def cluster_task(run_dir: str, epoch: int) -> dict:
     if comm.Get_rank() == 0:
         loop = load_section(LoopConfig, "loop", run_dir)
         publish_epoch(RunPaths(Path(run_dir)), epoch)
+        redraw_report(run_dir, epoch)
         prune_features(RunPaths(Path(run_dir)), epoch, loop.keep_features)
     return stats
 

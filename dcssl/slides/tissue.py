@@ -37,9 +37,11 @@ _BLOCK = 4096  # level pixels per side of one read while building a low-resoluti
 class TissueMask:
     """A boolean mask and its scale: mask pixel (r, c) covers level-0 pixels ×``scale``."""
 
-    def __init__(self, mask: np.ndarray, scale: float):
+    def __init__(self, mask: np.ndarray, scale: float, view: np.ndarray | None = None):
         self.mask = mask
         self.scale = scale
+        self.view = view
+        """The low-resolution RGB the mask was computed from (the slide's overview)."""
 
     def coverage(self, x0: np.ndarray, y0: np.ndarray, size0: float) -> np.ndarray:
         """Fraction of each level-0 square (x0, y0, size0) that lies in the mask."""
@@ -184,7 +186,7 @@ def read_low_res(slide: openslide.AbstractSlide, probe: SlideProbe, mpp: float) 
 
 def tissue_mask(slide: openslide.AbstractSlide, probe: SlideProbe, cfg: TissueConfig) -> TissueMask:
     rgb, scale = read_low_res(slide, probe, cfg.mask_mpp)
-    return TissueMask(mask_from_rgb(rgb, cfg, probe.mpp * scale), scale)
+    return TissueMask(mask_from_rgb(rgb, cfg, probe.mpp * scale), scale, view=rgb)
 
 
 def background_fraction(tiles: np.ndarray, white_level: int, black_level: int, stride: int = 2) -> np.ndarray:

@@ -22,6 +22,7 @@ from dcssl.slides.grid import Block, TileGrid
 from dcssl.slides.tiffjpeg import TiffJpegLevel0
 from dcssl.slides.tissue import background_fraction, region_to_rgb
 from dcssl.tile.config import TileConfig
+from dcssl.tile.qc import blur_score, pen_fraction
 
 __all__ = ["BlockResult", "BlockReader"]
 
@@ -38,6 +39,10 @@ class BlockResult:
     """Tiles of this block that could not be read."""
     candidates: int
     """Candidate tiles in this block (kept + dropped as background + unreadable)."""
+    qc: dict[str, np.ndarray]
+    """Per kept tile: ``blur`` (variance of the Laplacian) and ``pen`` (ink fraction)."""
+    dropped: np.ndarray
+    """(m, 2) level-0 x, y of the candidates dropped as background or unreadable."""
 
 
 def _encode(tile: np.ndarray, quality: int) -> bytes:
@@ -138,6 +143,8 @@ class BlockReader:
             tiles=encoded,
             errors=int((~ok).sum()),
             candidates=len(block.tiles),
+            qc={"blur": blur_score(kept), "pen": pen_fraction(kept)},
+            dropped=self.grid.coords(block.tiles[~keep]),
         )
 
 

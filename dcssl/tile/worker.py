@@ -18,14 +18,16 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import openslide
 
 from dcssl.slides.grid import Block, TileGrid, group_blocks, make_grid
 from dcssl.slides.probe import ProbeError, SlideProbe, choose_level, probe_slide
-from dcssl.slides.tissue import tissue_mask
+from dcssl.slides.tissue import TissueMask, tissue_mask
 from dcssl.store import ShardWriter
 from dcssl.tile.blocks import BlockReader, BlockResult, init_pool_reader, process_in_pool
 from dcssl.tile.config import TileConfig
+from dcssl.tile.qc import overview_images
 
 __all__ = ["SlideFailure", "SlideResult", "tile_slide", "effective_workers", "plan_slide"]
 
@@ -87,8 +89,10 @@ def _open(path: str) -> openslide.OpenSlide:
         raise SlideFailure("open", f"cannot read the file: {err.strerror or err}") from None
 
 
-def plan_slide(slide: openslide.OpenSlide, cfg: TileConfig) -> tuple[SlideProbe, TileGrid, list[Block]]:
-    """Probe, mask and grid: the blocks of candidate tiles to read."""
+def plan_slide(
+    slide: openslide.OpenSlide, cfg: TileConfig
+) -> tuple[SlideProbe, TileGrid, list[Block], TissueMask]:
+    """Probe, mask and grid: the blocks of candidate tiles to read (and the mask)."""
     try:
         probe = probe_slide(slide, cfg.mpp_policy, cfg.assumed_mpp)
         level = choose_level(probe, cfg.target_mpp, cfg.allow_upsample)
@@ -103,7 +107,7 @@ def plan_slide(slide: openslide.OpenSlide, cfg: TileConfig) -> tuple[SlideProbe,
     xy = grid.coords(ij)
     coverage = mask.coverage(xy[:, 0], xy[:, 1], grid.step0)
     candidates = ij[coverage >= cfg.tissue.min_mask_coverage] if len(ij) else ij
-    return probe, grid, group_blocks(grid, candidates, cfg.block_tiles)
+    return probe, grid, group_blocks(grid, candidates, cfg.block_tiles), mask
 
 
 def _results_inline(
@@ -174,6 +178,14 @@ def tile_slide(
         slide.close()
 
 
+def _put_overview(writer: ShardWriter, mask: TissueMask, dropped: list[np.ndarray]) -> None:
+    """The slide's thumbnail, mask and dropped candidates, so the report never needs the slide."""
+    thumbnail, mask_png, scale = overview_images(mask.view, mask.mask, mask.scale)
+    writer.put("overview/thumbnail", thumbnail, scale=scale)
+    writer.put("overview/mask", mask_png, scale=scale)
+    writer.put("overview/dropped", np.concatenate(dropped) if dropped else np.zeros((0, 2), np.int64))
+
+
 def _note(grid: TileGrid, total: int, errors: int) -> str:
     if errors:
         return f"{errors} unreadable tiles skipped"
@@ -192,7 +204,7 @@ def _tile_open_slide(
     workers: int,
     start: float,
 ) -> SlideResult:
-    probe, grid, blocks = plan_slide(slide, cfg)
+    probe, grid, blocks, mask = plan_slide(slide, cfg)
     total = sum(len(b.tiles) for b in blocks)
     log.info(
         "%s: %dx%d px, %.3f µm/px (%s), level %d, %d candidate tiles in %d blocks",
@@ -223,8 +235,10 @@ def _tile_open_slide(
             mpp=probe.mpp,
             level=grid.level,
             source_md5=source_md5,
+            qc_columns=("blur", "pen"),
             attrs=attrs,
         ) as writer:
+            dropped = []
             # a pool costs ~1 s of process start-up: worth it only with blocks to share out
             pooled = workers > 1 and len(blocks) >= 2 * workers
             results = (
@@ -233,7 +247,8 @@ def _tile_open_slide(
                 else _results_inline(path, grid, cfg, blocks, slide)
             )
             for result in results:
-                writer.append(result.tiles, result.coords, result.tissue)
+                writer.append(result.tiles, result.coords, result.tissue, qc=result.qc)
+                dropped.append(result.dropped)
                 errors += result.errors
                 done += result.candidates
                 if time.monotonic() - last_log > _PROGRESS_EVERY_S:
@@ -246,6 +261,7 @@ def _tile_open_slide(
                     f"tile.max_error_fraction={cfg.max_error_fraction}); the file "
                     "is probably corrupt: download it again",
                 )
+            _put_overview(writer, mask, dropped)
             written = writer.n_tiles
     except openslide.OpenSlideError as err:  # the slide failed in a way a reopen did not fix
         raise SlideFailure("read", f"openslide failed while reading tiles: {err}") from None

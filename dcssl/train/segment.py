@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from dcssl.cluster.health import single_label_reason
+from dcssl.exclusion import mask_labels
 from dcssl.jsonl import append_jsonl
 from dcssl.store import Store
 from dcssl.train.config import TrainConfig
@@ -40,6 +41,7 @@ from dcssl.train.featurebank import (
     prepare_bank,
 )
 from dcssl.train.sampler import labels_digest
+from dcssl.train.tbsteps import StepScalars
 from dcssl.train.trainer import Trainer, all_reduce_sum
 from hpc.checkpoint import CheckpointManager, atomic_write_text, load_finite
 from hpc.distributed import barrier, init_distributed
@@ -135,7 +137,7 @@ def load_labels(run_dir: str | Path, epoch: int, n_tiles: int) -> tuple[np.ndarr
             f"{err}; re-run the cluster job for epoch {epoch} "
             f"(python -m dcssl.launch cluster {run_dir} --epoch {epoch} --redo)"
         ) from None
-    labels = np.array(np.memmap(path, dtype=np.int32, mode="r"))
+    labels = mask_labels(run_dir, np.array(np.memmap(path, dtype=np.int32, mode="r")))
     stats = json.loads((folder / "stats.json").read_text())
     k = int(stats["k"])
     if labels.max() >= k or labels.min() < -1:
@@ -143,7 +145,10 @@ def load_labels(run_dir: str | Path, epoch: int, n_tiles: int) -> tuple[np.ndarr
             f"{path}: labels outside [-1, {k}) (stats.json k={k}); re-run the cluster job for epoch {epoch}"
         )
     if labels.max() < 0:
-        raise SegmentError(f"{path}: every tile is unassigned (-1); re-run the cluster job")
+        raise SegmentError(
+            f"{path}: every tile is unassigned (-1) or excluded; re-run the cluster job or undo "
+            "an exclusion (python -m dcssl.launch exclude RUN --epoch E --clusters … --undo)"
+        )
     reason = single_label_reason(stats, epoch)
     if reason:
         raise SegmentError(f"{folder}: {reason}")
@@ -389,10 +394,12 @@ class _Segment:
             )
         window = _Window()
         self._tick = time.monotonic()
+        self.scalars = StepScalars(self.run_dir, enabled=self.env.is_main)
         try:
             for batch in trainer.batches(limit):
                 self._step(trainer, batch, writer, window, total)
         finally:
+            self.scalars.close()
             if writer is not None:
                 writer.close()
         complete = trainer.step_in_epoch >= total
@@ -440,6 +447,8 @@ class _Segment:
         self.stats["train_seconds"] += seconds
         window.add(loss, images, seconds)
         step = trainer.global_step
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        self.scalars.add(step, loss=loss, lr=lr, images_per_s=images / max(seconds, 1e-9))
         if trainer.step_in_epoch % cfg.log_every == 0 or trainer.step_in_epoch == total:
             self._report(trainer, window, total)
         if float(agreed[1]) > 0:

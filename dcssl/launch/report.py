@@ -1,0 +1,33 @@
+"""``launch report RUN [--epoch E]``: write RUN/report/ (static HTML; open report/index.html)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dcssl.config import load_section
+from dcssl.launch.common import UsageError, existing_run_dir
+from dcssl.report.build import ReportError, build_report
+from dcssl.report.config import ReportConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, help="the run directory")
+    parser.add_argument("--epoch", type=int, default=None, help="epoch of the atlas (default: the newest)")
+    parser.add_argument(
+        "overrides", nargs="*", default=[], metavar="report.key=value", help="e.g. report.cards_per_page=100"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = existing_run_dir(args.run_dir)
+    if not (run_dir / "store" / "manifest.json").is_file():
+        raise UsageError(f"{run_dir / 'store'}: no tile store; tile the slides first")
+    if args.epoch is not None and args.epoch < 0:
+        raise UsageError(f"--epoch {args.epoch}: give a clustered epoch ≥ 0")
+    cfg = load_section(ReportConfig, "report", run_dir, overrides=args.overrides)
+    try:
+        print(build_report(run_dir, args.epoch, cfg))
+    except ReportError as err:
+        raise UsageError(str(err)) from None
+    return 0
