@@ -9,16 +9,17 @@ cancels the rest (e.g. jobs stuck behind a failed or cancelled one) and resubmit
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import time
 from dataclasses import replace
 
 from dcssl.paths import RunPaths
 from dcssl.pipeline.state import RunState
-from dcssl.pipeline.steps import Step, cluster_task, is_done, train_task
+from dcssl.pipeline.steps import Step, is_done, run_stage
 from hpc.submit import ExecutorConfig, make_executor
 
-__all__ = ["live_jobs", "submit_chain", "wait_chain"]
+__all__ = ["live_jobs", "chain_in_use", "submit_chain", "wait_chain"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,22 @@ def _executor_for(step: Step, paths: RunPaths, cfg: ExecutorConfig, dependency: 
     return make_executor(cfg, paths.logs / "slurm" / "%j", job_name=f"dcssl-{step.name}", **extra)
 
 
+def chain_in_use(pending: list[Step], state: RunState) -> str | None:
+    """Who runs this run on SLURM right now: the first pending step's job while it is queued
+    or running and not stuck behind a broken link (None: no healthy chain is live). A chain holds
+    no lock between its jobs, so a second launcher is refused on this instead."""
+    if not pending:
+        return None
+    record = state.step(pending[0].name)
+    job_id = record.get("job_id")
+    if record.get("executor") != "slurm" or not job_id or shutil.which("squeue") is None:
+        return None
+    queued = live_jobs([job_id]).get(job_id)
+    if not queued or queued[1] in _BROKEN:
+        return None
+    return f"SLURM job {job_id} ({pending[0].name}, {queued[0].lower()}) of the chain this run submitted"
+
+
 def submit_chain(
     pending: list[Step], paths: RunPaths, executors: dict[str, ExecutorConfig], state: RunState
 ) -> list[str]:
@@ -75,8 +92,7 @@ def submit_chain(
     ids = [state.step(s.name)["job_id"] for s in kept]
     for step in pending[len(kept) :]:
         executor = _executor_for(step, paths, executors[step.kind], previous)
-        task = train_task if step.kind == "train" else cluster_task
-        job = executor.submit(task, str(paths.root), step.epoch)
+        job = executor.submit(run_stage, step.kind, str(paths.root), step.epoch)
         state.update(
             step.name,
             status="submitted",
