@@ -42,12 +42,14 @@ def read_holder(path: Path) -> dict:
 
 
 def describe_holder(holder: dict) -> str:
-    """``pid 12 on host n1 since 2026-12-02 01:04:30 UTC (launch train)``."""
+    """``pid 12 on host n1 since 2026-12-02 01:04:30 UTC (launch train), running train-0001 as
+    pid 14``: ``what`` and ``running``/``child_pid`` are optional fields of the record."""
     if not holder.get("pid"):
         return "another process (it has not said who yet)"
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(holder.get("since", 0))))
     what = f" ({holder['what']})" if holder.get("what") else ""
-    return f"pid {holder['pid']} on host {holder.get('host', '?')} since {since}{what}"
+    child = f", running {holder['running']} as pid {holder.get('child_pid')}" if holder.get("running") else ""
+    return f"pid {holder['pid']} on host {holder.get('host', '?')} since {since}{what}{child}"
 
 
 def _try_flock(fd: int) -> bool:

@@ -75,7 +75,7 @@ def _run_step(
             step.name, status="running", executor="local", log=str(log_file), pid=proc.pid, host=host
         )
         if lock is not None:
-            lock.update(step=step.name, step_pid=proc.pid)
+            lock.update(running=step.name, child_pid=proc.pid)
         code = proc.wait()
     seconds = round(time.time() - started, 2)
     if code != 0 or not is_done(paths, step):
