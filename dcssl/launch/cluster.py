@@ -56,5 +56,5 @@ def run(args: argparse.Namespace) -> int:
                 print(f"error: {err}")
                 return 1
             return 0
-        submit_chain([step], paths, {"cluster": executor}, state)
+        submit_chain([step], paths, {"cluster": executor}, state, lock)
     return 0 if wait_chain([step], paths, RunState(paths)) else 1

@@ -108,7 +108,7 @@ def run_loop(paths: RunPaths, cfg, wait: bool = True) -> int:
                 return 1
             _report(paths)
             return 0
-        submit_chain(pending, paths, executors, state)
+        submit_chain(pending, paths, executors, state, lock)
     # from here the chain holds the run: each job takes the lock, its queue entries refuse others
     if not wait:
         log.info("chain submitted; watch it with `python -m dcssl.launch status %s`", paths.root)
