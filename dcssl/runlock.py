@@ -73,7 +73,7 @@ def hold_run(
             if not (finishing and finishing(held.holder)) or time.monotonic() > deadline:
                 raise _refusal(paths, held.holder) from None
             time.sleep(1.0)
-    if lock.previous and lock.previous.get("pid") and holder_id(lock.previous) != holder_id(lock.holder):
+    if lock.previous and lock.previous.get("pid") and "released" not in lock.previous:
         log.info("run lock: taking over from %s, which has gone", describe_holder(lock.previous))
     _held[key] = lock
     try:

@@ -76,7 +76,8 @@ def is_locked(path: Path) -> bool:
 class FileLock:
     """``with FileLock(path).acquire(what="…")``: hold ``path`` exclusively or raise ``LockHeld``.
 
-    ``previous`` is what the last holder wrote when this one took the lock over (None if none).
+    ``previous`` is what the last holder wrote (None if none); without a ``released`` time in it,
+    that holder died holding the lock and this one took it over.
     """
 
     def __init__(self, path: Path):
@@ -105,7 +106,9 @@ class FileLock:
         os.pwrite(self.fd, data, 0)
 
     def release(self) -> None:
+        """Let go, marking the record released (a record without the mark is a holder that died)."""
         if self.fd is not None:
+            self.update(released=round(time.time(), 3))
             os.close(self.fd)  # the record stays: the next holder overwrites it
             self.fd = None
 

@@ -49,13 +49,14 @@ def test_a_lock_of_a_killed_process_is_taken_over(holder):
     proc.wait()
     assert not is_locked(path)
     with FileLock(path).acquire(what="successor") as lock:
-        assert lock.previous["pid"] == proc.pid  # who held it before is known
+        assert lock.previous["pid"] == proc.pid and "released" not in lock.previous  # died holding it
         assert read_holder(path) == lock.holder and lock.holder["pid"] == os.getpid()
         lock.update(step="train-0001")
         assert json.loads(path.read_text())["step"] == "train-0001"
         assert is_locked(path)
     assert not is_locked(path)
-    FileLock(path).acquire().release()  # released: free again
+    with FileLock(path).acquire() as again:  # a clean release is marked as such
+        assert again.previous["pid"] == os.getpid() and again.previous["released"] >= again.previous["since"]
 
 
 def test_an_unreadable_record_is_reported_not_raised(tmp_path):
