@@ -43,6 +43,20 @@ def _under_parent(paths: RunPaths, holder: dict) -> bool:
     return bool(holder) and os.environ.get(ENV) == f"{paths.root.resolve()}|{holder_id(holder)}"
 
 
+def _acquire(paths: RunPaths, what: str, finishing, deadline: float, fields: dict) -> FileLock | None:
+    """The lock, or None when our parent holds it for us; RunInUse when someone else does."""
+    while True:
+        try:
+            return FileLock(paths.lock).acquire(what=what, **fields)
+        except LockHeld as held:
+            holder = held.holder
+        if _under_parent(paths, holder):
+            return None
+        if not (finishing and finishing(holder)) or time.monotonic() > deadline:
+            raise _refusal(paths, holder)
+        time.sleep(1.0)
+
+
 @contextmanager
 def hold_run(
     paths: RunPaths,
@@ -61,18 +75,10 @@ def hold_run(
     if key in _held:
         yield _held[key]
         return
-    deadline = time.monotonic() + grace_s
-    while True:
-        try:
-            lock = FileLock(paths.lock).acquire(what=what, **fields)
-            break
-        except LockHeld as held:
-            if _under_parent(paths, held.holder):
-                yield None
-                return
-            if not (finishing and finishing(held.holder)) or time.monotonic() > deadline:
-                raise _refusal(paths, held.holder) from None
-            time.sleep(1.0)
+    lock = _acquire(paths, what, finishing, time.monotonic() + grace_s, fields)
+    if lock is None:
+        yield None
+        return
     if lock.previous and lock.previous.get("pid") and "released" not in lock.previous:
         log.info("run lock: taking over from %s, which has gone", describe_holder(lock.previous))
     _held[key] = lock
