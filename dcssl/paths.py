@@ -41,6 +41,11 @@ class RunPaths:
         return self.root / "config.yaml"
 
     @property
+    def lock(self) -> Path:
+        """The run lock: one launcher (or job) at a time (dcssl.runlock)."""
+        return self.root / "run.lock"
+
+    @property
     def state(self) -> Path:
         return self.root / "state.json"
 

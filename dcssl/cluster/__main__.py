@@ -2,6 +2,10 @@
 
 Works alone, under ``mpiexec -n R`` and under ``srun --mpi=pmi2 -n R``. Overrides may be written
 ``cluster.k=3000`` or just ``k=3000``; overrides of other sections are ignored.
+
+This is the stage's one entry point (slurm/cluster.sbatch, the local executor, submitit jobs):
+labels, then the epoch's summary (metrics.jsonl, charts/progress.png, RUN/report/) and the pruning of old
+feature banks (``loop.keep_features``) — all under the run lock, held by rank 0.
 """
 
 from __future__ import annotations
@@ -10,9 +14,13 @@ import argparse
 import dataclasses
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
-from dcssl.config import ConfigError, load_section
+from dcssl.config import ConfigError, LoopConfig, load_section
+from dcssl.paths import RunPaths
+from dcssl.runlock import RunInUse, hold_stage
+from hpc.checkpoint import as_disk_full
 
 from .config import ClusterConfig
 
@@ -56,15 +64,47 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    with ExitStack() as held:
+        refusal = None
+        if rank == 0:  # one rank holds the run lock for the whole job, publishing included
+            try:
+                held.enter_context(hold_stage(args.run_dir, f"cluster-{args.epoch:04d}"))
+            except RunInUse as err:
+                refusal = str(err)
+        if comm.bcast(refusal, root=0):
+            if rank == 0:
+                print(f"error: {refusal}", file=sys.stderr)
+            return 2
+        try:
+            return _cluster_and_publish(args.run_dir, args.epoch, cfg, comm)
+        except OSError as err:
+            disk_full = as_disk_full(err, Path(args.run_dir))
+            if disk_full is None:
+                raise
+            print(f"error: {disk_full}", file=sys.stderr, flush=True)  # the line the launcher repeats
+            return 1
+
+
+def _cluster_and_publish(run_dir: Path, epoch: int, cfg: ClusterConfig, comm) -> int:
+    """Labels of ``epoch``, then (rank 0) its summary in metrics.jsonl and the chart, and the
+    pruning of feature banks older than ``loop.keep_features``."""
+    from dcssl.pipeline.report import publish_epoch
+    from dcssl.pipeline.steps import prune_features, redraw_report
+
     from .job import run_cluster
 
     try:
-        run_cluster(args.run_dir, args.epoch, cfg, comm)
+        run_cluster(run_dir, epoch, cfg, comm)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         if comm.Get_size() > 1:
             comm.Abort(1)  # other ranks may wait in a collective forever
         return 1
+    if comm.Get_rank() == 0:
+        paths = RunPaths(Path(run_dir))
+        publish_epoch(paths, epoch)
+        redraw_report(run_dir, epoch)
+        prune_features(paths, epoch, load_section(LoopConfig, "loop", run_dir).keep_features)
     return 0
 
 

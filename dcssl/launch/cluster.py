@@ -9,7 +9,13 @@ import shutil
 from dataclasses import replace
 
 from dcssl.config import load_run_config, save_run_config
-from dcssl.launch.common import UsageError, add_run_arguments, existing_run_dir
+from dcssl.launch.common import (
+    UsageError,
+    add_run_arguments,
+    existing_run_dir,
+    hold_run_or_refuse,
+    refuse_live_chain,
+)
 from dcssl.paths import RunPaths
 from dcssl.pipeline.local import StepFailed, run_local
 from dcssl.pipeline.slurm import submit_chain, wait_chain
@@ -37,20 +43,23 @@ def run(args: argparse.Namespace) -> int:
         )
     cfg = load_run_config(paths.root, args.config, args.overrides)
     executor = replace(cfg.executor_cluster, kind=args.executor or cfg.executor_cluster.kind)
-    save_run_config(paths.root, cfg)  # the job reads the run's config: overrides are kept
-    if args.redo:
-        shutil.rmtree(paths.labels(args.epoch), ignore_errors=True)
-    step, state = Step("cluster", args.epoch), RunState(paths)
-    if executor.kind == "local":
-        try:
-            run_local([step], paths, {"cluster": executor}, state)
-        except StepFailed as err:
-            print(f"error: {err}")
-            return 1
-    else:
-        submit_chain([step], paths, {"cluster": executor}, state)
-        if not wait_chain([step], paths, state):
-            return 1
+    step = Step("cluster", args.epoch)
+    with hold_run_or_refuse(paths, "launch cluster") as lock:
+        state = RunState(paths)
+        refuse_live_chain(paths, [step], state)
+        save_run_config(paths.root, cfg)  # the job reads the run's config: overrides are kept
+        if args.redo:
+            shutil.rmtree(paths.labels(args.epoch), ignore_errors=True)
+        if executor.kind == "local":
+            try:
+                run_local([step], paths, {"cluster": executor}, state, lock)
+            except StepFailed as err:
+                print(f"error: {err}")
+                return 1
+        else:
+            submit_chain([step], paths, {"cluster": executor}, state, lock)
+    if executor.kind != "local" and not wait_chain([step], paths, RunState(paths)):
+        return 1
     print(result_line(json.loads((paths.labels(args.epoch) / "stats.json").read_text())))
     return 0
 

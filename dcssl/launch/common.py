@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from dcssl.paths import RunPaths
+from dcssl.runlock import RunInUse, hold_run
+from hpc.lock import FileLock
 
 
 class UsageError(Exception):
@@ -32,3 +38,36 @@ def existing_run_dir(path: Path) -> Path:
             f"`python -m dcssl.launch tile {path} --slides …` (or demo)"
         )
     return path
+
+
+def _finishing(paths: RunPaths):
+    """A holder that is a job whose step is already done is only writing its summary: wait."""
+    from dcssl.pipeline.steps import Step, is_done
+
+    def finishing(holder: dict) -> bool:
+        step = Step.from_name(str(holder.get("step", "")))
+        return step is not None and is_done(paths, step)
+
+    return finishing
+
+
+@contextmanager
+def hold_run_or_refuse(paths: RunPaths, what: str) -> Iterator[FileLock | None]:
+    """This launcher's hold on the run for the block; a run in use is a UsageError (exit 2)."""
+    try:
+        with hold_run(paths, what, finishing=_finishing(paths)) as lock:
+            yield lock
+    except RunInUse as err:
+        raise UsageError(str(err)) from None
+
+
+def refuse_live_chain(paths: RunPaths, pending, state) -> None:
+    """A SLURM chain of this run still queued or running: refuse (it holds no lock between jobs)."""
+    from dcssl.pipeline.slurm import chain_in_use
+
+    holder = chain_in_use(pending, state)
+    if holder:
+        raise UsageError(
+            f"{paths.root}: run in use by {holder}; wait for the chain to finish "
+            f"(`python -m dcssl.launch status {paths.root}`) or scancel it"
+        )

@@ -8,10 +8,12 @@ A re-run skips the shards already written.
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 from pathlib import Path
 
 from dcssl.config import load_section
-from dcssl.launch.common import UsageError, add_run_arguments
+from dcssl.launch.common import UsageError, add_run_arguments, hold_run_or_refuse
+from dcssl.paths import RunPaths
 from dcssl.tile.config import TileConfig
 from dcssl.tile.ingest import IngestError, ingest_folder
 
@@ -36,10 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_section(TileConfig, "tile", args.run_dir, args.config, args.overrides)
-    try:
-        summary = ingest_folder(args.tiles, Path(args.run_dir) / "store", cfg, args.labels, args.name)
-    except IngestError as err:
-        raise UsageError(str(err)) from None
+    paths = RunPaths(Path(args.run_dir))
+    with hold_run_or_refuse(paths, "launch ingest") if paths.root.is_dir() else nullcontext():
+        try:
+            summary = ingest_folder(args.tiles, paths.store, cfg, args.labels, args.name)
+        except IngestError as err:
+            raise UsageError(str(err)) from None
     classes = ", ".join(summary["classes"]) or "none"
     print(
         f"{summary['images']} images: {summary['written']} tiles written, "

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from dcssl.jsonl import read_jsonl
-from dcssl.launch.common import UsageError, existing_run_dir
+from dcssl.launch.common import UsageError, existing_run_dir, hold_run_or_refuse
 from dcssl.paths import RunPaths
 from dcssl.pipeline.report import draw_progress, publish_missing
 
@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         chart = draw_progress(paths, read_jsonl(paths.metrics), target=args.out)
     else:
-        chart = publish_missing(paths)
+        with hold_run_or_refuse(paths, "launch plot"):
+            chart = publish_missing(paths)
     if chart is None:
         raise UsageError(f"{paths.metrics}: no metrics yet; run `launch train` first")
     print(chart)

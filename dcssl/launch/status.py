@@ -68,7 +68,7 @@ def _print_human(report: dict) -> None:
         print(f"\nDeepCluster loop: {report['loop']['done']} of {len(report['loop']['steps'])} steps done")
         for step in report["loop"]["steps"]:
             where = f"job {step['job_id']}" if step.get("job_id") else ""
-            log_hint = f"  log: {step['log']}" if step["status"] == "failed" else ""
+            log_hint = f"  log: {step['log']}" if step["status"] in ("failed", "interrupted") else ""
             print(f"  {step['name']:<13} {step['status']:<10} {where}{log_hint}")
     if report["epochs"]:
         print()

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
-from dcssl.launch.common import UsageError, add_run_arguments
+from dcssl.launch.common import UsageError, add_run_arguments, hold_run_or_refuse
 from dcssl.paths import RunPaths
 from dcssl.slides.sources import SourceError
 from dcssl.tile.prepare import load_tile_settings, prepare_run
@@ -84,10 +85,20 @@ def run(args: argparse.Namespace) -> int:
     _, executor = load_tile_settings(paths.root, args.config, args.overrides)
     if args.executor:
         executor = replace(executor, kind=args.executor)
-    try:
-        refs = prepare_run(paths.root, args.slides, args.config, args.overrides, executor)
-    except SourceError as err:
-        raise UsageError(str(err)) from None
+    with ExitStack() as held:
+        existed = paths.root.is_dir()  # a new run gets its lock once it exists, before any tiling
+        if existed:
+            held.enter_context(hold_run_or_refuse(paths, "launch tile"))
+        try:
+            refs = prepare_run(paths.root, args.slides, args.config, args.overrides, executor)
+        except SourceError as err:
+            raise UsageError(str(err)) from None
+        if not existed:
+            held.enter_context(hold_run_or_refuse(paths, "launch tile"))
+        return _tile(paths, refs, executor, args)
+
+
+def _tile(paths: RunPaths, refs, executor, args: argparse.Namespace) -> int:
     pending = pending_indices(paths.root, refs)
     log.info(
         "%d slides: %d already tiled, %d to tile (%s executor, at most %d at once)",

@@ -8,7 +8,13 @@ from dataclasses import replace
 
 from dcssl.config import load_run_config, save_run_config
 from dcssl.jsonl import read_jsonl
-from dcssl.launch.common import UsageError, add_run_arguments, existing_run_dir
+from dcssl.launch.common import (
+    UsageError,
+    add_run_arguments,
+    existing_run_dir,
+    hold_run_or_refuse,
+    refuse_live_chain,
+)
 from dcssl.paths import RunPaths
 from dcssl.pipeline.local import StepFailed, run_local
 from dcssl.pipeline.report import draw_progress, epoch_table
@@ -74,34 +80,42 @@ def check_inputs(paths: RunPaths, pending: list[Step], keep: int) -> None:
         ) from None
 
 
-def run_loop(paths: RunPaths, cfg, wait: bool = True) -> int:
-    """Run (or submit) every unfinished step; 0 when all are done (or submitted)."""
-    pending: list[Step] = pending_steps(paths, cfg.loop.epochs)
-    check_inputs(paths, pending, cfg.train.keep_checkpoints)
-    save_run_config(paths.root, cfg)
-    if not pending:
-        log.info("all %d epochs are done; nothing to run", cfg.loop.epochs)
-        return 0
-    state = RunState(paths)
-    executors = {"train": cfg.executor_train, "cluster": cfg.executor_cluster}
-    log.info("%d step(s) to run, from %s", len(pending), pending[0].name)
-    if cfg.executor_train.kind == "local":
-        try:
-            run_local(pending, paths, executors, state)
-        except StepFailed as err:
-            log.error("%s", err)
-            return 1
-    else:
-        submit_chain(pending, paths, executors, state)
-        if not wait:
-            log.info("chain submitted; watch it with `python -m dcssl.launch status %s`", paths.root)
-            return 0
-        if not wait_chain(pending, paths, state):
-            return 1
+def _report(paths: RunPaths) -> None:
     for row in epoch_table(read_jsonl(paths.metrics)):
         print(row)
     chart = draw_progress(paths, read_jsonl(paths.metrics))
     print(f"chart: {chart}\nmetrics: {paths.metrics}")
+
+
+def run_loop(paths: RunPaths, cfg, wait: bool = True) -> int:
+    """Run (or submit) every unfinished step; 0 when all are done (or submitted)."""
+    with hold_run_or_refuse(paths, "launch train") as lock:
+        pending: list[Step] = pending_steps(paths, cfg.loop.epochs)
+        state = RunState(paths)
+        refuse_live_chain(paths, pending, state)
+        check_inputs(paths, pending, cfg.train.keep_checkpoints)
+        save_run_config(paths.root, cfg)
+        if not pending:
+            log.info("all %d epochs are done; nothing to run", cfg.loop.epochs)
+            return 0
+        executors = {"train": cfg.executor_train, "cluster": cfg.executor_cluster}
+        log.info("%d step(s) to run, from %s", len(pending), pending[0].name)
+        if cfg.executor_train.kind == "local":
+            try:
+                run_local(pending, paths, executors, state, lock)
+            except StepFailed as err:
+                log.error("%s", err)
+                return 1
+            _report(paths)
+            return 0
+        submit_chain(pending, paths, executors, state, lock)
+    # from here the chain holds the run: each job takes the lock, its queue entries refuse others
+    if not wait:
+        log.info("chain submitted; watch it with `python -m dcssl.launch status %s`", paths.root)
+        return 0
+    if not wait_chain(pending, paths, RunState(paths)):
+        return 1
+    _report(paths)
     return 0
 
 

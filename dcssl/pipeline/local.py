@@ -1,7 +1,8 @@
 """Run the loop's steps on this machine: the same task functions, as local processes.
 
 Train segments with G processes start through torchrun (DDP on gloo or nccl), clustering with R
-ranks through mpiexec — exactly the code SLURM runs, started differently. Commands are argument
+ranks through mpiexec — the stage entry points SLURM runs (``python -m dcssl.train|cluster``),
+started differently. Commands are argument
 lists, never shell strings.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +20,9 @@ from pathlib import Path
 from dcssl.cluster.health import single_label_reason
 from dcssl.paths import RunPaths
 from dcssl.pipeline.state import RunState
-from dcssl.pipeline.steps import Step, is_done
+from dcssl.pipeline.steps import Step, is_done, stage_argv
+from dcssl.runlock import child_env
+from hpc.lock import FileLock
 from hpc.mpi import mpiexec
 from hpc.submit import ExecutorConfig
 
@@ -33,7 +37,7 @@ class StepFailed(RuntimeError):
 
 def step_command(step: Step, run_dir: Path, executor: ExecutorConfig) -> list[str]:
     """The argv that runs ``step`` with ``executor.tasks_per_node`` processes."""
-    task = ["-m", "dcssl.pipeline.steps", step.kind, str(run_dir), str(step.epoch)]
+    task = stage_argv(step, run_dir)
     procs = executor.tasks_per_node
     if procs == 1:
         return [sys.executable, *task]
@@ -60,17 +64,33 @@ def _refuse_single_label(step: Step, paths: RunPaths, state: RunState) -> None:
         raise StepFailed(f"{step.name} refused: {reason}")
 
 
-def _run_step(step: Step, paths: RunPaths, executor: ExecutorConfig, state: RunState) -> None:
+def _run_step(
+    step: Step, paths: RunPaths, executor: ExecutorConfig, state: RunState, lock: FileLock | None
+) -> None:
+    """Run one step under this launcher's run lock: the child inherits the locked descriptor (a
+    step that outlives a killed launcher still holds the run) and its id (so it does not refuse
+    itself); its pid and host go to state.json, so ``status`` can tell running from dead."""
     _refuse_single_label(step, paths, state)
     log_file = RunState.log_path(paths, step.name)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(executor.cpus_per_task), PYTHONUNBUFFERED="1")
-    state.update(step.name, status="running", executor="local", log=str(log_file))
+    env.update(child_env(paths, lock))
     started = time.time()
     with open(log_file, "ab") as out:
-        code = subprocess.run(
-            step_command(step, paths.root, executor), stdout=out, stderr=subprocess.STDOUT, env=env
-        ).returncode
+        proc = subprocess.Popen(
+            step_command(step, paths.root, executor),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            pass_fds=(lock.fd,) if lock is not None and lock.fd is not None else (),
+        )
+        host = socket.gethostname()
+        state.update(
+            step.name, status="running", executor="local", log=str(log_file), pid=proc.pid, host=host
+        )
+        if lock is not None:
+            lock.update(running=step.name, child_pid=proc.pid)
+        code = proc.wait()
     seconds = round(time.time() - started, 2)
     if code != 0 or not is_done(paths, step):
         state.update(step.name, status="failed", exit_code=code, seconds=seconds)
@@ -91,7 +111,11 @@ def _error_line(log_file: Path) -> str:
 
 
 def run_local(
-    steps: list[Step], paths: RunPaths, executors: dict[str, ExecutorConfig], state: RunState
+    steps: list[Step],
+    paths: RunPaths,
+    executors: dict[str, ExecutorConfig],
+    state: RunState,
+    lock: FileLock | None = None,
 ) -> None:
     """Run the pending steps in order; stop at the first failure (re-running resumes there).
 
@@ -104,5 +128,5 @@ def run_local(
         for i, step in enumerate(steps, 1):
             bar.set_postfix_str(f"{step.name} (log: {RunState.log_path(paths, step.name)})")
             log.info("step %d/%d: %s", i, len(steps), step.name)
-            _run_step(step, paths, executors[step.kind], state)
+            _run_step(step, paths, executors[step.kind], state, lock)
             bar.update()

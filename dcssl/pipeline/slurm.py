@@ -2,23 +2,28 @@
 stay alive on the login node: each train segment waits for the clustering before it, each
 clustering for its segment. Preempted jobs requeue themselves and their dependants wait.
 
-Re-running the launcher keeps the healthy prefix of the chain that is still queued or running,
-cancels the rest (e.g. jobs stuck behind a failed or cancelled one) and resubmits from there.
+While the chain's next job is queued or running, another launcher on the run is refused
+(``chain_in_use``); once the chain is broken (a job failed or was cancelled), re-running the
+launcher cancels the jobs stuck behind it and resubmits from the first unfinished step.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import subprocess
 import time
 from dataclasses import replace
 
 from dcssl.paths import RunPaths
 from dcssl.pipeline.state import RunState
-from dcssl.pipeline.steps import Step, cluster_task, is_done, train_task
+from dcssl.pipeline.steps import Step, is_done, run_stage
+from dcssl.runlock import child_env
+from hpc.lock import FileLock
 from hpc.submit import ExecutorConfig, make_executor
 
-__all__ = ["live_jobs", "submit_chain", "wait_chain"]
+__all__ = ["live_jobs", "chain_in_use", "submit_chain", "wait_chain"]
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +47,14 @@ def live_jobs(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     return jobs
 
 
-def _healthy_prefix(pending: list[Step], state: RunState) -> tuple[list[Step], str | None]:
-    """Pending steps whose queued jobs can still run, in order, and the last such job id."""
-    ids = [state.step(s.name).get("job_id") for s in pending]
-    live = live_jobs([i for i in ids if i])
-    kept, last = [], None
-    for step, job_id in zip(pending, ids):
-        status = live.get(job_id or "")
-        if not status or status[1] in _BROKEN:
-            break
-        kept.append(step)
-        last = job_id
-    stale = [i for s, i in zip(pending, ids) if i in live and s not in kept]
+def _cancel_stale(pending: list[Step], state: RunState) -> None:
+    """Cancel jobs of pending steps still queued behind a broken link. The chain's head is not
+    healthy here (``chain_in_use`` refuses the launcher otherwise), so none of them can run."""
+    ids = [i for i in (state.step(s.name).get("job_id") for s in pending) if i]
+    stale = [i for i in ids if i in live_jobs(ids)]
     if stale:
         subprocess.run(["scancel", *stale], check=False, timeout=60)
         log.info("cancelled %d queued job(s) behind a broken link: %s", len(stale), stale)
-    return kept, last
 
 
 def _executor_for(step: Step, paths: RunPaths, cfg: ExecutorConfig, dependency: str | None):
@@ -67,16 +64,48 @@ def _executor_for(step: Step, paths: RunPaths, cfg: ExecutorConfig, dependency: 
     return make_executor(cfg, paths.logs / "slurm" / "%j", job_name=f"dcssl-{step.name}", **extra)
 
 
+def chain_in_use(pending: list[Step], state: RunState) -> str | None:
+    """Who runs this run on SLURM right now: the first pending step's job while it is queued
+    or running and not stuck behind a broken link (None: no healthy chain is live). A chain holds
+    no lock between its jobs, so a second launcher is refused on this instead."""
+    if not pending:
+        return None
+    record = state.step(pending[0].name)
+    job_id = record.get("job_id")
+    if record.get("executor") != "slurm" or not job_id or shutil.which("squeue") is None:
+        return None
+    queued = live_jobs([job_id]).get(job_id)
+    if not queued or queued[1] in _BROKEN:
+        return None
+    return f"SLURM job {job_id} ({pending[0].name}, {queued[0].lower()}) of the chain this run submitted"
+
+
 def submit_chain(
-    pending: list[Step], paths: RunPaths, executors: dict[str, ExecutorConfig], state: RunState
+    pending: list[Step],
+    paths: RunPaths,
+    executors: dict[str, ExecutorConfig],
+    state: RunState,
+    lock: FileLock | None = None,
 ) -> list[str]:
-    """Submit the pending steps as a dependency chain; return the ids of the chain's jobs."""
-    kept, previous = _healthy_prefix(pending, state)
-    ids = [state.step(s.name)["job_id"] for s in kept]
-    for step in pending[len(kept) :]:
+    """Submit the pending steps as a dependency chain; return the ids of the chain's jobs.
+
+    The jobs get ``lock``'s id in their environment: one that starts while this launcher still
+    holds the run (submitting the rest) runs under it instead of refusing its own launcher."""
+    _cancel_stale(pending, state)
+    saved = dict(os.environ)
+    os.environ.update(child_env(paths, lock))
+    try:
+        return _submit_all(pending, paths, executors, state)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _submit_all(pending, paths, executors, state) -> list[str]:
+    previous, ids = None, []
+    for step in pending:
         executor = _executor_for(step, paths, executors[step.kind], previous)
-        task = train_task if step.kind == "train" else cluster_task
-        job = executor.submit(task, str(paths.root), step.epoch)
+        job = executor.submit(run_stage, step.kind, str(paths.root), step.epoch)
         state.update(
             step.name,
             status="submitted",

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from dcssl.paths import RunPaths
-from hpc.checkpoint import as_disk_full
 
-__all__ = ["Step", "plan", "is_done", "pending_steps", "train_task", "cluster_task", "prune_features"]
+__all__ = ["Step", "plan", "is_done", "pending_steps", "stage_argv", "run_stage", "prune_features"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +20,12 @@ class Step:
     @property
     def name(self) -> str:
         return f"{self.kind}-{self.epoch:04d}"
+
+    @classmethod
+    def from_name(cls, name: str) -> Step | None:
+        """The step named ``train-0003`` / ``cluster-0003``; None for anything else."""
+        kind, _, epoch = name.partition("-")
+        return cls(kind, int(epoch)) if kind in ("train", "cluster") and epoch.isdigit() else None
 
 
 def plan(epochs: int) -> list[Step]:
@@ -53,17 +56,13 @@ def prune_features(paths: RunPaths, epoch: int, keep: int) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def train_task(run_dir: str, epoch: int) -> dict:
-    """One train segment (epoch 0: bootstrap pass) as this process's rank."""
-    from dcssl.config import load_section
-    from dcssl.train.config import TrainConfig
-    from dcssl.train.segment import run_segment
-
-    cfg = load_section(TrainConfig, "train", run_dir)
-    return run_segment(Path(run_dir), epoch, cfg)
+def stage_argv(step: Step, run_dir: Path) -> list[str]:
+    """The stage's one entry point, ``-m dcssl.train|dcssl.cluster RUN_DIR --epoch E`` (after
+    ``python``): what sbatch scripts, local steps and submitit jobs all run."""
+    return ["-m", f"dcssl.{step.kind}", str(run_dir), "--epoch", str(step.epoch)]
 
 
-def redraw_report(run_dir: str, epoch: int) -> None:
+def redraw_report(run_dir: Path, epoch: int) -> None:
     """Rewrite RUN/report/ for the epoch just clustered; a report that fails is logged and the
     loop goes on (the report is a view, never a reason to stop training)."""
     import logging
@@ -78,50 +77,12 @@ def redraw_report(run_dir: str, epoch: int) -> None:
         logging.getLogger(__name__).warning("report of epoch %d not written: %s", epoch, err, exc_info=True)
 
 
-def cluster_task(run_dir: str, epoch: int) -> dict:
-    """Cluster epoch's features (MPI ranks of whatever started us), then report the epoch."""
-    from dcssl.cluster.config import ClusterConfig
-    from dcssl.cluster.job import run_cluster
-    from dcssl.config import LoopConfig, load_section
-    from dcssl.pipeline.report import publish_epoch
-    from hpc.mpi import world
+def run_stage(kind: str, run_dir: str, epoch: int) -> None:
+    """A submitit job: the stage's entry point in this process (so preemption and requeueing
+    work as under sbatch); raises when it fails, so the job is marked failed."""
+    import importlib
 
-    comm = world()
-    stats = run_cluster(Path(run_dir), epoch, load_section(ClusterConfig, "cluster", run_dir), comm=comm)
-    if comm.Get_rank() == 0:
-        loop = load_section(LoopConfig, "loop", run_dir)
-        publish_epoch(RunPaths(Path(run_dir)), epoch)
-        redraw_report(run_dir, epoch)
-        prune_features(RunPaths(Path(run_dir)), epoch, loop.keep_features)
-    return stats
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m dcssl.pipeline.steps {train,cluster} RUN_DIR EPOCH`` — what local runs execute."""
-    import argparse
-    import logging
-
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s r{os.environ.get('RANK', os.environ.get('PMI_RANK', 0))} "
-        "%(levelname)s %(name)s: %(message)s",
-    )
-    parser = argparse.ArgumentParser(prog="python -m dcssl.pipeline.steps")
-    parser.add_argument("kind", choices=["train", "cluster"])
-    parser.add_argument("run_dir")
-    parser.add_argument("epoch", type=int)
-    args = parser.parse_args(argv)
-    task = train_task if args.kind == "train" else cluster_task
-    try:
-        task(args.run_dir, args.epoch)
-    except OSError as err:
-        disk_full = as_disk_full(err, Path(args.run_dir))
-        if disk_full is None:
-            raise
-        print(f"error: {disk_full}", file=sys.stderr, flush=True)  # the line the launcher repeats
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    main = importlib.import_module(f"dcssl.{kind}.__main__").main
+    code = main([str(run_dir), "--epoch", str(epoch)])
+    if code:
+        raise RuntimeError(f"python -m dcssl.{kind} {run_dir} --epoch {epoch} exited {code}")

@@ -2,8 +2,10 @@
 
 Runs one training segment as one rank of whatever launched it: srun tasks, submitit tasks,
 torchrun, or a single process. Prints the epoch summary as one JSON line (rank 0).
+This is the stage's one entry point: slurm/train.sbatch, the local executor and submitit jobs all
+run it. Rank 0 holds the run lock (RUN_DIR/run.lock) while the segment runs.
 Exit codes: 0 done (or checkpointed at the step budget / preempted: run again to continue),
-1 a failure such as a non-finite loss, 2 a configuration or input mistake.
+1 a failure such as a non-finite loss, 2 a configuration or input mistake, or the run is in use.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ import json
 import logging
 import os
 import sys
+from contextlib import nullcontext
+from pathlib import Path
 
 from dcssl.config import ConfigError, load_section
+from dcssl.runlock import RunInUse, hold_stage
 from dcssl.train.config import TrainConfig
+from hpc.checkpoint import as_disk_full
 from hpc.env import detect_env
 
 
@@ -42,19 +48,28 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     from dcssl.train.segment import NonFiniteLoss, SegmentError, run_segment
 
+    is_main = detect_env().is_main  # one rank holds the run lock for the whole job
+
     try:
         cfg = load_section(TrainConfig, "train", args.run_dir, args.config, args.overrides)
         bad = [o for o in args.overrides if not o.startswith("train.")]
         if bad:
             raise ConfigError(f"{bad[0]}: this stage takes train.key=value overrides only")
-        summary = run_segment(args.run_dir, args.epoch, cfg)
-    except (ConfigError, SegmentError) as err:
+        with hold_stage(args.run_dir, f"train-{args.epoch:04d}") if is_main else nullcontext():
+            summary = run_segment(args.run_dir, args.epoch, cfg)
+    except (ConfigError, SegmentError, RunInUse) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if detect_env().is_main:
+    except OSError as err:
+        disk_full = as_disk_full(err, Path(args.run_dir))
+        if disk_full is None:
+            raise
+        print(f"error: {disk_full}", file=sys.stderr, flush=True)  # the line the launcher repeats
+        return 1
+    if is_main:
         print(json.dumps(summary), flush=True)
     return 0
 

@@ -168,7 +168,7 @@ def test_finished_epoch_rerun_is_a_no_op(tmp_path):
     assert proc.returncode == 0 and "nothing to do" in proc.stderr
     assert (tmp_path / "labels/epoch-0000/labels.i32").stat().st_mtime_ns == before
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [m["kind"] for m in metrics] == ["cluster"]
+    assert [m["kind"] for m in metrics] == ["cluster", "epoch"]  # the stage publishes its epoch once
 
 
 @pytest.mark.slurm

@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from slurm_helpers import scancel, wait_until
+from slurm_helpers import scancel, wait_for_job_end, wait_until
 
+from dcssl.config import load_run_config, save_run_config
 from dcssl.jsonl import read_jsonl
 from dcssl.launch.demo import demo_slide
 from dcssl.store import Store
 
+REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "train.model.arch=resnet18",
     "train.model.width=8",
@@ -122,6 +126,107 @@ def test_killed_launcher_resumes_without_redoing_finished_steps(tiled_run, tmp_p
     assert_finished(run, 2)
     assert first_labels.stat().st_mtime_ns == stamp
     assert len(records(run, "cluster", 0)) == 1  # clustering of epoch 0 ran exactly once
+
+
+def labels_of(run: Path, epochs: int) -> list[np.ndarray]:
+    return [
+        np.fromfile(run / "labels" / f"epoch-{e:04d}" / "labels.i32", dtype=np.int32)
+        for e in range(epochs + 1)
+    ]
+
+
+def recorded(run: Path, step: str) -> str | None:
+    """The step's status in state.json as the launcher wrote it (None before it is written)."""
+    try:
+        return json.loads((run / "state.json").read_text())["steps"].get(step, {}).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def loop_status(run: Path) -> dict[str, str]:
+    report = json.loads(launch("status", str(run), "--json").stdout.strip().splitlines()[-1])
+    return {step["name"]: step["status"] for step in report["loop"]["steps"]}
+
+
+def test_one_launcher_per_run_and_a_killed_one_is_taken_over(tiled_run, tmp_path):
+    undisturbed = fresh_run(tiled_run, tmp_path / "undisturbed")
+    launch("train", str(undisturbed), "--executor", "local", "--epochs", "2", *TINY)
+    run = fresh_run(tiled_run, tmp_path / "disturbed")
+    argv = [sys.executable, "-m", "dcssl.launch", "train", str(run), "--executor", "local", "--epochs", "2"]
+    first = subprocess.Popen(
+        [*argv, *TINY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        wait_until(
+            lambda: recorded(run, "train-0001") == "running" or first.poll() is not None, 300, 0.2, "epoch 1"
+        )
+        during = loop_status(run)
+        second = launch("train", str(run), "--executor", "local", "--epochs", "2", *TINY, check=False)
+        job = subprocess.run(
+            [sys.executable, "-m", "dcssl.cluster", str(run), "--epoch", "0"], capture_output=True, text=True
+        )
+        assert first.poll() is None, "the first launcher ended before the checks; the run is too short"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the launcher and the step it was running
+        first.wait()
+    assert "running" in during.values() and "failed" not in during.values()
+    assert during["train-0000"] == "done" and during["train-0001"] == "running"
+    host = socket.gethostname()
+    for refused in (second, job):
+        assert refused.returncode == 2
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert f"run in use by pid {first.pid} on host {host} since " in refused.stderr
+    assert "(launch train)" in second.stderr
+    after = loop_status(run)
+    # the step killed mid-way (none when the kill fell between steps or after its done marker)
+    killed_mid_step = {n for n, status in after.items() if recorded(run, n) == "running" and status != "done"}
+    assert "running" not in after.values()
+    assert {name for name, status in after.items() if status == "interrupted"} == killed_mid_step
+    taken = launch("train", str(run), "--executor", "local", "--epochs", "2", *TINY)
+    assert f"taking over from pid {first.pid} on host {host}" in taken.stderr
+    assert_finished(run, 2)
+    for mine, reference in zip(labels_of(run, 2), labels_of(undisturbed, 2)):
+        np.testing.assert_array_equal(mine, reference)
+
+
+@pytest.mark.slurm
+def test_plain_sbatch_pipeline_keeps_only_keep_features_banks(slurm_cluster, tiled_run, tmp_path):
+    """slurm/pipeline.sh (copies with CPU-sized #SBATCH lines, as its header suggests) runs the
+    same stage entry points as `launch train`: epochs published once, old banks pruned."""
+    run = fresh_run(tiled_run, tmp_path)
+    save_run_config(run, load_run_config(run, None, [*TINY, "loop.keep_features=1"]))
+    scripts = tmp_path / "slurm"
+    shutil.copytree(REPO / "slurm", scripts)
+    sized = {
+        "train.sbatch": {
+            "--ntasks-per-node": "2",
+            "--gpus-per-node": "0",
+            "--cpus-per-task": "1",
+            "--time": "15",
+        },
+        "cluster.sbatch": {"--ntasks": "2", "--cpus-per-task": "1", "--time": "15"},
+    }
+    for name, options in sized.items():
+        text = (scripts / name).read_text()
+        for option, value in options.items():
+            text = re.sub(rf"^#SBATCH {option}=.*$", f"#SBATCH {option}={value}", text, flags=re.M)
+        (scripts / name).write_text(text)
+    env = dict(os.environ, PYTHON=sys.executable, SBATCH_PARTITION=slurm_cluster.partition)
+    proc = subprocess.run(
+        ["bash", str(scripts / "pipeline.sh"), str(run), "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    logs = run / "logs" / "sbatch"
+    state = wait_for_job_end(last, timeout=1200)
+    assert state == "COMPLETED", "\n".join(p.read_text()[-2000:] for p in sorted(logs.iterdir()))
+    assert_finished(run, 2)
+    assert sorted(p.name for p in (run / "features").iterdir()) == ["epoch-0002"]
+    assert all((run / "train" / f"epoch-{e:04d}.done.json").is_file() for e in range(3))
 
 
 @pytest.mark.slurm

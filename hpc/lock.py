@@ -1,0 +1,119 @@
+"""An exclusive ``fcntl.flock`` on a file that says who holds it.
+
+The kernel drops a flock when its holder dies (``kill -9`` included), so a lock left behind by a
+dead process is simply taken over; the file keeps the holder's host, pid and start time (one JSON
+line) so that a refused caller can say who is in the way. flock is advisory and only as good as
+the filesystem: local disks, Lustre mounted with ``-o flock``, GPFS, CephFS and NFSv4 lock across
+nodes; NFSv3 locks only through lockd and not at all when mounted ``nolock``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+__all__ = ["FileLock", "LockHeld", "read_holder", "describe_holder", "holder_id", "is_locked"]
+
+
+class LockHeld(RuntimeError):
+    """Another process holds the lock; ``holder`` is what it wrote (possibly empty)."""
+
+    def __init__(self, path: Path, holder: dict):
+        super().__init__(f"{path}: held by {describe_holder(holder)}")
+        self.path, self.holder = path, holder
+
+
+def holder_id(holder: dict) -> str:
+    """A holder's identity, stable while it lives: ``host:pid:since``."""
+    return f"{holder.get('host')}:{holder.get('pid')}:{holder.get('since')}"
+
+
+def read_holder(path: Path) -> dict:
+    """What the last holder wrote; {} when there is nothing readable (never raises)."""
+    try:
+        holder = json.loads(Path(path).read_bytes().decode("utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def describe_holder(holder: dict) -> str:
+    """``pid 12 on host n1 since 2026-12-02 01:04:30 UTC (launch train), running train-0001 as
+    pid 14``: ``what`` and ``running``/``child_pid`` are optional fields of the record."""
+    if not holder.get("pid"):
+        return "another process (it has not said who yet)"
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(holder.get("since", 0))))
+    what = f" ({holder['what']})" if holder.get("what") else ""
+    child = f", running {holder['running']} as pid {holder.get('child_pid')}" if holder.get("running") else ""
+    return f"pid {holder['pid']} on host {holder.get('host', '?')} since {since}{what}{child}"
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def is_locked(path: Path) -> bool:
+    """Whether some process holds the lock on ``path`` right now (False when there is no file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        free = _try_flock(fd)
+        return not free
+    finally:
+        os.close(fd)  # closing drops the probe's own lock, if it got one
+
+
+class FileLock:
+    """``with FileLock(path).acquire(what="…")``: hold ``path`` exclusively or raise ``LockHeld``.
+
+    ``previous`` is what the last holder wrote (None if none); without a ``released`` time in it,
+    that holder died holding the lock and this one took it over.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd: int | None = None
+        self.holder: dict = {}
+        self.previous: dict | None = None
+
+    def acquire(self, **info) -> FileLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _try_flock(fd):
+            os.close(fd)
+            raise LockHeld(self.path, read_holder(self.path))
+        self.fd = fd
+        self.previous = read_holder(self.path) or None
+        self.holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": round(time.time(), 3)}
+        self.update(**info)
+        return self
+
+    def update(self, **info) -> None:
+        """Rewrite the holder record with more to say (e.g. the step now running)."""
+        assert self.fd is not None, "update() needs the lock"
+        self.holder.update(info)
+        data = (json.dumps(self.holder, sort_keys=True) + "\n").encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+
+    def release(self) -> None:
+        """Let go, marking the record released (a record without the mark is a holder that died)."""
+        if self.fd is not None:
+            self.update(released=round(time.time(), 3))
+            os.close(self.fd)  # the record stays: the next holder overwrites it
+            self.fd = None
+
+    def __enter__(self) -> FileLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
