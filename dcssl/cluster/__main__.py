@@ -1,7 +1,7 @@
 """``python -m dcssl.cluster RUN_DIR --epoch E [--config Y] [key=value …]``
 
 Works alone, under ``mpiexec -n R`` and under ``srun --mpi=pmi2 -n R``. Overrides may be written
-``cluster.k=3000`` or just ``k=3000``; overrides of other sections are ignored.
+``cluster.k=3000`` or just ``k=3000``; overrides of other sections are refused (exit 2).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from dcssl.config import ConfigError, load_section
+from dcssl.config import ConfigError
 
 from .config import ClusterConfig
 
@@ -27,8 +27,8 @@ def _own_overrides(items: list[str]) -> list[str]:
             out.append(item)
         elif key.split(".", 1)[0] in _FIELDS:
             out.append("cluster." + item)
-        elif "=" not in item:
-            raise ConfigError(f"{item!r}: an override must look like cluster.key=value")
+        else:
+            raise ConfigError(f"{item!r}: this stage takes cluster.key=value (or key=value) overrides only")
     return out
 
 
@@ -50,9 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.epoch < 0:
             raise ConfigError(f"--epoch {args.epoch}: must be ≥ 0")
-        cfg = load_section(
-            ClusterConfig, "cluster", args.run_dir, args.config, _own_overrides(args.overrides)
-        )
+        from dcssl.fits import check_fits, store_tiles
+        from dcssl.pipeline.steps import Step
+        from dcssl.settings import load_step_config
+
+        own = _own_overrides(args.overrides)
+        whole = load_step_config(args.run_dir, Step("cluster", args.epoch).name, args.config, own)
+        store = Path(args.run_dir) / "store"
+        check_fits(whole, store_tiles(store), f"the store {store}", "cluster")
+        cfg = whole.cluster
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 
 from dcssl.launch.common import UsageError
@@ -73,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     except DiskFull as err:  # the whole step is undone; after freeing space the same command goes on
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except PermissionError as err:
+        print(f"error: {err.filename}: permission denied; write somewhere you may", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # finished steps are kept; the same command resumes
+        print(f"interrupted; resume with: python -m dcssl.launch {shlex.join(argv)}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,9 +1,20 @@
-"""Arguments shared by the subcommands: the run directory, a YAML config, key=value overrides."""
+"""What the subcommands share: the run directory, a YAML config, key=value overrides, the request."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 from pathlib import Path
+
+from dcssl.config import RunConfig
+from dcssl.launch.request import load_request
+
+log = logging.getLogger("dcssl.launch")
+
+OVERRIDE_EXAMPLES = "train.optim.lr=0.05 cluster.k=100"
+"""Shown in every subcommand's --help (a test runs each through the config loader)."""
 
 
 class UsageError(Exception):
@@ -19,7 +30,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, must_exist: bool = False)
         nargs="*",
         default=[],
         metavar="section.key=value",
-        help="override config values, e.g. train.lr=0.05 cluster.k=100",
+        help=f"override config values, e.g. {OVERRIDE_EXAMPLES}",
     )
     parser.set_defaults(run_dir_must_exist=must_exist)
 
@@ -32,3 +43,45 @@ def existing_run_dir(path: Path) -> Path:
             f"`python -m dcssl.launch tile {path} --slides …` (or demo)"
         )
     return path
+
+
+def writable_folder(path: Path, flag: str) -> Path:
+    """``path``'s folder exists (or can be made) and is writable; else one line naming it."""
+    folder = Path(path).parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{existing}: not a writable folder; pass {flag} somewhere you can write")
+    return Path(path)
+
+
+def check_overrides(overrides: list[str], sections: tuple[str, ...]) -> None:
+    """Reject overrides this subcommand would silently ignore (a typo must not pass unseen)."""
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "=" not in item or key.split(".", 1)[0] not in sections or "." not in key:
+            raise UsageError(
+                f"{item!r}: this subcommand takes overrides of "
+                f"{', '.join(s + '.KEY=VALUE' for s in sections)}"
+            )
+
+
+def request(args: argparse.Namespace, extra: list[str] = ()) -> RunConfig:
+    """The whole config for this command, validated and checked against the run's finished work;
+    accepted changes are announced."""
+    cfg, notes = load_request(Path(args.run_dir), args.config, [*args.overrides, *extra])
+    for note in notes:
+        log.info("setting changed: %s", note)
+    return cfg
+
+
+def load_configs(args: argparse.Namespace, section: str):
+    """(run dir, the whole config) for eval/export/embed/curate: only ``train`` and ``section``
+    overrides are taken (others would be ignored here)."""
+    run_dir = existing_run_dir(args.run_dir)
+    check_overrides(args.overrides, ("train", section))
+    return run_dir, request(args)
+
+
+def print_json_line(document: dict) -> None:
+    """The last stdout line: one JSON object for machines."""
+    print(json.dumps(document), flush=True)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dcssl.config import load_section
-from dcssl.launch.common import UsageError, add_run_arguments
-from dcssl.tile.config import TileConfig
+from dcssl.launch.common import UsageError, add_run_arguments, request
 from dcssl.tile.ingest import IngestError, ingest_folder
 
 
@@ -35,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_section(TileConfig, "tile", args.run_dir, args.config, args.overrides)
+    cfg = request(args).tile
     try:
         summary = ingest_folder(args.tiles, Path(args.run_dir) / "store", cfg, args.labels, args.name)
     except IngestError as err:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import replace
 from pathlib import Path
 
-from dcssl.launch.common import UsageError, add_run_arguments
+from dcssl.config import save_run_config
+from dcssl.launch.common import UsageError, add_run_arguments, request
 from dcssl.paths import RunPaths
 from dcssl.slides.sources import SourceError
-from dcssl.tile.prepare import load_tile_settings, prepare_run
+from dcssl.tile.prepare import prepare_run
 from dcssl.tile.run import FinalizeTask, finalize, pending_indices, summarize, tile_element
 from hpc.submit import make_executor, submit_array
 
@@ -81,13 +81,19 @@ def _report(paths: RunPaths) -> int:
 
 def run(args: argparse.Namespace) -> int:
     paths = RunPaths(Path(args.run_dir))
-    _, executor = load_tile_settings(paths.root, args.config, args.overrides)
-    if args.executor:
-        executor = replace(executor, kind=args.executor)
+    cfg = request(args, [f"executor_tile.kind={args.executor}"] if args.executor else [])
+    executor = cfg.executor_tile
     try:
-        refs = prepare_run(paths.root, args.slides, args.config, args.overrides, executor)
+        refs = prepare_run(paths.root, args.slides, cfg)
     except SourceError as err:
         raise UsageError(str(err)) from None
+    code = _tile(paths, refs, executor, args)
+    if code == 0:  # the request becomes the run's config only when the command succeeded
+        save_run_config(paths.root, cfg)
+    return code
+
+
+def _tile(paths: RunPaths, refs, executor, args: argparse.Namespace) -> int:
     pending = pending_indices(paths.root, refs)
     log.info(
         "%d slides: %d already tiled, %d to tile (%s executor, at most %d at once)",

@@ -55,28 +55,26 @@ def prune_features(paths: RunPaths, epoch: int, keep: int) -> None:
 
 def train_task(run_dir: str, epoch: int) -> dict:
     """One train segment (epoch 0: bootstrap pass) as this process's rank."""
-    from dcssl.config import load_section
-    from dcssl.train.config import TrainConfig
+    from dcssl.settings import load_step_config
     from dcssl.train.segment import run_segment
 
-    cfg = load_section(TrainConfig, "train", run_dir)
-    return run_segment(Path(run_dir), epoch, cfg)
+    cfg = load_step_config(run_dir, Step("train", epoch).name)
+    return run_segment(Path(run_dir), epoch, cfg.train)
 
 
 def cluster_task(run_dir: str, epoch: int) -> dict:
     """Cluster epoch's features (MPI ranks of whatever started us), then report the epoch."""
-    from dcssl.cluster.config import ClusterConfig
     from dcssl.cluster.job import run_cluster
-    from dcssl.config import LoopConfig, load_section
     from dcssl.pipeline.report import publish_epoch
+    from dcssl.settings import load_step_config
     from hpc.mpi import world
 
     comm = world()
-    stats = run_cluster(Path(run_dir), epoch, load_section(ClusterConfig, "cluster", run_dir), comm=comm)
+    cfg = load_step_config(run_dir, Step("cluster", epoch).name)
+    stats = run_cluster(Path(run_dir), epoch, cfg.cluster, comm=comm)
     if comm.Get_rank() == 0:
-        loop = load_section(LoopConfig, "loop", run_dir)
         publish_epoch(RunPaths(Path(run_dir)), epoch)
-        prune_features(RunPaths(Path(run_dir)), epoch, loop.keep_features)
+        prune_features(RunPaths(Path(run_dir)), epoch, cfg.loop.keep_features)
     return stats
 
 

@@ -13,9 +13,9 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
-from dcssl.config import ConfigError, load_section
-from dcssl.train.config import TrainConfig
+from dcssl.config import ConfigError
 from hpc.env import detect_env
 
 
@@ -40,14 +40,22 @@ def _setup_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
     _setup_logging()
+    from dcssl.fits import check_fits, store_tiles
+    from dcssl.paths import RunPaths
+    from dcssl.pipeline.steps import Step
+    from dcssl.settings import load_step_config
     from dcssl.train.segment import NonFiniteLoss, SegmentError, run_segment
 
     try:
-        cfg = load_section(TrainConfig, "train", args.run_dir, args.config, args.overrides)
         bad = [o for o in args.overrides if not o.startswith("train.")]
         if bad:
             raise ConfigError(f"{bad[0]}: this stage takes train.key=value overrides only")
-        summary = run_segment(args.run_dir, args.epoch, cfg)
+        if args.epoch < 0:
+            raise ConfigError(f"--epoch {args.epoch}: must be ≥ 0")
+        store = RunPaths(Path(args.run_dir)).store
+        cfg = load_step_config(args.run_dir, Step("train", args.epoch).name, args.config, args.overrides)
+        check_fits(cfg, store_tiles(store), f"the store {store}", "train")
+        summary = run_segment(args.run_dir, args.epoch, cfg.train)
     except (ConfigError, SegmentError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
