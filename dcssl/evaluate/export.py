@@ -56,12 +56,18 @@ def _trained_with(paths: RunPaths, epoch: int) -> dict:
     return to_dict(load_run_config(paths.root)) if paths.config.is_file() else {}
 
 
+def _replaced_since(paths: RunPaths, epoch: int) -> bool:
+    """Whether a one-off redo replaced epoch − 1's labels after epoch's segment trained on them."""
+    record, done = paths.settings(f"cluster-{epoch - 1:04d}"), paths.train_done(epoch)
+    redone = step_record(paths, record.stem)
+    return bool(redone and redone[1] and done.is_file() and record.stat().st_mtime > done.stat().st_mtime)
+
+
 def _clusters(paths: RunPaths, epoch: int, trained_with: dict) -> int | None:
     """k of the labels the weights were trained on (epoch − 1's), unless a one-off redo has
     replaced them since: then the k of the run's settings when the segment ran."""
-    redone = step_record(paths, f"cluster-{epoch - 1:04d}")
     stats = paths.labels(epoch - 1) / "stats.json"
-    if epoch >= 1 and stats.is_file() and not (redone is not None and redone[1]):
+    if epoch >= 1 and stats.is_file() and not _replaced_since(paths, epoch):
         k = json.loads(read_text_file(stats)).get("k")
         if isinstance(k, int):
             return k

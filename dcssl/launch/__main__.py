@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import shlex
@@ -74,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     except DiskFull as err:  # the whole step is undone; after freeing space the same command goes on
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except PermissionError as err:
-        print(f"error: {err.filename}: permission denied; write somewhere you may", file=sys.stderr)
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        print(f"error: {err.filename}: {err.strerror}; write somewhere you may", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # finished steps are kept; the same command resumes
         print(f"interrupted; resume with: python -m dcssl.launch {shlex.join(argv)}", file=sys.stderr)

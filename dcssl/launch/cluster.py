@@ -16,7 +16,7 @@ import shutil
 from dcssl.config import save_run_config
 from dcssl.fits import check_fits
 from dcssl.jsonl import append_jsonl, read_jsonl
-from dcssl.launch.common import UsageError, add_run_arguments, existing_run_dir, request
+from dcssl.launch.common import UsageError, add_run_arguments, check_run_files, existing_run_dir, request
 from dcssl.paths import RunPaths
 from dcssl.pipeline.local import StepFailed, run_local
 from dcssl.pipeline.report import draw_progress
@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.redo:  # one-off: the run's finished work does not constrain it, the data does
         from dcssl.config import load_run_config
 
+        check_run_files(paths.root)
         cfg = load_run_config(paths.root, args.config, [*args.overrides, *extra])
         check_fits(cfg, _feature_rows(paths, args.epoch), f"epoch {args.epoch}'s features", "cluster")
         return _redo(paths, step, cfg)

@@ -8,8 +8,13 @@ import logging
 import os
 from pathlib import Path
 
-from dcssl.config import RunConfig
+from dcssl.config import RunConfig, load_run_config
+from dcssl.fits import store_tiles
+from dcssl.jsonl import read_jsonl
 from dcssl.launch.request import load_request
+from dcssl.paths import RunPaths
+from dcssl.pipeline.state import RunState
+from dcssl.slides.sources import load_slide_list
 
 log = logging.getLogger("dcssl.launch")
 
@@ -45,6 +50,20 @@ def existing_run_dir(path: Path) -> Path:
     return path
 
 
+def check_run_files(run_dir: Path) -> None:
+    """Read every record the run keeps (config, state, metrics, ledger, slide list, manifest),
+    so a damaged one is one line naming it, before any work, on every subcommand."""
+    paths = RunPaths(Path(run_dir))
+    load_run_config(paths.root)
+    RunState(paths)
+    read_jsonl(paths.metrics)
+    read_jsonl(paths.store / "ledger.jsonl")
+    if paths.slide_list.exists():
+        load_slide_list(paths.slide_list)
+    if paths.manifest.exists():
+        store_tiles(paths.store)
+
+
 def writable_folder(path: Path, flag: str) -> Path:
     """``path``'s folder exists (or can be made) and is writable; else one line naming it."""
     folder = Path(path).parent
@@ -61,13 +80,14 @@ def check_overrides(overrides: list[str], sections: tuple[str, ...]) -> None:
         if "=" not in item or key.split(".", 1)[0] not in sections or "." not in key:
             raise UsageError(
                 f"{item!r}: this subcommand takes overrides of "
-                f"{', '.join(s + '.KEY=VALUE' for s in sections)}"
+                f"{', '.join(s + '.KEY=VALUE' for s in dict.fromkeys(sections))}"
             )
 
 
 def request(args: argparse.Namespace, extra: list[str] = ()) -> RunConfig:
     """The whole config for this command, validated and checked against the run's finished work;
     accepted changes are announced."""
+    check_run_files(Path(args.run_dir))
     cfg, notes = load_request(Path(args.run_dir), args.config, [*args.overrides, *extra])
     for note in notes:
         log.info("setting changed: %s", note)

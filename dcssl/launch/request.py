@@ -76,10 +76,10 @@ def check_request(paths: RunPaths, cfg: RunConfig) -> list[str]:
     notes = []
     for key in (k for k in new if new[k] != old.get(k)):
         section = key.split(".")[0]
-        if section not in work:
-            continue
         if key.startswith(MAY_CHANGE):
             notes.append(f"{key}: {old.get(key)!r} → {new[key]!r} ({_applies_from(key, steps)})")
+            continue
+        if section not in work:
             continue
         redo = f", or re-cluster one epoch with `launch cluster {paths.root} --epoch E --redo {key}=…`"
         raise ConfigError(
