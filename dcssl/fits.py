@@ -29,11 +29,8 @@ def _limits(cfg: RunConfig, n_tiles: int) -> dict[str, int]:
     """key → the largest value this data allows."""
     world = cfg.executor_train.nodes * cfg.executor_train.tasks_per_node
     per_rank = (cfg.train.data.samples_per_epoch or n_tiles) // world
-    limits = {"train.data.batch_size": per_rank}
-    if cfg.cluster.method == "kmeans":
-        limits["cluster.k"] = n_tiles
-    else:
-        limits["cluster.rcc.knn"] = n_tiles - 1
+    limits = {"cluster.k": n_tiles} if cfg.cluster.method == "kmeans" else {"cluster.rcc.knn": n_tiles - 1}
+    limits["train.data.batch_size"] = per_rank
     return limits
 
 

@@ -144,7 +144,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 
 def parse_overrides(overrides: list[str]) -> dict:
-    """``["train.lr=0.1", "tile.workers=4"]`` → nested dict; values are parsed as YAML scalars."""
+    """``["train.optim.lr=0.1", "tile.workers=4"]`` → nested dict; values are parsed as YAML scalars."""
     tree: dict = {}
     for item in overrides:
         key, sep, raw = item.partition("=")

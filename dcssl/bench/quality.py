@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from dcssl.evaluate.config import EvalConfig
 from dcssl.evaluate.labelled import ingest_npz
 from dcssl.evaluate.run import evaluate, format_table
 from dcssl.launch.common import UsageError
@@ -117,11 +116,10 @@ def _main(argv: list[str] | None) -> int:
     log.info("store: %d train tiles in %s", len(store), store.root)
     pretrain_minutes = _pretrain(run_dir, args.epochs, args.overrides)
 
-    from dcssl.config import load_section
-    from dcssl.train.config import TrainConfig
+    from dcssl.config import load_run_config
 
-    train_cfg = load_section(TrainConfig, "train", run_dir)
-    eval_cfg = load_section(EvalConfig, "eval", None, None, args.overrides)
+    train_cfg = load_run_config(run_dir).train
+    eval_cfg = load_run_config(overrides=args.overrides).eval
     result = evaluate(run_dir, args.npz, eval_cfg, train_cfg)
     minutes = (time.time() - started) / 60
     print(f"\nBloodMNIST-style quality check: {result['split']}")

@@ -16,20 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_launch_loop import TINY  # the tiny loop those tests run
 
 from dcssl.launch.demo import demo_slide
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-TINY = [
-    "train.model.arch=resnet18",
-    "train.model.width=8",
-    "train.model.proj_dim=32",
-    "train.augment.size=48",
-    "train.data.batch_size=32",
-    "train.data.workers=0",
-    "cluster.k=6",
-    "cluster.pca_dim=16",
-]
 
 
 def launch(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -265,3 +256,27 @@ def test_ctrl_c_ends_with_one_line_and_the_resume_command(runs, tmp_path):
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"interrupted; resume with: python -m dcssl.launch train {run} --executor local")
+
+
+JOBS = {
+    "train": ["dcssl.train", "R", "--epoch", "1"],
+    "cluster": ["dcssl.cluster", "R", "--epoch", "1"],
+    "tile": ["dcssl.tile", "R", "--index", "0"],
+}
+
+
+@pytest.mark.parametrize("job", list(JOBS))
+def test_job_entry_points_validate_the_whole_document(runs, tmp_path, job):
+    """What sbatch scripts run: a config file with a mistake in another stage's section is
+    refused too (the loader reads the whole document, whichever stage runs)."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["trained"], run)
+    config = tmp_path / "other-stage.yaml"
+    config.write_text("eval:\n  knn_kk: 3\n")
+    before = tree_hash(tmp_path)
+    argv = [str(run) if a == "R" else a for a in JOBS[job]]
+    proc = subprocess.run(
+        [sys.executable, "-m", *argv, "--config", str(config)], capture_output=True, text=True
+    )
+    assert_refused(proc, "eval.knn_kk")
+    assert tree_hash(tmp_path) == before
