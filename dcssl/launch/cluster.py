@@ -14,7 +14,7 @@ import os
 import shutil
 
 from dcssl.config import save_run_config
-from dcssl.fits import check_fits
+from dcssl.fits import check_fits, feature_rows
 from dcssl.jsonl import append_jsonl, read_jsonl
 from dcssl.launch.common import UsageError, add_run_arguments, check_run_files, existing_run_dir, request
 from dcssl.paths import RunPaths
@@ -24,7 +24,6 @@ from dcssl.pipeline.slurm import submit_chain, wait_chain
 from dcssl.pipeline.state import RunState
 from dcssl.pipeline.steps import Step
 from dcssl.settings import write_records
-from hpc.config import read_text_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,17 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="cluster this epoch again with one-off overrides; the old labels stay until the new are complete",
     )
-
-
-def _feature_rows(paths: RunPaths, epoch: int) -> int:
-    import json
-
-    meta = paths.features(epoch) / "meta.json"
-    text = read_text_file(meta)
-    try:
-        return int(json.loads(text)["n"])
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"{meta}: not a feature bank's meta.json; run `launch train` again") from None
 
 
 def _execute(step: Step, paths: RunPaths, executor) -> bool:
@@ -122,10 +110,10 @@ def run(args: argparse.Namespace) -> int:
 
         check_run_files(paths.root)
         cfg = load_run_config(paths.root, args.config, [*args.overrides, *extra])
-        check_fits(cfg, _feature_rows(paths, args.epoch), f"epoch {args.epoch}'s features", "cluster")
+        check_fits(cfg, feature_rows(paths.features(args.epoch)), f"epoch {args.epoch}'s features", "cluster")
         return _redo(paths, step, cfg)
     cfg = request(args, extra)
-    check_fits(cfg, _feature_rows(paths, args.epoch), f"epoch {args.epoch}'s features", "cluster")
+    check_fits(cfg, feature_rows(paths.features(args.epoch)), f"epoch {args.epoch}'s features", "cluster")
     if not paths.labels_complete(args.epoch):
         write_records(paths, [step.name], cfg)
     if not _execute(step, paths, cfg.executor_cluster):

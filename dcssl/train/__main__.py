@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--epoch {args.epoch}: must be ≥ 0")
         store = RunPaths(Path(args.run_dir)).store
         cfg = load_step_config(args.run_dir, Step("train", args.epoch).name, args.config, args.overrides)
-        check_fits(cfg, store_tiles(store), f"the store {store}", "train")
+        if (store / "manifest.json").is_file():  # else run_segment says what is missing
+            check_fits(cfg, store_tiles(store), f"the store {store}", "train")
         summary = run_segment(args.run_dir, args.epoch, cfg.train)
     except (ConfigError, SegmentError) as err:
         print(f"error: {err}", file=sys.stderr)
