@@ -17,6 +17,9 @@ from hpc.config import ConfigError, to_dict
 
 __all__ = ["check_request", "load_request"]
 
+ONE_OFF = ("eval", "embed", "curate")
+"""Sections of commands whose results stand alone: a change there is neither refused nor announced."""
+
 
 def _finished_steps(paths: RunPaths) -> list[Step]:
     """The loop's finished steps (always a prefix of the plan: steps run in order)."""
@@ -76,6 +79,8 @@ def check_request(paths: RunPaths, cfg: RunConfig) -> list[str]:
     notes = []
     for key in (k for k in new if new[k] != old.get(k)):
         section = key.split(".")[0]
+        if section in ONE_OFF:
+            continue
         if key.startswith(MAY_CHANGE):
             notes.append(f"{key}: {old.get(key)!r} → {new[key]!r} ({_applies_from(key, steps)})")
             continue
