@@ -36,6 +36,8 @@ MAY_CHANGE = (
     "train.data.pin_memory",
     "train.data.locking",
     "train.data.max_open_shards",
+    "train.feature_source",
+    "train.extract_batch_size",
     "train.max_steps",
     "train.checkpoint_every",
     "train.keep_checkpoints",
