@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+from hpc.config import read_text_file
+
 __all__ = ["append_jsonl", "read_jsonl"]
 
 
@@ -23,12 +25,13 @@ def append_jsonl(path: str | Path, record: dict) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """All whole records; a line cut short by a crash mid-write is skipped."""
+    """All whole records; a line cut short by a crash mid-write is skipped. A file that is not
+    UTF-8 text (binary, UTF-16) is a one-line ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in read_text_file(path).splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:

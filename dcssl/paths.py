@@ -74,6 +74,10 @@ class RunPaths:
     def train_done(self, epoch: int) -> Path:
         return self.root / "train" / f"epoch-{epoch:04d}.done.json"
 
+    def settings(self, step_name: str) -> Path:
+        """The settings record of one loop step (dcssl.settings owns it)."""
+        return self.root / "settings" / f"{step_name}.yaml"
+
     def features_complete(self, epoch: int) -> bool:
         return (self.features(epoch) / "COMPLETE").is_file()
 

@@ -5,14 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dcssl.cluster.config import ClusterConfig
-from dcssl.config import LoopConfig
 from dcssl.evaluate.config import CurateConfig, EmbedConfig, EvalConfig
 from dcssl.report.config import ReportConfig
 from dcssl.tile.config import TileConfig
 from dcssl.train.config import TrainConfig
 from hpc.submit import ExecutorConfig
 
-__all__ = ["RunConfig"]
+__all__ = ["RunConfig", "LoopConfig"]
+
+
+@dataclass
+class LoopConfig:
+    """The DeepCluster loop around the stages."""
+
+    epochs: int = 10
+    """Training epochs after the bootstrap pass; each is a train segment then a clustering."""
+    keep_features: int = 2
+    """Feature banks kept on disk (older ones are deleted once their labels exist)."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be ≥ 0, got {self.epochs}")
+        if self.keep_features < 1:
+            raise ValueError(f"keep_features must be ≥ 1, got {self.keep_features}")
 
 
 @dataclass

@@ -37,6 +37,7 @@ import numpy as np
 
 from dcssl.jsonl import append_jsonl, read_jsonl
 from hpc.checkpoint import atomic_path, atomic_write_text, temp_files
+from hpc.config import ConfigError, read_text_file
 from hpc.integrity import DamagedFile, crc32, read_sidecar
 
 __all__ = [
@@ -278,8 +279,12 @@ class Store:
         manifest = self.root / "manifest.json"
         if not manifest.is_file():
             raise FileNotFoundError(f"{manifest}: no tile store manifest; tile or ingest first")
-        document = json.loads(manifest.read_text())
-        self.shards = [ShardInfo(**s) for s in document["shards"]]
+        text = read_text_file(manifest)
+        try:
+            document = json.loads(text)
+            self.shards = [ShardInfo(**s) for s in document["shards"]]
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"{manifest}: not a tile store manifest; tile or ingest again") from None
         self.offsets = np.array([s.offset for s in self.shards] + [document["n_tiles"]], dtype=np.int64)
         self.n_tiles = int(document["n_tiles"])
         self.locking = locking

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -20,6 +21,8 @@ import yaml
 
 __all__ = [
     "ConfigError",
+    "read_text_file",
+    "read_yaml_mapping",
     "load_config",
     "from_dict",
     "to_dict",
@@ -84,6 +87,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not allowed; give a finite number")
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp in (int, float) and isinstance(value, bool):
@@ -139,7 +144,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 
 def parse_overrides(overrides: list[str]) -> dict:
-    """``["train.lr=0.1", "tile.workers=4"]`` → nested dict; values are parsed as YAML scalars."""
+    """``["train.optim.lr=0.1", "tile.workers=4"]`` → nested dict; values are parsed as YAML scalars."""
     tree: dict = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -164,23 +169,49 @@ def merge_dicts(base: dict, extra: dict) -> dict:
     return out
 
 
+def read_text_file(path: str | Path) -> str:
+    """The UTF-8 text of ``path``, or a one-line ConfigError naming it (missing, a folder,
+    unreadable, binary or another encoding such as UTF-16)."""
+    file = Path(path)
+    if file.is_dir():
+        raise ConfigError(f"{file}: is a folder, not a file; pass a file")
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: file not found; pass an existing file") from None
+    except OSError as err:
+        raise ConfigError(f"{file}: cannot be read ({err.strerror}); check its permissions") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if "\x00" in text or (data and not text):
+        raise ConfigError(
+            f"{file}: not a UTF-8 text file (binary, or another encoding such as UTF-16); "
+            "replace it with a UTF-8 text file"
+        )
+    return text
+
+
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file whose top level is a mapping (empty file: ``{}``), else a one-line ConfigError."""
+    file = Path(path)
+    try:
+        data = yaml.safe_load(read_text_file(file)) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"{file}: not valid YAML{line}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> T:
     """Defaults of ``cls`` ← YAML file at ``path`` (optional) ← ``key=value`` overrides."""
-    data: dict = {}
-    if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"{file}: config file not found; pass an existing YAML file")
-        try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as err:
-            where = getattr(err, "problem_mark", None)
-            line = f" at line {where.line + 1}" if where else ""
-            raise ConfigError(f"{file}: not valid YAML{line}; fix the syntax") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{file}: the top level must be a mapping of sections")
+    data = read_yaml_mapping(path) if path is not None else {}
     return from_dict(cls, merge_dicts(data, parse_overrides(list(overrides))))
 
 

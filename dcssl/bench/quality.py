@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 from dcssl.bench.peers import PEERS, cpu_seconds, train_peer
-from dcssl.evaluate.config import EvalConfig
 from dcssl.evaluate.encoder import LoadedEncoder, random_encoder, trained_encoder
 from dcssl.evaluate.labelled import LabelledSet, StoreSource, ingest_npz, load_labelled
 from dcssl.evaluate.run import _headline, evaluate_encoders, format_table
@@ -222,11 +221,10 @@ def _main(argv: list[str] | None) -> int:
     log.info("store: %d train tiles in %s", _ingest(args, run_dir), run_dir / "store")
     pretrain_minutes, pretrain_cpu = _pretrain(run_dir, args)
 
-    from dcssl.config import load_section
-    from dcssl.train.config import TrainConfig
+    from dcssl.config import load_run_config
 
-    train_cfg = load_section(TrainConfig, "train", run_dir)
-    eval_cfg = load_section(EvalConfig, "eval", None, None, args.overrides)
+    train_cfg = load_run_config(run_dir).train
+    eval_cfg = load_run_config(overrides=args.overrides).eval
     data = _labelled(args, run_dir)
     images = _images_seen(run_dir, train_cfg.data.batch_size)
     peer_encoders, peer_facts = _peers(args, run_dir, train_cfg, images, pretrain_cpu)

@@ -1,7 +1,7 @@
 """``python -m dcssl.cluster RUN_DIR --epoch E [--config Y] [key=value …]``
 
 Works alone, under ``mpiexec -n R`` and under ``srun --mpi=pmi2 -n R``. Overrides may be written
-``cluster.k=3000`` or just ``k=3000``; overrides of other sections are ignored.
+``cluster.k=3000`` or just ``k=3000``; overrides of other sections are refused (exit 2).
 
 This is the stage's one entry point (slurm/cluster.sbatch, the local executor, submitit jobs):
 labels, then the epoch's summary (metrics.jsonl, charts/progress.png, RUN/report/) and the pruning of old
@@ -17,7 +17,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from dcssl.config import ConfigError, LoopConfig, load_section
+from dcssl.config import ConfigError
 from dcssl.paths import RunPaths
 from dcssl.runlock import RunInUse, hold_stage
 from hpc.checkpoint import as_disk_full
@@ -35,8 +35,8 @@ def _own_overrides(items: list[str]) -> list[str]:
             out.append(item)
         elif key.split(".", 1)[0] in _FIELDS:
             out.append("cluster." + item)
-        elif "=" not in item:
-            raise ConfigError(f"{item!r}: an override must look like cluster.key=value")
+        else:
+            raise ConfigError(f"{item!r}: this stage takes cluster.key=value (or key=value) overrides only")
     return out
 
 
@@ -58,9 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.epoch < 0:
             raise ConfigError(f"--epoch {args.epoch}: must be ≥ 0")
-        cfg = load_section(
-            ClusterConfig, "cluster", args.run_dir, args.config, _own_overrides(args.overrides)
-        )
+        from dcssl.fits import check_fits, feature_rows
+        from dcssl.pipeline.steps import Step
+        from dcssl.settings import load_step_config
+
+        own = _own_overrides(args.overrides)
+        whole = load_step_config(args.run_dir, Step("cluster", args.epoch).name, args.config, own)
+        bank = RunPaths(args.run_dir).features(args.epoch)
+        if (bank / "meta.json").is_file():  # else run_cluster says what is missing
+            check_fits(whole, feature_rows(bank), f"epoch {args.epoch}'s features", "cluster")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {refusal}", file=sys.stderr)
             return 2
         try:
-            return _cluster_and_publish(args.run_dir, args.epoch, cfg, comm)
+            return _cluster_and_publish(args.run_dir, args.epoch, whole, comm)
         except OSError as err:
             disk_full = as_disk_full(err, Path(args.run_dir))
             if disk_full is None:
@@ -85,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
 
-def _cluster_and_publish(run_dir: Path, epoch: int, cfg: ClusterConfig, comm) -> int:
+def _cluster_and_publish(run_dir: Path, epoch: int, whole, comm) -> int:
     """Labels of ``epoch``, then (rank 0) its summary in metrics.jsonl and the chart, and the
     pruning of feature banks older than ``loop.keep_features``."""
     from dcssl.pipeline.report import publish_epoch
@@ -94,7 +100,7 @@ def _cluster_and_publish(run_dir: Path, epoch: int, cfg: ClusterConfig, comm) ->
     from .job import run_cluster
 
     try:
-        run_cluster(run_dir, epoch, cfg, comm)
+        run_cluster(run_dir, epoch, whole.cluster, comm)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         if comm.Get_size() > 1:
@@ -104,7 +110,7 @@ def _cluster_and_publish(run_dir: Path, epoch: int, cfg: ClusterConfig, comm) ->
         paths = RunPaths(Path(run_dir))
         publish_epoch(paths, epoch)
         redraw_report(run_dir, epoch)
-        prune_features(paths, epoch, load_section(LoopConfig, "loop", run_dir).keep_features)
+        prune_features(paths, epoch, whole.loop.keep_features)
     return 0
 
 

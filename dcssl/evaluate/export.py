@@ -19,12 +19,15 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
+from dcssl.config import load_run_config
 from dcssl.evaluate.encoder import NoCheckpoint, trained_encoder
+from dcssl.paths import RunPaths
+from dcssl.settings import recorded as step_record
 from dcssl.train.config import TrainConfig
 from dcssl.train.model import is_vit
 from hpc.checkpoint import atomic_write_bytes, atomic_write_text, torch_bytes
+from hpc.config import read_text_file, to_dict
 from hpc.integrity import DamagedFile, verify_digests
 
 __all__ = ["torchvision_state_dict", "export_encoder", "default_export_path", "verify_export"]
@@ -50,22 +53,31 @@ def torchvision_state_dict(
     return state
 
 
-def _run_config(run_dir: Path) -> dict:
-    file = run_dir / "config.yaml"
-    return (yaml.safe_load(file.read_text()) or {}) if file.is_file() else {}
+def _trained_with(paths: RunPaths, epoch: int) -> dict:
+    """The settings the checkpoint's train segment ran with (its record; older runs: config.yaml)."""
+    record = step_record(paths, f"train-{epoch:04d}")
+    if record is not None:
+        return to_dict(record[0])
+    return to_dict(load_run_config(paths.root)) if paths.config.is_file() else {}
 
 
-def _clusters(run_dir: Path, run_config: dict) -> int | None:
-    """k of the newest finished clustering (what the head last learned), else cluster.k."""
-    done = sorted(run_dir.glob("labels/epoch-*/COMPLETE"))
-    if done:
-        stats = done[-1].parent / "stats.json"
-        if stats.is_file():
-            k = json.loads(stats.read_text()).get("k")
-            if isinstance(k, int):
-                return k
-    k = (run_config.get("cluster") or {}).get("k")
-    return k if isinstance(k, int) else None
+def _replaced_since(paths: RunPaths, epoch: int) -> bool:
+    """Whether a one-off redo replaced epoch − 1's labels after epoch's segment trained on them."""
+    record, done = paths.settings(f"cluster-{epoch - 1:04d}"), paths.train_done(epoch)
+    redone = step_record(paths, record.stem)
+    return bool(redone and redone[1] and done.is_file() and record.stat().st_mtime > done.stat().st_mtime)
+
+
+def _clusters(paths: RunPaths, epoch: int, trained_with: dict) -> int | None:
+    """k of the labels the weights were trained on (epoch − 1's), unless a one-off redo has
+    replaced them since: then the k of the run's settings when the segment ran."""
+    stats = paths.labels(epoch - 1) / "stats.json"
+    if epoch >= 1 and stats.is_file() and not _replaced_since(paths, epoch):
+        k = json.loads(read_text_file(stats)).get("k")
+        if isinstance(k, int):
+            return k
+    cluster = trained_with.get("cluster") or {}
+    return cluster.get("k") if epoch >= 1 and cluster.get("method", "kmeans") == "kmeans" else None
 
 
 def _rebuild_instructions(cfg: TrainConfig) -> str:
@@ -91,7 +103,8 @@ def export_encoder(run_dir: str | Path, cfg: TrainConfig, out: str | Path | None
     # load (width 64) or would compute something else, so it is never called compatible.
     vit = is_vit(cfg.model.arch)
     compatible = vit or (cfg.model.width == 64 and not cfg.model.sobel and cfg.model.stem == "imagenet")
-    run_config = _run_config(run_dir)
+    paths = RunPaths(run_dir)
+    trained_with = _trained_with(paths, loaded.epoch)
     how = (
         f"timm.create_model({cfg.model.arch!r}, checkpoint_path=PATH)"
         if vit
@@ -117,12 +130,12 @@ def export_encoder(run_dir: str | Path, cfg: TrainConfig, out: str | Path | None
             "range": "RGB in [0, 1], then (x - mean) / std",
         },
         "epoch": loaded.epoch,
-        "k": _clusters(run_dir, run_config),
+        "k": _clusters(paths, loaded.epoch, trained_with),
         "checkpoint": str(loaded.checkpoint),
         "checkpoint_step": loaded.step,
         "run_dir": str(run_dir.resolve()),
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": run_config,
+        "config": trained_with,
     }
     _refuse_going_back(out, loaded.step)
     data = torch_bytes(torchvision_state_dict(trunk, classifier="head" if vit else "fc"))

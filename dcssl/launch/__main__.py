@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import shlex
 import sys
 
 from dcssl.launch.common import UsageError
@@ -75,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     except DiskFull as err:  # the whole step is undone; after freeing space the same command goes on
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        print(f"error: {err.filename}: {err.strerror}; write somewhere you may", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # finished steps are kept; the same command resumes
+        print(f"interrupted; resume with: python -m dcssl.launch {shlex.join(argv)}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from dcssl.config import load_section
-from dcssl.evaluate.cli import check_overrides, print_json_line
-from dcssl.evaluate.config import CurateConfig
 from dcssl.evaluate.curate import CurateError, curate_run
-from dcssl.launch.common import UsageError, add_run_arguments, existing_run_dir
+from dcssl.launch.common import (
+    UsageError,
+    add_run_arguments,
+    check_overrides,
+    existing_run_dir,
+    print_json_line,
+    request,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,10 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     run_dir = existing_run_dir(args.run_dir)
     check_overrides(args.overrides, ("curate",))
-    overrides = list(args.overrides)
-    if args.per_cluster is not None:
-        overrides.append(f"curate.per_cluster={args.per_cluster}")
-    cfg = load_section(CurateConfig, "curate", run_dir, args.config, overrides)
+    extra = [f"curate.per_cluster={args.per_cluster}"] if args.per_cluster is not None else []
+    cfg = request(args, extra).curate
     try:
         document = curate_run(run_dir, cfg)
     except (CurateError, FileNotFoundError) as err:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dcssl.evaluate.cli import load_configs, print_json_line
-from dcssl.evaluate.config import EmbedConfig
 from dcssl.evaluate.embed import default_embed_path, embed_store, write_clam_layout
 from dcssl.evaluate.encoder import NoCheckpoint
 from dcssl.evaluate.labelled import LabelledDataError, find_store
-from dcssl.launch.common import UsageError, add_run_arguments
+from dcssl.launch.common import UsageError, add_run_arguments, load_configs, print_json_line, writable_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,10 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_dir, train_cfg, cfg = load_configs(args, EmbedConfig, "embed")
+    run_dir, run_cfg = load_configs(args, "embed")
+    out = writable_folder(args.out or default_embed_path(run_dir), "--out")
     try:
         store = find_store(args.store or run_dir)
-        summary = embed_store(run_dir, store.root, cfg, train_cfg, args.out or default_embed_path(run_dir))
+        summary = embed_store(run_dir, store.root, run_cfg.embed, run_cfg.train, out)
         if args.layout == "clam":
             summary.update(write_clam_layout(summary["out"], Path(summary["out"]).parent / "features"))
     except (LabelledDataError, NoCheckpoint) as err:

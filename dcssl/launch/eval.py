@@ -11,12 +11,10 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from dcssl.evaluate.cli import load_configs, print_json_line
-from dcssl.evaluate.config import EvalConfig
 from dcssl.evaluate.encoder import NoCheckpoint
 from dcssl.evaluate.labelled import LabelledDataError
 from dcssl.evaluate.run import eval_path, evaluate, format_table
-from dcssl.launch.common import UsageError, add_run_arguments
+from dcssl.launch.common import UsageError, add_run_arguments, load_configs, print_json_line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +44,8 @@ def _fractions(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_dir, train_cfg, cfg = load_configs(args, EvalConfig, "eval")
+    run_dir, run_cfg = load_configs(args, "eval")
+    cfg, train_cfg = run_cfg.eval, run_cfg.train
     if args.fractions is not None:
         try:
             cfg = replace(cfg, fractions=_fractions(args.fractions))

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dcssl.evaluate.cli import load_configs, print_json_line
 from dcssl.evaluate.encoder import NoCheckpoint
 from dcssl.evaluate.export import default_export_path, export_encoder
-from dcssl.launch.common import UsageError, add_run_arguments
-from dcssl.train.config import TrainConfig
+from dcssl.launch.common import UsageError, add_run_arguments, load_configs, print_json_line, writable_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,10 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_dir, train_cfg, _ = load_configs(args, TrainConfig, "train")
-    out = args.out or default_export_path(run_dir)
+    run_dir, run_cfg = load_configs(args, "train")
+    out = writable_folder(args.out or default_export_path(run_dir), "--out")
     try:
-        document = export_encoder(run_dir, train_cfg, out)
+        document = export_encoder(run_dir, run_cfg.train, out)
     except NoCheckpoint as err:
         raise UsageError(str(err)) from None
     print(

@@ -11,10 +11,8 @@ import argparse
 from contextlib import nullcontext
 from pathlib import Path
 
-from dcssl.config import load_section
-from dcssl.launch.common import UsageError, add_run_arguments, hold_run_or_refuse
+from dcssl.launch.common import UsageError, add_run_arguments, hold_run_or_refuse, request
 from dcssl.paths import RunPaths
-from dcssl.tile.config import TileConfig
 from dcssl.tile.ingest import IngestError, ingest_folder
 
 
@@ -37,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_section(TileConfig, "tile", args.run_dir, args.config, args.overrides)
+    cfg = request(args).tile
     paths = RunPaths(Path(args.run_dir))
     with hold_run_or_refuse(paths, "launch ingest") if paths.root.is_dir() else nullcontext():
         try:

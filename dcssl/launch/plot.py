@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from dcssl.jsonl import read_jsonl
-from dcssl.launch.common import UsageError, existing_run_dir, hold_run_or_refuse
+from dcssl.launch.common import UsageError, check_run_files, existing_run_dir, hold_run_or_refuse
 from dcssl.paths import RunPaths
 from dcssl.pipeline.report import draw_progress, publish_missing
 
@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     paths = RunPaths(existing_run_dir(args.run_dir))
+    check_run_files(paths.root)
     if args.out is None and not os.access(paths.root, os.W_OK):
         raise UsageError(f"{paths.root}: not writable for you; draw the chart elsewhere with --out FILE.png")
     if args.out is not None:

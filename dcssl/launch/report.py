@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dcssl.config import load_section
-from dcssl.launch.common import UsageError, existing_run_dir
+from dcssl.config import load_run_config
+from dcssl.launch.common import UsageError, check_overrides, check_run_files, existing_run_dir
 from dcssl.report.build import ReportError, build_report
-from dcssl.report.config import ReportConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +24,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{run_dir / 'store'}: no tile store; tile the slides first")
     if args.epoch is not None and args.epoch < 0:
         raise UsageError(f"--epoch {args.epoch}: give a clustered epoch ≥ 0")
-    cfg = load_section(ReportConfig, "report", run_dir, overrides=args.overrides)
+    check_overrides(args.overrides, ("report",))  # a typo must not pass unseen
+    check_run_files(run_dir)
+    cfg = load_run_config(run_dir, None, args.overrides).report
     try:
         print(build_report(run_dir, args.epoch, cfg))
     except ReportError as err:

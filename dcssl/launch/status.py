@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dcssl.jsonl import read_jsonl
-from dcssl.launch.common import add_run_arguments, existing_run_dir
+from dcssl.launch.common import check_run_files, existing_run_dir
 from dcssl.paths import RunPaths
 from dcssl.pipeline.progress import loop_progress
 from dcssl.pipeline.report import epoch_table
@@ -24,7 +24,7 @@ from dcssl.tile.run import Summary, maybe_finalize, summarize
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_arguments(parser)
+    parser.add_argument("run_dir", type=Path, help="the run directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -80,6 +80,7 @@ def _print_human(report: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     run_dir = existing_run_dir(Path(args.run_dir))
+    check_run_files(run_dir)
     report = collect(run_dir)
     if args.json:
         print(json.dumps(report, default=str))

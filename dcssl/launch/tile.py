@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 from contextlib import ExitStack
-from dataclasses import replace
 from pathlib import Path
 
-from dcssl.launch.common import UsageError, add_run_arguments, hold_run_or_refuse
+from dcssl.config import save_run_config
+from dcssl.launch.common import UsageError, add_run_arguments, hold_run_or_refuse, request
 from dcssl.paths import RunPaths
 from dcssl.slides.sources import SourceError
-from dcssl.tile.prepare import load_tile_settings, prepare_run
+from dcssl.tile.prepare import prepare_run
 from dcssl.tile.run import FinalizeTask, finalize, pending_indices, summarize, tile_element
 from hpc.submit import make_executor, submit_array
 
@@ -82,20 +82,22 @@ def _report(paths: RunPaths) -> int:
 
 def run(args: argparse.Namespace) -> int:
     paths = RunPaths(Path(args.run_dir))
-    _, executor = load_tile_settings(paths.root, args.config, args.overrides)
-    if args.executor:
-        executor = replace(executor, kind=args.executor)
+    cfg = request(args, [f"executor_tile.kind={args.executor}"] if args.executor else [])
+    executor = cfg.executor_tile
     with ExitStack() as held:
         existed = paths.root.is_dir()  # a new run gets its lock once it exists, before any tiling
         if existed:
             held.enter_context(hold_run_or_refuse(paths, "launch tile"))
         try:
-            refs = prepare_run(paths.root, args.slides, args.config, args.overrides, executor)
+            refs = prepare_run(paths.root, args.slides, cfg)
         except SourceError as err:
             raise UsageError(str(err)) from None
         if not existed:
             held.enter_context(hold_run_or_refuse(paths, "launch tile"))
-        return _tile(paths, refs, executor, args)
+        code = _tile(paths, refs, executor, args)
+        if code == 0:  # the request becomes the run's config only when the command succeeded
+            save_run_config(paths.root, cfg)
+    return code
 
 
 def _tile(paths: RunPaths, refs, executor, args: argparse.Namespace) -> int:

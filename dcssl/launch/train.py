@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import replace
 
-from dcssl.config import load_run_config, save_run_config
+from dcssl.config import save_run_config
+from dcssl.fits import check_fits, store_tiles
 from dcssl.jsonl import read_jsonl
 from dcssl.launch.common import (
     UsageError,
@@ -14,6 +14,7 @@ from dcssl.launch.common import (
     existing_run_dir,
     hold_run_or_refuse,
     refuse_live_chain,
+    request,
 )
 from dcssl.paths import RunPaths
 from dcssl.pipeline.local import StepFailed, run_local
@@ -21,6 +22,7 @@ from dcssl.pipeline.report import draw_progress, epoch_table
 from dcssl.pipeline.slurm import submit_chain, wait_chain
 from dcssl.pipeline.state import RunState
 from dcssl.pipeline.steps import Step, pending_steps
+from dcssl.settings import write_records
 from dcssl.train.segment import SegmentError, resume_point
 from hpc.integrity import DamagedFile, check_sealed
 
@@ -51,12 +53,10 @@ def resolve(args: argparse.Namespace):
             f"{paths.manifest}: no tile store in this run; run "
             f"`python -m dcssl.launch tile {paths.root} --slides …` first"
         )
-    cfg = load_run_config(paths.root, args.config, args.overrides)
-    if args.executor:
-        cfg.executor_train = replace(cfg.executor_train, kind=args.executor)
-        cfg.executor_cluster = replace(cfg.executor_cluster, kind=args.executor)
-    if args.epochs is not None:
-        cfg.loop = replace(cfg.loop, epochs=args.epochs)
+    extra = [f"executor_{kind}.kind={args.executor}" for kind in ("train", "cluster") if args.executor]
+    extra += [f"loop.epochs={args.epochs}"] if args.epochs is not None else []
+    cfg = request(args, extra)
+    check_fits(cfg, store_tiles(paths.store), f"the store {paths.store}")
     return paths, cfg
 
 
@@ -88,16 +88,18 @@ def _report(paths: RunPaths) -> None:
 
 
 def run_loop(paths: RunPaths, cfg, wait: bool = True) -> int:
-    """Run (or submit) every unfinished step; 0 when all are done (or submitted)."""
+    """Run (or submit) every unfinished step; 0 when all are done (or submitted). The request
+    becomes the run's config.yaml only then; each step runs with (and keeps) its own record."""
     with hold_run_or_refuse(paths, "launch train") as lock:
         pending: list[Step] = pending_steps(paths, cfg.loop.epochs)
         state = RunState(paths)
         refuse_live_chain(paths, pending, state)
         check_inputs(paths, pending, cfg.train.keep_checkpoints)
-        save_run_config(paths.root, cfg)
         if not pending:
             log.info("all %d epochs are done; nothing to run", cfg.loop.epochs)
+            save_run_config(paths.root, cfg)
             return 0
+        write_records(paths, [s.name for s in pending], cfg)
         executors = {"train": cfg.executor_train, "cluster": cfg.executor_cluster}
         log.info("%d step(s) to run, from %s", len(pending), pending[0].name)
         if cfg.executor_train.kind == "local":
@@ -106,15 +108,18 @@ def run_loop(paths: RunPaths, cfg, wait: bool = True) -> int:
             except StepFailed as err:
                 log.error("%s", err)
                 return 1
+            save_run_config(paths.root, cfg)
             _report(paths)
             return 0
         submit_chain(pending, paths, executors, state, lock)
     # from here the chain holds the run: each job takes the lock, its queue entries refuse others
     if not wait:
+        save_run_config(paths.root, cfg)
         log.info("chain submitted; watch it with `python -m dcssl.launch status %s`", paths.root)
         return 0
     if not wait_chain(pending, paths, RunState(paths)):
         return 1
+    save_run_config(paths.root, cfg)
     _report(paths)
     return 0
 

@@ -6,7 +6,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from dcssl.config import LoopConfig, load_section
+from dcssl.config import load_run_config
 from dcssl.paths import RunPaths
 from dcssl.pipeline.state import RunState
 from dcssl.pipeline.steps import is_done, plan
@@ -42,7 +42,7 @@ def loop_progress(run_dir: Path) -> dict:
     paths = RunPaths(Path(run_dir))
     if not paths.state.is_file():
         return {"steps": [], "done": 0}
-    epochs = load_section(LoopConfig, "loop", run_dir).epochs
+    epochs = load_run_config(run_dir).loop.epochs
     state = RunState(paths)
     recorded = {s.name: state.step(s.name) for s in plan(epochs)}
     live = _queue_states([r["job_id"] for r in recorded.values() if r.get("job_id")])

@@ -8,8 +8,20 @@ from pathlib import Path
 
 from dcssl.paths import RunPaths
 from hpc.checkpoint import atomic_write_text
+from hpc.config import ConfigError, read_text_file
 
 __all__ = ["RunState"]
+
+
+def _read(path: Path) -> dict:
+    """state.json's document, or a one-line ConfigError naming the file."""
+    try:
+        data = json.loads(read_text_file(path))
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.setdefault("steps", {}), dict):
+        raise ConfigError(f"{path}: not a run state document; move it aside to start the record afresh")
+    return data
 
 
 class RunState:
@@ -19,8 +31,7 @@ class RunState:
         self.path = paths.state
         self.data: dict = {"steps": {}}
         if self.path.is_file():
-            self.data = json.loads(self.path.read_text())
-            self.data.setdefault("steps", {})
+            self.data = _read(self.path)
 
     def step(self, name: str) -> dict:
         return self.data["steps"].get(name, {})

@@ -67,12 +67,11 @@ def redraw_report(run_dir: Path, epoch: int) -> None:
     loop goes on (the report is a view, never a reason to stop training)."""
     import logging
 
-    from dcssl.config import load_section
+    from dcssl.config import load_run_config
     from dcssl.report.build import build_report
-    from dcssl.report.config import ReportConfig
 
     try:
-        build_report(Path(run_dir), epoch, load_section(ReportConfig, "report", run_dir))
+        build_report(Path(run_dir), epoch, load_run_config(run_dir).report)
     except Exception as err:  # noqa: BLE001 — logged with its cause; `launch report` retries it
         logging.getLogger(__name__).warning("report of epoch %d not written: %s", epoch, err, exc_info=True)
 

@@ -22,8 +22,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from dcssl.slides.config import DownloadConfig, is_secure_url
 from dcssl.slides.sources import SlideRef
-from dcssl.tile.config import DownloadConfig, is_secure_url
 
 __all__ = ["DownloadError", "download_slide", "read_token", "scratch_root"]
 

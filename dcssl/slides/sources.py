@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hpc.checkpoint import atomic_write_text
+from hpc.config import ConfigError, read_text_file
 
 __all__ = [
     "SlideRef",
@@ -32,7 +33,7 @@ SLIDE_SUFFIXES = frozenset(
 _GDC_COLUMNS = ("id", "filename", "md5", "size")
 
 
-class SourceError(ValueError):
+class SourceError(ConfigError):
     """The slide source cannot be used; the message names it and the fix."""
 
 
@@ -95,17 +96,15 @@ def _from_folder(folder: Path) -> list[SlideRef]:
 
 
 def _looks_like_manifest(path: Path) -> bool:
-    if path.suffix.lower() not in (".tsv", ".txt", ".manifest"):
-        return False
-    with open(path, newline="", errors="replace") as handle:
-        header = handle.readline().rstrip("\r\n").split("\t")
-    return all(col in header for col in _GDC_COLUMNS)
+    """A text table (.tsv/.txt/.manifest) is read as a manifest, so a broken one is refused up
+    front instead of being tiled as a slide."""
+    return path.suffix.lower() in (".tsv", ".txt", ".manifest")
 
 
 def read_gdc_manifest(path: str | Path) -> list[SlideRef]:
     """Slides of a gdc-client manifest (TSV with columns ``id filename md5 size [state]``)."""
     path = Path(path)
-    refs = []
+    refs: list[SlideRef] = []
     with open(path, newline="", errors="replace") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
         missing = [c for c in _GDC_COLUMNS if c not in (reader.fieldnames or [])]
@@ -131,6 +130,13 @@ def read_gdc_manifest(path: str | Path) -> list[SlideRef]:
                     size=size,
                 )
             )
+    if not refs:
+        raise SourceError(f"{path}: the manifest lists no slides (only a header); add rows or pass another")
+    seen: set[str | None] = set()
+    for ref in refs:
+        if ref.gdc_id in seen:
+            raise SourceError(f"{path}: file id {ref.gdc_id!r} is listed twice; delete the repeated row")
+        seen.add(ref.gdc_id)
     return _unique(refs, str(path))
 
 
@@ -177,4 +183,8 @@ def load_slide_list(path: str | Path) -> list[SlideRef]:
         raise SourceError(
             f"{path}: no slide list; run `python -m dcssl.launch tile RUN_DIR --slides …` first"
         )
-    return [SlideRef(**item) for item in json.loads(path.read_text())["slides"]]
+    text = read_text_file(path)
+    try:
+        return [SlideRef(**item) for item in json.loads(text)["slides"]]
+    except (ValueError, KeyError, TypeError):
+        raise SourceError(f"{path}: not a slide list; run `launch tile RUN_DIR --slides …` again") from None

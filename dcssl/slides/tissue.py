@@ -16,8 +16,8 @@ import openslide
 from PIL import Image
 from scipy import ndimage
 
+from dcssl.slides.config import TissueConfig
 from dcssl.slides.probe import SlideProbe, coarsest_level_within
-from dcssl.tile.config import TissueConfig
 
 __all__ = [
     "TissueMask",

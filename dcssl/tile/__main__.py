@@ -34,13 +34,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
+    from dcssl.config import load_run_config
     from dcssl.slides.sources import SourceError
     from dcssl.tile import run as tile_run
     from dcssl.tile.prepare import prepare_run
 
     try:
         if args.prepare is not None:
-            refs = prepare_run(args.run_dir, args.prepare, args.config, args.overrides)
+            cfg = load_run_config(args.run_dir, args.config, args.overrides)
+            refs = prepare_run(args.run_dir, args.prepare, cfg)
             print(len(refs))
             return 0
         if args.finalize:

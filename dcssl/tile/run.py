@@ -30,7 +30,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dcssl.config import load_section
+from dcssl.config import load_run_config
 from dcssl.paths import RunPaths
 from dcssl.slides.gdc import DownloadError, download_slide, read_token, scratch_root
 from dcssl.slides.sources import SlideRef, load_slide_list
@@ -128,7 +128,7 @@ def tile_element(
     """
     _ensure_logging()
     paths = RunPaths(Path(run_dir))
-    cfg = load_section(TileConfig, "tile", paths.root, config_path, list(overrides))
+    cfg = load_run_config(paths.root, config_path, list(overrides)).tile
     refs = load_slide_list(paths.slide_list)
     if not 0 <= index < len(refs):
         raise IndexError(

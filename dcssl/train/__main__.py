@@ -18,9 +18,8 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from dcssl.config import ConfigError, load_section
+from dcssl.config import ConfigError
 from dcssl.runlock import RunInUse, hold_stage
-from dcssl.train.config import TrainConfig
 from hpc.checkpoint import as_disk_full
 from hpc.env import detect_env
 
@@ -46,17 +45,26 @@ def _setup_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
     _setup_logging()
+    from dcssl.fits import check_fits, store_tiles
+    from dcssl.paths import RunPaths
+    from dcssl.pipeline.steps import Step
+    from dcssl.settings import load_step_config
     from dcssl.train.segment import NonFiniteLoss, SegmentError, run_segment
 
     is_main = detect_env().is_main  # one rank holds the run lock for the whole job
 
     try:
-        cfg = load_section(TrainConfig, "train", args.run_dir, args.config, args.overrides)
         bad = [o for o in args.overrides if not o.startswith("train.")]
         if bad:
             raise ConfigError(f"{bad[0]}: this stage takes train.key=value overrides only")
+        if args.epoch < 0:
+            raise ConfigError(f"--epoch {args.epoch}: must be ≥ 0")
+        store = RunPaths(Path(args.run_dir)).store
+        cfg = load_step_config(args.run_dir, Step("train", args.epoch).name, args.config, args.overrides)
+        if (store / "manifest.json").is_file():  # else run_segment says what is missing
+            check_fits(cfg, store_tiles(store), f"the store {store}", "train")
         with hold_stage(args.run_dir, f"train-{args.epoch:04d}") if is_main else nullcontext():
-            summary = run_segment(args.run_dir, args.epoch, cfg)
+            summary = run_segment(args.run_dir, args.epoch, cfg.train)
     except (ConfigError, SegmentError, RunInUse) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -23,10 +23,9 @@ import pytest
 import torch
 from slurm_helpers import scancel, wait_for_job_end, wait_for_state, wait_until
 
-from dcssl.config import load_section
+from dcssl.config import load_run_config
 from dcssl.jsonl import read_jsonl
 from dcssl.store import Store
-from dcssl.train.config import TrainConfig
 from dcssl.train.featurebank import open_bank, read_meta
 from dcssl.train.segment import checkpoint_manager, done_path, run_segment
 from dcssl.train.synthetic import make_store, write_pseudo_labels
@@ -120,7 +119,7 @@ def booted(slurm_cluster, tmp_path_factory) -> Path:
     store = make_store(root / "store", n_shards=3, tiles_per_shard=N_TILES // 3, size=32)
     (root / "config.yaml").write_text(json.dumps(CONFIG))
     torch.set_num_threads(1)
-    run_segment(root, 0, load_section(TrainConfig, "train", root), flag=PreemptionFlag(), requeue=False)
+    run_segment(root, 0, load_run_config(root).train, flag=PreemptionFlag(), requeue=False)
     write_pseudo_labels(root, 0, store.labels(), 4)
     return root
 
@@ -199,7 +198,7 @@ def test_srun_two_ranks_loss_falls_and_bank_is_complete_disjoint_and_readable(
 def segment_job(run_dir: str, epoch: int) -> dict:
     """A submitit task: one rank of the segment, configured from the run directory."""
     torch.set_num_threads(1)
-    return run_segment(run_dir, epoch, load_section(TrainConfig, "train", run_dir))
+    return run_segment(run_dir, epoch, load_run_config(run_dir).train)
 
 
 def test_submitit_tasks_end_with_the_same_weights_as_srun(
@@ -290,7 +289,7 @@ def swap_worker(run_dir: str, out_dir: str) -> None:
 
     torch.set_num_threads(1)
     env, device = init_distributed(timeout_s=120)
-    cfg = load_section(TrainConfig, "train", run_dir)
+    cfg = load_run_config(run_dir).train
     cfg.data.samples_per_epoch = 0  # DeepCluster's N: every labelled tile once, no repeats
     n = Store(Path(run_dir) / "store").n_tiles
     a = Store(Path(run_dir) / "store").labels().astype(np.int32)

@@ -74,7 +74,9 @@ def test_cli_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and "cluster.kk: unknown key" in proc.stderr
     write_bank(tmp_path, 0, np.ones((10, 4)))
     (tmp_path / "features/epoch-0000/meta.json").write_text('{"n": 11, "dim": 4}')
-    proc = _cli(str(tmp_path), "--epoch", "0")
+    proc = _cli(str(tmp_path), "--epoch", "0")  # the default k = 1,000 cannot split 11 rows
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: cluster.k=1000")
+    proc = _cli(str(tmp_path), "--epoch", "0", "k=2")
     assert proc.returncode == 1 and "expected n×dim×2" in proc.stderr
 
 

@@ -65,7 +65,7 @@ def test_errors_name_the_key(overrides, fragment):
 
 
 def test_missing_and_malformed_files(tmp_path):
-    with pytest.raises(ConfigError, match="config file not found"):
+    with pytest.raises(ConfigError, match="file not found"):
         load_config(Top, tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: [1,\n")

@@ -15,9 +15,9 @@ import h5py
 import pytest
 
 from dcssl.launch.__main__ import main as launch
+from dcssl.slides.config import DownloadConfig
 from dcssl.slides.gdc import DownloadError, download_slide
 from dcssl.slides.sources import SlideRef
-from dcssl.tile.config import DownloadConfig
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TOKEN = "s3cr3t-token-value-0123456789"

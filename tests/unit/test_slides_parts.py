@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dcssl.slides.config import TissueConfig
 from dcssl.slides.grid import TileGrid, group_blocks
 from dcssl.slides.probe import ProbeError, SlideProbe, choose_level, resolve_mpp
 from dcssl.slides.sources import SourceError, load_slide_list, resolve_slides, save_slide_list
 from dcssl.slides.tissue import background_fraction, mask_from_rgb, otsu_threshold, saturation
-from dcssl.tile.config import TissueConfig
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -186,6 +186,7 @@ def test_ingest_labelled_folders_and_prefixes(tmp_path, capsys):
 
 
 def test_elements_record_only_their_slide_and_status_builds_the_manifest_once(tmp_path, capsys):
+    from dcssl.config import load_run_config
     from dcssl.tile.prepare import prepare_run
     from dcssl.tile.run import finalize, tile_element
 
@@ -195,7 +196,7 @@ def test_elements_record_only_their_slide_and_status_builds_the_manifest_once(tm
         write_slide(folder / f"s{i}.tif", 1024, 768, [Rect(128 + 32 * i, 128, 512, 384)], tile=256)
     (folder / "s9-bad.svs").write_text("not a slide\n")
     run = tmp_path / "run"
-    refs = prepare_run(run, str(folder), None, ["tile.workers=1"])
+    refs = prepare_run(run, str(folder), load_run_config(run, None, ["tile.workers=1"]))
     for index in range(len(refs)):  # what every array element runs, the last one included
         tile_element(run, index, None, ["tile.workers=1"])
     assert not (run / "store" / "manifest.json").exists()  # no element finalizes
