@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     for argv in stages:
         code = launch(argv)
-        if code != 0 and not (argv[0] == "tile" and _has_tiles(args.out)):
-            return code  # a slide that failed to tile stops nothing while others gave tiles
+        if code != 0 and not (argv[0] == "tile" and code == 1 and _has_tiles(args.out)):
+            return code  # a slide that failed to tile (exit 1) stops nothing while others gave tiles
     print(
         f"\ndemo finished: {out}\n"
         f"  report   {args.out / 'report' / 'index.html'}   (open it in a browser)\n"

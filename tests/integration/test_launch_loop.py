@@ -287,7 +287,7 @@ def test_demo_with_rcc_keeps_between_two_and_half_n_clusters_every_epoch(tmp_pat
     """The README's demo with RCC (k emerges): no single label, no near-singletons, and the
     `cluster` subcommand prints its result line."""
     run = tmp_path / "demo"
-    launch("demo", "--out", str(run), "cluster.method=rcc", timeout=1500)
+    launch("demo", "--out", str(run), "cluster.method=rcc", "loop.epochs=3", timeout=1500)
     n_tiles = Store(run / "store").n_tiles
     assert_finished(run, 3)
     for epoch in range(4):
