@@ -27,14 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dcssl.bench._kmeans_ranks import per_row, run_ranks
+from dcssl.bench._kmeans_ranks import _BLOCK, _ours, per_row, run_ranks
 from dcssl.cluster.seeding import AUTO_PARALLEL_FROM
 
 __all__ = ["main"]
-
-# Rows per block, the shards' granularity: small enough that 2 ranks get equal shares of the
-# 200 k rows (k-means is exact per row, so any block gives the same labels).
-_BLOCK = 1024
 
 
 def _mixture(n: int, d: int, k: int, seed: int) -> np.ndarray:
@@ -49,34 +45,6 @@ def _inertia(x: np.ndarray, centroids: np.ndarray) -> float:
     from dcssl.cluster import assign
 
     return float(assign(x, centroids)[1].sum(dtype=np.float64))
-
-
-def _ours(x, init, iters, min_s, backend, comm=None, row0=0) -> tuple[float, np.ndarray, dict]:
-    """Seconds per Lloyd iteration — a run's mean, as for faiss (pruning makes later iterations
-    cheaper) — median over repeats totalling ≥ min_s; final centroids; the last run's stats."""
-    from dcssl.cluster import kmeans
-    from dcssl.cluster.kmeans import KMeansState
-
-    per_iter, spent, cent = [], 0.0, None
-    while spent < min_s or not per_iter:
-        t0 = time.monotonic()
-        cent, _, stats = kmeans(
-            x,
-            len(init),
-            comm,
-            iterations=iters,
-            tol=0.0,
-            backend=backend,
-            state=KMeansState(init.copy()),
-            row0=row0,
-            log_every=0,
-            block=_BLOCK,
-        )
-        spent += time.monotonic() - t0
-        per_iter.append(float(np.mean(stats["seconds_per_iteration"])))
-        if comm is not None:  # every rank must agree on whether to repeat
-            spent = comm.allreduce(spent, op=__import__("mpi4py").MPI.MAX)
-    return float(np.median(per_iter)), cent, stats
 
 
 def _faiss(x, init, iters, min_s, threads) -> tuple[float, np.ndarray]:
@@ -108,9 +76,9 @@ def _parity(x, k, iters, threads, backend) -> tuple[float, int]:
     the same Lloyd iterations, so the inertias should agree. → (relative difference, clusters
     this job split)."""
     from dcssl.cluster import kmeans
-    from dcssl.cluster.kmeans import KMeansState, init_centroids
+    from dcssl.cluster.kmeans import KMeansState, init_centroids, refine_on_sample
 
-    start = init_centroids(x, k, method="kmeans++", seed=0, trials=1, refine=0)
+    start = init_centroids(x, k, method="kmeans++", seed=0, trials=1, refine=0, refiner=refine_on_sample)
     _, c_faiss = _faiss(x, start, iters, 0.0, threads)
     cent, _, stats = kmeans(
         x,

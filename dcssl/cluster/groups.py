@@ -25,7 +25,7 @@ import numpy as np
 
 from .assigner import _NEAR, Assigner, _augment
 
-__all__ = ["GroupBounds", "auto_groups", "group_centroids"]
+__all__ = ["GroupBounds", "auto_groups"]
 
 # Rows rescanned at once (float32 copies and t-wide bound tables of this many rows).
 _TILE = 2048
@@ -46,16 +46,6 @@ def auto_groups(k: int, d: int) -> int:
     return max(2, min(k // 10, d // 5))
 
 
-def group_centroids(centroids: np.ndarray, t: int, seed: int = 0) -> np.ndarray:
-    """Group of each centroid (int64, values < t): 5 Lloyd iterations on the centroids, as the
-    paper. Deterministic (exact k-means), so every rank forms the same groups."""
-    from .kmeans import kmeans
-
-    c = np.ascontiguousarray(centroids, dtype=np.float32)
-    _, groups, _ = kmeans(c, t, None, iterations=5, tol=0.0, init="random", seed=seed, log_every=0)
-    return groups.astype(np.int64)
-
-
 def _store_down(value: np.ndarray, out: np.ndarray) -> None:
     """float32 bounds (scale units) → float16 never above them (nearest rounding is ≤ 2⁻¹¹
     relative for normal values, ≤ 2⁻²⁵ absolute below; both taken off first)."""
@@ -68,8 +58,10 @@ def _store_down(value: np.ndarray, out: np.ndarray) -> None:
 class GroupBounds:
     """A rank's per-row group bounds between passes (see the module doc)."""
 
-    def __init__(self, n: int, centroids: np.ndarray, t: int, backend: str, extent: float):
-        self.groups = group_centroids(centroids, t)
+    def __init__(
+        self, n: int, centroids: np.ndarray, groups: np.ndarray, t: int, backend: str, extent: float
+    ):
+        self.groups = groups  # each centroid's group (kmeans.group_centroids), values < t
         self.members = [np.flatnonzero(self.groups == g) for g in range(t)]
         self.t, self.k, self.backend = t, len(centroids), backend
         # float16 unit: the largest possible distance (2 × largest row norm) maps below 2¹⁵

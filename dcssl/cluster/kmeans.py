@@ -23,7 +23,17 @@ from .exact import ClusterSums, as_comm, blocks, broadcast, exact_total, global_
 from .groups import GroupBounds, auto_groups
 from .seeding import init_centroids, sample_index
 
-__all__ = ["assign", "assign_all", "kmeans", "KMeansState", "init_centroids", "split_empty", "sample_index"]
+__all__ = [
+    "group_centroids",
+    "refine_on_sample",
+    "assign",
+    "assign_all",
+    "kmeans",
+    "KMeansState",
+    "init_centroids",
+    "split_empty",
+    "sample_index",
+]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +125,10 @@ class _Pass:
         self.sums = ClusterSums(k, x_local.shape[1], maxabs, n)
         t = groups or auto_groups(k, x_local.shape[1])
         if t > 1:  # Yinyang group bounds (large k)
-            self.bounds = GroupBounds(len(x_local), centroids, min(t, k), backend, np.sqrt(maxsq))
+            t = min(t, k)
+            self.bounds = GroupBounds(
+                len(x_local), centroids, group_centroids(centroids, t), t, backend, np.sqrt(maxsq)
+            )
         else:  # Hamerly's single bound and Elkan's centroid gaps
             self.bounds = Bounds.for_rows(len(x_local))
         self.finder = Assigner(centroids, backend, min(TILE, block))
@@ -210,6 +223,7 @@ def kmeans(
             refine=init_refine,
             resume=init_resume,
             on_round=on_init_round,
+            refiner=refine_on_sample,
         )
         state = KMeansState(cent)
         init_s = time.monotonic() - t0
@@ -297,3 +311,22 @@ def _log_iteration(state: KMeansState, iterations: int, n_split: int, scanned: f
         left * s,
         f", {n_split} empty clusters split" if n_split else "",
     )
+
+
+def group_centroids(centroids: np.ndarray, t: int, seed: int = 0) -> np.ndarray:
+    """Group of each centroid (int64, values < t): 5 Lloyd iterations on the centroids, as the
+    paper. Deterministic (exact k-means), so every rank forms the same groups."""
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    _, groups, _ = kmeans(c, t, None, iterations=5, tol=0.0, init="random", seed=seed, log_every=0)
+    return groups.astype(np.int64)
+
+
+def refine_on_sample(
+    rows: np.ndarray, centroids: np.ndarray, comm, iterations: int
+) -> tuple[np.ndarray, float]:
+    """Lloyd from ``centroids`` on seeding's sample rows → (centroids, inertia); 0 iterations:
+    the inertia of ``centroids`` as they are. The refiner ``seeding`` is given."""
+    cent, _, st = kmeans(
+        rows, len(centroids), comm, iterations=iterations, tol=0.0, state=KMeansState(centroids), log_every=0
+    )
+    return cent, float(st["inertia"])

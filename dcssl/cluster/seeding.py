@@ -25,6 +25,10 @@ from .exact import as_comm, broadcast, exact_total, gather_rows, global_count, g
 
 __all__ = ["init_centroids", "kmeans_parallel", "sample_index", "AUTO_PARALLEL_FROM"]
 
+# Lloyd from given centroids on init sample rows → (centroids, inertia): ``kmeans.refine_on_sample``,
+# passed in by the caller so that seeding (which k-means starts from) never imports k-means.
+Refiner = Callable[[np.ndarray, np.ndarray, object, int], tuple[np.ndarray, float]]
+
 # init=auto: greedy k-means++ up to this k (its k²-per-sample cost is minutes there), k-means|| above.
 AUTO_PARALLEL_FROM = 1000
 # k-means|| rounds (Bahmani et al.: 5 suffice) and candidates drawn in all, in units of k.
@@ -54,6 +58,7 @@ def kmeans_parallel(
     refine: int = 20,
     resume: dict | None = None,
     on_round: Callable[[dict], None] | None = None,
+    refiner: Refiner | None = None,
 ) -> np.ndarray:
     """k-means|| on ``sample`` rows (0: max(10 k, 10 000)), each rank measuring its own share.
 
@@ -106,10 +111,14 @@ def kmeans_parallel(
         out[:] = _reduce(c, weights, k, seed)
     out = broadcast(out, comm)
     if refine:  # Lloyd on the distributed sample (pruned: the later passes cost little)
-        from .kmeans import KMeansState, kmeans
-
-        out = kmeans(xs, k, comm, iterations=refine, tol=0.0, state=KMeansState(out), log_every=0)[0]
+        out = _needs(refiner)(xs, out, comm, refine)[0]
     return out
+
+
+def _needs(refiner: Refiner | None) -> Refiner:
+    if refiner is None:
+        raise ValueError("refining seeds needs refiner=dcssl.cluster.kmeans.refine_on_sample")
+    return refiner
 
 
 def _allreduce(values: np.ndarray, comm) -> np.ndarray:
@@ -219,6 +228,7 @@ def init_centroids(
     refine: int = 20,
     resume: dict | None = None,
     on_round: Callable[[dict], None] | None = None,
+    refiner: Refiner | None = None,
 ) -> np.ndarray:
     """k initial centroids chosen on rank 0 from a global sample and broadcast.
 
@@ -245,6 +255,7 @@ def init_centroids(
             refine=refine,
             resume=resume,
             on_round=on_round,
+            refiner=refiner,
         )
     m = k if method == "random" else min(n, sample or max(20 * k, 10_000))
     index = sample_index(n, m, seed, 1)
@@ -254,27 +265,16 @@ def init_centroids(
         if method == "random":
             out[:] = rows[np.random.default_rng([seed, 3]).permutation(k)]
         elif method == "kmeans++":
-            out[:] = _best_of(rows, k, seed, trials, refine)
+            out[:] = _best_of(rows, k, seed, trials, refine, _needs(refiner))
         else:
             raise ValueError(f"init {method!r}: choose auto, kmeans++, kmeans|| or random")
     return broadcast(out, comm)
 
 
-def _best_of(rows: np.ndarray, k: int, seed: int, trials: int, refine: int) -> np.ndarray:
+def _best_of(rows: np.ndarray, k: int, seed: int, trials: int, refine: int, refiner: Refiner) -> np.ndarray:
     best, best_inertia = None, np.inf
     for trial in range(max(trials, 1)):
-        cent = _kmeanspp(rows, k, seed * 1000 + trial)
-        if refine:
-            from .kmeans import KMeansState, kmeans
-
-            cent, _, st = kmeans(
-                rows, k, None, iterations=refine, tol=0.0, state=KMeansState(cent), log_every=0
-            )
-            inertia = st["inertia"]
-        else:
-            from .kmeans import assign
-
-            inertia = float(assign(rows, cent)[1].sum(dtype=np.float64))
+        cent, inertia = refiner(rows, _kmeanspp(rows, k, seed * 1000 + trial), None, refine)
         if inertia < best_inertia:
             best, best_inertia = cent, inertia
     return best

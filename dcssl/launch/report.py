@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="the run directory")
     parser.add_argument("--epoch", type=int, default=None, help="epoch of the atlas (default: the newest)")
     parser.add_argument(
-        "overrides", nargs="*", default=[], metavar="report.key=value", help="e.g. report.cards_per_page=100"
+        "overrides", nargs="*", default=[], metavar="report.KEY=VALUE", help="e.g. report.cards_per_page=100"
     )
 
 

@@ -10,7 +10,7 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import normalized_mutual_info_score
 
 from dcssl.cluster import assign, kmeans, nmi, shard_rows
-from dcssl.cluster.kmeans import KMeansState, split_empty
+from dcssl.cluster.kmeans import KMeansState, refine_on_sample, split_empty
 
 
 def _blobs(n=6000, d=16, centers=12, seed=0):
@@ -308,9 +308,9 @@ def test_kmeans_parallel_is_deterministic_per_seed_and_covers_the_mixture():
     from dcssl.cluster.seeding import init_centroids
 
     x = _mixture(20_000, 16, 50, seed=3)
-    a = init_centroids(x, 300, method="kmeans||", seed=4)
-    b = init_centroids(x, 300, method="kmeans||", seed=4)
-    c = init_centroids(x, 300, method="kmeans||", seed=5)
+    a = init_centroids(x, 300, method="kmeans||", seed=4, refiner=refine_on_sample)
+    b = init_centroids(x, 300, method="kmeans||", seed=4, refiner=refine_on_sample)
+    c = init_centroids(x, 300, method="kmeans||", seed=5, refiner=refine_on_sample)
     assert a.shape == (300, 16) and np.array_equal(a, b) and not np.array_equal(a, c)
     assert len(np.unique(a, axis=0)) == 300
     random = init_centroids(x, 300, method="random", seed=4)
@@ -322,10 +322,12 @@ def test_kmeans_parallel_resumes_after_a_round_with_the_same_centroids():
 
     x = _mixture(20_000, 16, 50, seed=3)
     rounds = []
-    whole = kmeans_parallel(x, 300, seed=4, on_round=rounds.append)
+    whole = kmeans_parallel(x, 300, seed=4, on_round=rounds.append, refiner=refine_on_sample)
     assert [r["init_round"] for r in rounds] == [1, 2, 3, 4, 5]
     again = []
-    resumed = kmeans_parallel(x, 300, seed=4, resume=rounds[1], on_round=again.append)
+    resumed = kmeans_parallel(
+        x, 300, seed=4, resume=rounds[1], on_round=again.append, refiner=refine_on_sample
+    )
     assert [r["init_round"] for r in again] == [3, 4, 5]  # rounds 1-2 are not redone
     assert np.array_equal(whole, resumed)
 
