@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "file_mode",
     "load_finite",
     "as_disk_full",
+    "report_disk_full",
     "temp_files",
     "torch_bytes",
 ]
@@ -70,6 +72,16 @@ def as_disk_full(err: BaseException, where: Path) -> DiskFull | None:
         return err if isinstance(err, DiskFull) else None
     filename = getattr(err, "filename", None)
     return DiskFull(Path(filename).parent if filename else where, 0)
+
+
+def report_disk_full(err: OSError, where: Path) -> int:
+    """A stage entry point's answer to an OSError: a full disk is its one line on stderr (the line
+    the launcher repeats) and exit 1; anything else is re-raised."""
+    disk_full = as_disk_full(err, where)
+    if disk_full is None:
+        raise err
+    print(f"error: {disk_full}", file=sys.stderr, flush=True)
+    return 1
 
 
 def file_mode() -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from dcssl.config import ConfigError
 from dcssl.paths import RunPaths
 from dcssl.runlock import RunInUse, hold_stage
-from hpc.checkpoint import as_disk_full
+from hpc.checkpoint import report_disk_full
 
 from .config import ClusterConfig
 
@@ -84,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _cluster_and_publish(args.run_dir, args.epoch, whole, comm)
         except OSError as err:
-            disk_full = as_disk_full(err, Path(args.run_dir))
-            if disk_full is None:
-                raise
-            print(f"error: {disk_full}", file=sys.stderr, flush=True)  # the line the launcher repeats
-            return 1
+            return report_disk_full(err, Path(args.run_dir))
 
 
 def _cluster_and_publish(run_dir: Path, epoch: int, whole, comm) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dcssl.config import ConfigError
 from dcssl.runlock import RunInUse, hold_stage
-from hpc.checkpoint import as_disk_full
+from hpc.checkpoint import report_disk_full
 from hpc.env import detect_env
 
 
@@ -72,11 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:
-        disk_full = as_disk_full(err, Path(args.run_dir))
-        if disk_full is None:
-            raise
-        print(f"error: {disk_full}", file=sys.stderr, flush=True)  # the line the launcher repeats
-        return 1
+        return report_disk_full(err, Path(args.run_dir))
     if is_main:
         print(json.dumps(summary), flush=True)
     return 0
