@@ -10,11 +10,11 @@ epoch's features) and replace them only once complete.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 
 from dcssl.config import save_run_config
+from dcssl.epochs.labels import read_stats
 from dcssl.fits import check_fits, feature_rows
 from dcssl.jsonl import append_jsonl, read_jsonl
 from dcssl.launch.common import (
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             if code == 0:
                 save_run_config(paths.root, cfg)
     if code == 0:
-        print(result_line(json.loads((paths.labels(args.epoch) / "stats.json").read_text())))
+        print(result_line(read_stats(paths.root, args.epoch)))
     return code
 
 

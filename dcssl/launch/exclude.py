@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dcssl.epochs.labels import read_labels
 from dcssl.exclusion import update_exclusion
 from dcssl.launch.common import UsageError, existing_run_dir
-from dcssl.report.epochs import read_labels
 from dcssl.store import Store
 
 
