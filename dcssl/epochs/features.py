@@ -32,6 +32,7 @@ import numpy as np
 
 from dcssl.paths import RunPaths, epochs_in
 from hpc.checkpoint import atomic_path, atomic_write_text, temp_files
+from hpc.config import ConfigError, read_text_file
 from hpc.integrity import check_sealed, seal
 from hpc.mpi import shard_range
 
@@ -41,6 +42,8 @@ __all__ = [
     "complete_epochs",
     "verify",
     "read_meta",
+    "bank_rows",
+    "embeddings_path",
     "open_bank",
     "bank_if_complete",
     "FeatureBank",
@@ -81,6 +84,19 @@ def verify(run_dir: str | os.PathLike, epoch: int) -> dict:
 
 def read_meta(run_dir: str | os.PathLike, epoch: int) -> dict:
     return json.loads((bank_dir(run_dir, epoch) / META).read_text())
+
+
+def bank_rows(run_dir: str | os.PathLike, epoch: int, missing_ok: bool = False) -> int | None:
+    """Rows of the epoch's bank from its meta.json, to check settings against before any work: a
+    one-line ConfigError when it is unreadable (None when it is missing and ``missing_ok``)."""
+    meta = bank_dir(run_dir, epoch) / META
+    if missing_ok and not meta.is_file():
+        return None
+    text = read_text_file(meta)
+    try:
+        return int(json.loads(text)["n"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{meta}: not a feature bank's meta.json; run `launch train` again") from None
 
 
 def open_bank(run_dir: str | os.PathLike, epoch: int) -> np.memmap:

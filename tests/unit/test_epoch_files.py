@@ -16,6 +16,7 @@ import pytest
 from dcssl.epochs import features, labels, trained
 from dcssl.epochs.labels import LabelFilesError, LabelsWriter
 from dcssl.paths import RunPaths
+from hpc.config import ConfigError
 from hpc.integrity import DamagedFile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,6 +157,10 @@ def test_bank_readers_agree_and_a_missing_bank_is_none(tmp_path):
     assert features.complete_epochs(tmp_path) == [3] and features.bank_if_complete(tmp_path, 2) is None
     with pytest.raises(ValueError, match="no COMPLETE marker"):
         features.open_features(tmp_path, 2)
+    assert features.bank_rows(tmp_path, 3) == N and features.bank_rows(tmp_path, 2, missing_ok=True) is None
+    (features.bank_dir(tmp_path, 3) / "meta.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(ConfigError, match=r"meta\.json: "):
+        features.bank_rows(tmp_path, 3)
     _publish(tmp_path, 3, _labels())
     _publish(tmp_path, 4, _labels())  # its bank is pruned
     assert labels.newest_with_features(tmp_path) == 3
