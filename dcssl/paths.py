@@ -1,4 +1,4 @@
-"""Where things live in a run directory (see DESIGN.md, "On-disk contracts").
+"""Where things live in a run directory (README, "On-disk layout of a run").
 
 The one place a run path is spelled; what is inside an epoch's folders (file names, reading,
 writing, sealing) belongs to ``dcssl.epochs``."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dcssl.store import shard_name
 
-_EPOCH = re.compile(r"epoch-(\d+)")
+_EPOCH = r"epoch-(\d+)"
 
 
 def _epoch_name(epoch: int) -> str:
@@ -98,6 +98,10 @@ class RunPaths:
         return self.train_markers / f"{_epoch_name(epoch)}.done.json"
 
     @property
+    def train_checkpoints(self) -> Path:
+        return self.root / "checkpoints" / "train"
+
+    @property
     def cluster_checkpoints_root(self) -> Path:
         return self.root / "checkpoints" / "cluster"
 
@@ -120,5 +124,5 @@ def epochs_in(folder: Path, suffix: str = "") -> list[int]:
     staging folders such as ``.epoch-NNNN.partial`` are not entries)."""
     if not folder.is_dir():
         return []
-    pattern = re.compile(_EPOCH.pattern + re.escape(suffix))
+    pattern = re.compile(_EPOCH + re.escape(suffix))
     return sorted(int(m[1]) for p in folder.iterdir() if (m := pattern.fullmatch(p.name)))

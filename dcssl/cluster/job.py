@@ -19,6 +19,7 @@ import numpy as np
 from dcssl.epochs.features import open_features
 from dcssl.epochs.labels import LabelsWriter, is_complete, labels_dir, read_labels_range, read_stats
 from dcssl.jsonl import append_jsonl
+from dcssl.paths import RunPaths
 from hpc.preemption import PreemptionFlag, requeue_and_exit
 
 from .config import ClusterConfig
@@ -380,7 +381,7 @@ def _cluster_means(rows: np.ndarray, labels: np.ndarray, min_size: int) -> np.nd
 
 def _finish(run_dir: Path, epoch: int, cfg: ClusterConfig, ckpt, stats: dict) -> None:
     append_jsonl(
-        run_dir / "metrics.jsonl",
+        RunPaths(run_dir).metrics,
         {
             "kind": "cluster",
             "epoch": epoch,

@@ -34,6 +34,7 @@ import numpy as np
 from dcssl.epochs.features import bank_dir, bank_if_complete
 from dcssl.epochs.labels import labels_file, newest_with_features, read_labels
 from dcssl.evaluate.config import CurateConfig
+from dcssl.paths import RunPaths
 from dcssl.store import ShardWriter, Store, build_manifest
 from hpc.checkpoint import atomic_path, atomic_write_text
 
@@ -172,7 +173,7 @@ def _copy_tiles(store: Store, index: np.ndarray, root: Path) -> None:
 def curate_run(run_dir: str | Path, cfg: CurateConfig) -> dict:
     """Select (and copy) the curated subset; the manifest document."""
     run_dir = Path(run_dir)
-    store = Store(run_dir / "store")
+    store = Store(RunPaths(run_dir).store)
     epoch = newest_epoch(run_dir) if cfg.epoch < 0 else cfg.epoch
     out = run_dir / "curated"
     settings = {**asdict(cfg), "epoch": epoch}

@@ -69,9 +69,9 @@ def _sealed(root: Path) -> Iterator[tuple[Path, str, str]]:
         )
 
 
-def _damage(verify, root: Path, epoch: int, redo: str) -> Iterator[tuple[Path, str, str]]:
+def _damage(check, root: Path, epoch: int, redo: str) -> Iterator[tuple[Path, str, str]]:
     try:
-        verify(root, epoch)
+        check(root, epoch)
     except DamagedFile as err:
         yield err.path, err.why, redo
 

@@ -14,6 +14,7 @@ import numpy as np
 from dcssl.epochs.features import bank_if_complete
 from dcssl.epochs.labels import newest_with_features, read_labels, read_stats
 from dcssl.jsonl import read_jsonl
+from dcssl.paths import RunPaths
 from dcssl.report import charts
 from dcssl.report.config import ReportConfig
 from dcssl.report.html import CSS
@@ -140,7 +141,7 @@ def _caveats(n_tiles: int, cards, k: int) -> list[str]:
 
 
 def _run_context(run_dir: Path, store: Store, epoch: int, cards, entries) -> tuple[dict, dict[str, bytes]]:
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = read_jsonl(RunPaths(run_dir).metrics)
     rows = [r for r in records if r.get("kind") == "epoch"]
     k = int(read_stats(run_dir, epoch).get("k", len(cards)))
     images = {
@@ -149,7 +150,7 @@ def _run_context(run_dir: Path, store: Store, epoch: int, cards, entries) -> tup
         "sizes": charts.sizes_chart(np.array([c.size for c in cards]), epoch),
         "seconds": charts.seconds_chart(rows),
     }
-    config = run_dir / "config.yaml"
+    config = RunPaths(run_dir).config
     ctx = {
         "run_name": run_dir.name,
         "epoch": epoch,
@@ -182,7 +183,7 @@ def build_report(run_dir: str | Path, epoch: int | None = None, cfg: ReportConfi
     """Write RUN/report/ for ``epoch`` (default: the newest reportable); returns index.html."""
     run_dir, cfg = Path(run_dir), cfg or ReportConfig()
     started = time.monotonic()
-    store = Store(run_dir / "store")
+    store = Store(RunPaths(run_dir).store)
     epoch = newest_reportable(run_dir) if epoch is None else epoch
     labels, distances, cards = _cards(run_dir, store, epoch, cfg)
     tmp = Path(tempfile.mkdtemp(prefix=".report.", suffix=".partial", dir=run_dir))

@@ -38,6 +38,7 @@ from dcssl.epochs.labels import LabelFilesError, labels_dir, labels_file, read_s
 from dcssl.epochs.trained import done_path, finished_epochs, read_done, write_done
 from dcssl.exclusion import mask_labels
 from dcssl.jsonl import append_jsonl
+from dcssl.paths import RunPaths
 from dcssl.store import Store
 from dcssl.train.config import TrainConfig
 from dcssl.train.extract import extract_pass
@@ -72,7 +73,7 @@ class NonFiniteLoss(RuntimeError):
 
 def checkpoint_manager(run_dir: str | Path, keep: int = 2) -> CheckpointManager:
     return CheckpointManager(
-        Path(run_dir) / "checkpoints" / "train", prefix="train", keep=keep, load_fn=load_finite
+        RunPaths(Path(run_dir)).train_checkpoints, prefix="train", keep=keep, load_fn=load_finite
     )
 
 
@@ -153,8 +154,8 @@ def run_segment(
         log.info("train segment %d already done (%s): nothing to do", epoch, done_path(run_dir, epoch))
         return summary
     flag = flag or PreemptionFlag().install()  # before any worker forks, so they inherit it
-    if not (run_dir / "store" / "manifest.json").is_file():
-        raise SegmentError(f"{run_dir / 'store'}: no tile store; run the tile stage first")
+    if not RunPaths(run_dir).manifest.is_file():
+        raise SegmentError(f"{RunPaths(run_dir).store}: no tile store; run the tile stage first")
     env, device = init_distributed(timeout_s=cfg.dist_timeout_s)
     log.info(
         "segment %d: rank %d of %d (local %d, node %d of %d: %s) via %s on %s",
@@ -194,7 +195,7 @@ class _Segment:
         self.run_dir, self.epoch, self.cfg, self.env, self.device = run_dir, epoch, cfg, env, device
         self.flag, self.on_step = flag, on_step
         self.ckpt = checkpoint_manager(run_dir, cfg.keep_checkpoints)
-        self.n_tiles = Store(run_dir / "store").n_tiles
+        self.n_tiles = Store(RunPaths(run_dir).store).n_tiles
         self.stats = {"loss_sum": 0.0, "steps": 0, "images": 0, "train_seconds": 0.0, "seconds": 0.0}
         self.t0 = time.monotonic()
         self.rows_written = 0  # feature-bank rows this rank wrote in this job
@@ -456,7 +457,7 @@ class _Segment:
             eta,
         )
         append_jsonl(
-            self.run_dir / "metrics.jsonl",
+            RunPaths(self.run_dir).metrics,
             {
                 "kind": "train_window",
                 "epoch": self.epoch,
@@ -513,7 +514,7 @@ class _Segment:
                 summary["stale_fraction"],
             )
             append_jsonl(
-                self.run_dir / "metrics.jsonl",
+                RunPaths(self.run_dir).metrics,
                 {
                     "kind": "train_epoch",
                     **{
