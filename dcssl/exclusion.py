@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dcssl.jsonl import append_jsonl
+from dcssl.paths import RunPaths
 from hpc.checkpoint import atomic_path
 
 __all__ = ["mask_path", "read_mask", "write_mask", "mask_labels", "update_exclusion"]
@@ -87,5 +88,5 @@ def update_exclusion(
         "host": socket.gethostname(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    append_jsonl(Path(run_dir) / "metrics.jsonl", record)
+    append_jsonl(RunPaths(Path(run_dir)).metrics, record)
     return record

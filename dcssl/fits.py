@@ -8,7 +8,7 @@ from pathlib import Path
 from dcssl.runconfig import RunConfig
 from hpc.config import ConfigError, read_text_file
 
-__all__ = ["store_tiles", "feature_rows", "check_fits"]
+__all__ = ["store_tiles", "check_fits"]
 
 
 def store_tiles(store: Path) -> int:
@@ -23,18 +23,6 @@ def store_tiles(store: Path) -> int:
         return int(json.loads(text)["n_tiles"])
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{manifest}: not a tile store manifest; tile or ingest again") from None
-
-
-def feature_rows(bank: Path) -> int:
-    """Rows of a feature bank, from its meta.json (one line, exit 2, when unreadable)."""
-    import json
-
-    meta = Path(bank) / "meta.json"
-    text = read_text_file(meta)
-    try:
-        return int(json.loads(text)["n"])
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"{meta}: not a feature bank's meta.json; run `launch train` again") from None
 
 
 def _limits(cfg: RunConfig, n_tiles: int) -> dict[str, int]:

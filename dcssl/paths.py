@@ -1,11 +1,21 @@
-"""Where things live in a run directory (see DESIGN.md, "On-disk contracts")."""
+"""Where things live in a run directory (README, "On-disk layout of a run").
+
+The one place a run path is spelled; what is inside an epoch's folders (file names, reading,
+writing, sealing) belongs to ``dcssl.epochs``."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from dcssl.store import shard_name
+
+_EPOCH = r"epoch-(\d+)"
+
+
+def _epoch_name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}"
 
 
 @dataclass(frozen=True)
@@ -65,14 +75,38 @@ class RunPaths:
     def tensorboard(self) -> Path:
         return self.root / "tb"
 
+    @property
+    def features_root(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def labels_root(self) -> Path:
+        return self.root / "labels"
+
+    @property
+    def train_markers(self) -> Path:
+        """Where each finished train segment leaves its done marker."""
+        return self.root / "train"
+
     def features(self, epoch: int) -> Path:
-        return self.root / "features" / f"epoch-{epoch:04d}"
+        return self.features_root / _epoch_name(epoch)
 
     def labels(self, epoch: int) -> Path:
-        return self.root / "labels" / f"epoch-{epoch:04d}"
+        return self.labels_root / _epoch_name(epoch)
 
     def train_done(self, epoch: int) -> Path:
-        return self.root / "train" / f"epoch-{epoch:04d}.done.json"
+        return self.train_markers / f"{_epoch_name(epoch)}.done.json"
+
+    @property
+    def train_checkpoints(self) -> Path:
+        return self.root / "checkpoints" / "train"
+
+    @property
+    def cluster_checkpoints_root(self) -> Path:
+        return self.root / "checkpoints" / "cluster"
+
+    def cluster_checkpoints(self, epoch: int) -> Path:
+        return self.cluster_checkpoints_root / _epoch_name(epoch)
 
     def settings(self, step_name: str) -> Path:
         """The settings record of one loop step (dcssl.settings owns it)."""
@@ -83,3 +117,12 @@ class RunPaths:
 
     def labels_complete(self, epoch: int) -> bool:
         return (self.labels(epoch) / "COMPLETE").is_file()
+
+
+def epochs_in(folder: Path, suffix: str = "") -> list[int]:
+    """The epochs that have an entry ``epoch-NNNN<suffix>`` in ``folder``, oldest first (hidden
+    staging folders such as ``.epoch-NNNN.partial`` are not entries)."""
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(_EPOCH + re.escape(suffix))
+    return sorted(int(m[1]) for p in folder.iterdir() if (m := pattern.fullmatch(p.name)))

@@ -125,7 +125,7 @@ def _crc_pixels(args, size: int = 32):
 def _deepcluster(args, name: str):
     """Features of the last epoch of a short DeepCluster run (the quality bench's recipe)."""
     from dcssl.bench.quality import _pretrain
-    from dcssl.cluster.store import open_features
+    from dcssl.epochs.features import open_features
     from dcssl.store import Store
 
     run = (args.work or Path("runs/bench-rcc")) / name

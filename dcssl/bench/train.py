@@ -56,8 +56,8 @@ def _sync(device: torch.device) -> None:
 
 
 def _ours(run_dir: Path, args, device: torch.device) -> float:
+    from dcssl.epochs.features import BankWriter, prepare_bank
     from dcssl.train.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
-    from dcssl.train.featurebank import BankWriter, prepare_bank
     from dcssl.train.trainer import Trainer
     from hpc.env import DistEnv
 

@@ -58,15 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.epoch < 0:
             raise ConfigError(f"--epoch {args.epoch}: must be ≥ 0")
-        from dcssl.fits import check_fits, feature_rows
+        from dcssl.epochs.features import bank_rows
+        from dcssl.fits import check_fits
         from dcssl.pipeline.steps import Step
         from dcssl.settings import load_step_config
 
         own = _own_overrides(args.overrides)
         whole = load_step_config(args.run_dir, Step("cluster", args.epoch).name, args.config, own)
-        bank = RunPaths(args.run_dir).features(args.epoch)
-        if (bank / "meta.json").is_file():  # else run_cluster says what is missing
-            check_fits(whole, feature_rows(bank), f"epoch {args.epoch}'s features", "cluster")
+        rows = bank_rows(args.run_dir, args.epoch, missing_ok=True)  # None: run_cluster says what is missing
+        if rows is not None:
+            check_fits(whole, rows, f"epoch {args.epoch}'s features", "cluster")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,12 +3,11 @@
 Runs with any number of MPI ranks (``srun --mpi=pmi2 -n R``, ``mpiexec -n R`` or alone), each
 rank on a contiguous, block-aligned row range. Rank 0 checkpoints after every iteration; a re-run
 (same or different R) resumes there and produces exactly the labels of an uninterrupted run. A
-finished epoch (COMPLETE present) is a no-op.
+finished epoch (its labels complete) is a no-op.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -17,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dcssl.epochs.features import open_features
+from dcssl.epochs.labels import LabelsWriter, is_complete, labels_dir, read_labels_range, read_stats
 from dcssl.jsonl import append_jsonl
+from dcssl.paths import RunPaths
 from hpc.preemption import PreemptionFlag, requeue_and_exit
 
 from .config import ClusterConfig
@@ -27,7 +29,7 @@ from .health import label_warnings
 from .kmeans import KMeansState, assign_all, kmeans, sample_index
 from .nmi import nmi
 from .pca import PCA, pca_fit, pca_transform
-from .store import LabelsWriter, checkpoints, labels_dir, open_features, read_labels_range
+from .store import checkpoints
 
 __all__ = ["run_cluster"]
 
@@ -195,10 +197,9 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
 
         comm = world()
     run_dir, rank, size = Path(run_dir), comm.Get_rank(), comm.Get_size()
-    done = labels_dir(run_dir, epoch)
-    if (done / "COMPLETE").is_file():
-        log.info("epoch %d: labels already complete in %s, nothing to do", epoch, done)
-        return json.loads((done / "stats.json").read_text())
+    if is_complete(run_dir, epoch):
+        log.info("epoch %d: labels already complete in %s, nothing to do", epoch, labels_dir(run_dir, epoch))
+        return read_stats(run_dir, epoch)
     t_start, phases = time.monotonic(), {}
     bank = open_features(run_dir, epoch)
     threads, backend = _set_threads(cfg, comm), _backend(cfg, comm)
@@ -380,7 +381,7 @@ def _cluster_means(rows: np.ndarray, labels: np.ndarray, min_size: int) -> np.nd
 
 def _finish(run_dir: Path, epoch: int, cfg: ClusterConfig, ckpt, stats: dict) -> None:
     append_jsonl(
-        run_dir / "metrics.jsonl",
+        RunPaths(run_dir).metrics,
         {
             "kind": "cluster",
             "epoch": epoch,

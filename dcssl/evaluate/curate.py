@@ -31,7 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dcssl.epochs.features import bank_dir, bank_if_complete
+from dcssl.epochs.labels import labels_file, newest_with_features, read_labels
 from dcssl.evaluate.config import CurateConfig
+from dcssl.paths import RunPaths
 from dcssl.store import ShardWriter, Store, build_manifest
 from hpc.checkpoint import atomic_path, atomic_write_text
 
@@ -110,32 +113,28 @@ def select(labels: np.ndarray, features: np.ndarray, cfg: CurateConfig) -> dict[
 
 def newest_epoch(run_dir: Path) -> int:
     """The newest epoch whose labels are complete and whose feature bank still exists."""
-    for marker in sorted((run_dir / "labels").glob("epoch-*/COMPLETE"), reverse=True):
-        epoch = int(marker.parent.name.split("-")[1])
-        if (run_dir / "features" / f"epoch-{epoch:04d}" / "COMPLETE").is_file():
-            return epoch
-    raise CurateError(
-        f"{run_dir}: no epoch with both complete labels and features; train and "
-        f"cluster the run first (`python -m dcssl.launch train {run_dir}`)"
-    )
+    epoch = newest_with_features(run_dir)
+    if epoch is None:
+        raise CurateError(
+            f"{run_dir}: no epoch with both complete labels and features; train and "
+            f"cluster the run first (`python -m dcssl.launch train {run_dir}`)"
+        )
+    return epoch
 
 
 def _load_epoch(run_dir: Path, epoch: int, n_tiles: int) -> tuple[np.ndarray, np.ndarray]:
-    labels_dir = run_dir / "labels" / f"epoch-{epoch:04d}"
-    features_dir = run_dir / "features" / f"epoch-{epoch:04d}"
-    if not (labels_dir / "COMPLETE").is_file() or not (features_dir / "COMPLETE").is_file():
+    labels, features = read_labels(run_dir, epoch), bank_if_complete(run_dir, epoch)
+    if labels is None or features is None:
         raise CurateError(
             f"epoch {epoch}: labels or features are not complete (features of old "
             f"epochs are pruned); pass curate.epoch=-1 for the newest usable one"
         )
-    meta = json.loads((features_dir / "meta.json").read_text())
-    n, dim = int(meta["n"]), int(meta["dim"])
-    if n != n_tiles:
-        raise CurateError(f"{features_dir}: {n} rows but the store has {n_tiles} tiles")
-    labels = np.fromfile(labels_dir / "labels.i32", dtype=np.int32)
+    if len(features) != n_tiles:
+        raise CurateError(
+            f"{bank_dir(run_dir, epoch)}: {len(features)} rows but the store has {n_tiles} tiles"
+        )
     if len(labels) != n_tiles:
-        raise CurateError(f"{labels_dir / 'labels.i32'}: {len(labels)} labels for {n_tiles} tiles")
-    features = np.memmap(features_dir / "embeddings.f16", dtype=np.float16, mode="r", shape=(n, dim))
+        raise CurateError(f"{labels_file(run_dir, epoch)}: {len(labels)} labels for {n_tiles} tiles")
     return labels, features
 
 
@@ -174,7 +173,7 @@ def _copy_tiles(store: Store, index: np.ndarray, root: Path) -> None:
 def curate_run(run_dir: str | Path, cfg: CurateConfig) -> dict:
     """Select (and copy) the curated subset; the manifest document."""
     run_dir = Path(run_dir)
-    store = Store(run_dir / "store")
+    store = Store(RunPaths(run_dir).store)
     epoch = newest_epoch(run_dir) if cfg.epoch < 0 else cfg.epoch
     out = run_dir / "curated"
     settings = {**asdict(cfg), "epoch": epoch}

@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 from dcssl.config import load_run_config
+from dcssl.epochs.labels import read_stats
 from dcssl.evaluate.encoder import NoCheckpoint, trained_encoder
 from dcssl.paths import RunPaths
 from dcssl.settings import recorded as step_record
 from dcssl.train.config import TrainConfig
 from dcssl.train.model import is_vit
 from hpc.checkpoint import atomic_write_bytes, atomic_write_text, torch_bytes
-from hpc.config import read_text_file, to_dict
+from hpc.config import to_dict
 from hpc.integrity import DamagedFile, verify_digests
 
 __all__ = ["torchvision_state_dict", "export_encoder", "default_export_path", "verify_export"]
@@ -71,9 +72,8 @@ def _replaced_since(paths: RunPaths, epoch: int) -> bool:
 def _clusters(paths: RunPaths, epoch: int, trained_with: dict) -> int | None:
     """k of the labels the weights were trained on (epoch − 1's), unless a one-off redo has
     replaced them since: then the k of the run's settings when the segment ran."""
-    stats = paths.labels(epoch - 1) / "stats.json"
-    if epoch >= 1 and stats.is_file() and not _replaced_since(paths, epoch):
-        k = json.loads(read_text_file(stats)).get("k")
+    if epoch >= 1 and not _replaced_since(paths, epoch):
+        k = read_stats(paths.root, epoch - 1).get("k")
         if isinstance(k, int):
             return k
     cluster = trained_with.get("cluster") or {}

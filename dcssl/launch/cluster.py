@@ -10,12 +10,13 @@ epoch's features) and replace them only once complete.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 
 from dcssl.config import save_run_config
-from dcssl.fits import check_fits, feature_rows
+from dcssl.epochs.features import bank_rows
+from dcssl.epochs.labels import read_stats
+from dcssl.fits import check_fits
 from dcssl.jsonl import append_jsonl, read_jsonl
 from dcssl.launch.common import (
     UsageError,
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = request(args, extra)
     # the whole request is checked before the lock is taken: a refused command writes nothing
-    check_fits(cfg, feature_rows(paths.features(args.epoch)), f"epoch {args.epoch}'s features", "cluster")
+    check_fits(cfg, bank_rows(paths.root, args.epoch), f"epoch {args.epoch}'s features", "cluster")
     with hold_run_or_refuse(paths, "launch cluster") as lock:
         refuse_live_chain(paths, [step], RunState(paths))
         if args.redo:
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             if code == 0:
                 save_run_config(paths.root, cfg)
     if code == 0:
-        print(result_line(json.loads((paths.labels(args.epoch) / "stats.json").read_text())))
+        print(result_line(read_stats(paths.root, args.epoch)))
     return code
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dcssl.epochs.labels import read_labels
 from dcssl.exclusion import update_exclusion
 from dcssl.launch.common import UsageError, existing_run_dir
-from dcssl.report.epochs import read_labels
+from dcssl.paths import RunPaths
 from dcssl.store import Store
 
 
@@ -38,9 +39,10 @@ def _cluster_ids(text: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     run_dir = existing_run_dir(args.run_dir)
     clusters = _cluster_ids(args.clusters)
-    if not (run_dir / "store" / "manifest.json").is_file():
-        raise UsageError(f"{run_dir / 'store'}: no tile store; tile the slides first")
-    labels = read_labels(run_dir, args.epoch, Store(run_dir / "store").n_tiles)
+    paths = RunPaths(run_dir)
+    if not paths.manifest.is_file():
+        raise UsageError(f"{paths.store}: no tile store; tile the slides first")
+    labels = read_labels(run_dir, args.epoch, Store(paths.store).n_tiles)
     if labels is None:
         raise UsageError(f"{run_dir}: epoch {args.epoch} has no complete labels; pick a clustered epoch")
     unknown = [c for c in clusters if c > int(labels.max())]

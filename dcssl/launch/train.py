@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from dcssl.config import save_run_config
+from dcssl.epochs.labels import verify as verify_labels
 from dcssl.fits import check_fits, store_tiles
 from dcssl.jsonl import read_jsonl
 from dcssl.launch.common import (
@@ -24,7 +25,7 @@ from dcssl.pipeline.state import RunState
 from dcssl.pipeline.steps import Step, pending_steps
 from dcssl.settings import write_records
 from dcssl.train.segment import SegmentError, resume_point
-from hpc.integrity import DamagedFile, check_sealed
+from hpc.integrity import DamagedFile
 
 log = logging.getLogger("dcssl.launch.train")
 
@@ -70,7 +71,7 @@ def check_inputs(paths: RunPaths, pending: list[Step], keep: int) -> None:
         resume_point(paths.root, keep)
         first = train[0].epoch
         if first >= 1 and paths.labels_complete(first - 1):
-            check_sealed(paths.labels(first - 1))
+            verify_labels(paths.root, first - 1)
     except SegmentError as err:
         raise UsageError(str(err)) from None
     except DamagedFile as err:

@@ -13,23 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
+from dcssl.cluster.store import checkpointed_epochs
 from dcssl.cluster.store import checkpoints as cluster_checkpoints
+from dcssl.epochs import features, labels
 from dcssl.evaluate.export import verify_export
 from dcssl.launch.common import existing_run_dir
 from dcssl.paths import RunPaths
 from dcssl.store import Store, check_tiles, open_h5
 from dcssl.train.segment import SegmentError, checkpoint_manager, resume_point
-from hpc.integrity import DamagedFile, check_sealed, sidecar_path, verify_sidecar
+from hpc.integrity import DamagedFile, sidecar_path, verify_sidecar
 
 _TILE_BLOCK = 4096
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="the run directory to check")
-
-
-def _epoch(folder: Path) -> int:
-    return int(folder.name.split("-")[-1])
 
 
 def _shards(paths: RunPaths) -> Iterator[tuple[Path, str, str]]:
@@ -59,20 +57,23 @@ def _check_all_tiles(path: Path) -> None:
             check_tiles(path, np.arange(start, stop), tiles[start:stop], crcs[start:stop])
 
 
-def _sealed(root: Path, kind: str) -> Iterator[tuple[Path, str, str]]:
-    for folder in sorted(root.glob(f"{kind}/epoch-*")):
-        if not (folder / "COMPLETE").is_file():
-            continue
-        epoch = _epoch(folder)
-        redo = (
-            f"python -m dcssl.launch cluster {root} --epoch {epoch} --redo"
-            if kind == "labels"
-            else f"redo train segment {epoch}: remove {folder} and {root}/train/epoch-{epoch:04d}.done.json"
+def _sealed(root: Path) -> Iterator[tuple[Path, str, str]]:
+    """Every complete feature bank and labels folder, checked against its COMPLETE record."""
+    paths = RunPaths(root)
+    for epoch in features.complete_epochs(root):
+        redo = f"redo train segment {epoch}: remove {paths.features(epoch)} and {paths.train_done(epoch)}"
+        yield from _damage(features.verify, root, epoch, redo)
+    for epoch in labels.complete_epochs(root):
+        yield from _damage(
+            labels.verify, root, epoch, f"python -m dcssl.launch cluster {root} --epoch {epoch} --redo"
         )
-        try:
-            check_sealed(folder)
-        except DamagedFile as err:
-            yield err.path, err.why, redo
+
+
+def _damage(check, root: Path, epoch: int, redo: str) -> Iterator[tuple[Path, str, str]]:
+    try:
+        check(root, epoch)
+    except DamagedFile as err:
+        yield err.path, err.why, redo
 
 
 def _checkpoints(root: Path) -> Iterator[tuple[Path, str, str]]:
@@ -87,8 +88,8 @@ def _checkpoints(root: Path) -> Iterator[tuple[Path, str, str]]:
             manager.load(step)
         except DamagedFile as err:
             yield err.path, err.why, how
-    for folder in sorted(root.glob("checkpoints/cluster/epoch-*")):
-        ckpt = cluster_checkpoints(root, _epoch(folder), keep=2)
+    for epoch in checkpointed_epochs(root):
+        ckpt = cluster_checkpoints(root, epoch, keep=2)
         for step in ckpt.steps():
             try:
                 ckpt.load(step)
@@ -109,7 +110,7 @@ def _exports(root: Path) -> Iterator[tuple[Path, str, str]]:
 def damaged(run_dir: Path) -> list[tuple[Path, str, str]]:
     """(file, what is wrong, what to redo) for every damaged artefact of the run."""
     paths = RunPaths(run_dir)
-    found = [*_shards(paths), *_sealed(run_dir, "features"), *_sealed(run_dir, "labels")]
+    found = [*_shards(paths), *_sealed(run_dir)]
     return found + [*_checkpoints(run_dir), *_exports(run_dir)]
 
 

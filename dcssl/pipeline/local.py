@@ -8,7 +8,6 @@ lists, never shell strings.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 from dcssl.cluster.health import single_label_reason
+from dcssl.epochs.labels import read_stats
 from dcssl.paths import RunPaths
 from dcssl.pipeline.state import RunState
 from dcssl.pipeline.steps import Step, is_done, stage_argv
@@ -55,10 +55,10 @@ def step_command(step: Step, run_dir: Path, executor: ExecutorConfig) -> list[st
 
 def _refuse_single_label(step: Step, paths: RunPaths, state: RunState) -> None:
     """A train segment on one label learns nothing: stop before starting it, reason on the console."""
-    stats_file = paths.labels(step.epoch - 1) / "stats.json"
-    if step.kind != "train" or step.epoch == 0 or not stats_file.is_file():
+    stats = read_stats(paths.root, step.epoch - 1) if step.kind == "train" and step.epoch > 0 else {}
+    if not stats:
         return
-    reason = single_label_reason(json.loads(stats_file.read_text()), step.epoch - 1)
+    reason = single_label_reason(stats, step.epoch - 1)
     if reason:
         state.update(step.name, status="refused", reason=reason)
         raise StepFailed(f"{step.name} refused: {reason}")

@@ -7,12 +7,12 @@ rather look at than read: loss and NMI(t-1, t) against epoch, and the cluster-si
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from dcssl.epochs.labels import complete_epochs, read_stats
 from dcssl.jsonl import append_jsonl, read_jsonl
 from dcssl.paths import RunPaths
 from hpc.checkpoint import atomic_path
@@ -53,10 +53,7 @@ def epoch_summary(records: list[dict], epoch: int) -> dict:
 
 
 def _cluster_sizes(paths: RunPaths, epoch: int) -> np.ndarray | None:
-    stats = paths.labels(epoch) / "stats.json"
-    if not stats.is_file():
-        return None
-    sizes = json.loads(stats.read_text()).get("sizes")
+    sizes = read_stats(paths.root, epoch).get("sizes")
     return np.asarray(sizes) if sizes is not None else None
 
 
@@ -139,16 +136,7 @@ def publish_missing(paths: RunPaths) -> Path | None:
     """Summarise every clustered epoch that has no ``epoch`` record yet (e.g. after a chain of
     plain sbatch jobs), then redraw the chart; returns its path (None: nothing to draw)."""
     done = {r.get("epoch") for r in read_jsonl(paths.metrics) if r.get("kind") == "epoch"}
-    clustered = (
-        sorted(
-            int(p.name.split("-")[1])
-            for p in (paths.root / "labels").glob("epoch-*")
-            if (p / "COMPLETE").is_file()
-        )
-        if (paths.root / "labels").is_dir()
-        else []
-    )
-    for epoch in clustered:
+    for epoch in complete_epochs(paths.root):
         if epoch not in done:
             publish_epoch(paths, epoch)
     return draw_progress(paths, read_jsonl(paths.metrics))

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dcssl.epochs.features import bank_if_complete
+from dcssl.epochs.labels import newest_with_features, read_labels, read_stats
 from dcssl.jsonl import read_jsonl
-from dcssl.report import charts, epochs
+from dcssl.paths import RunPaths
+from dcssl.report import charts
 from dcssl.report.config import ReportConfig
 from dcssl.report.html import CSS
 from dcssl.report.pages import atlas_page, cluster_page, run_page
@@ -33,18 +36,18 @@ class ReportError(ValueError):
 
 def newest_reportable(run_dir: Path) -> int:
     """The newest epoch with labels and a feature bank (older banks are pruned)."""
-    for epoch in reversed(epochs.clustered_epochs(run_dir)):
-        if (run_dir / "features" / f"epoch-{epoch:04d}" / "COMPLETE").is_file():
-            return epoch
-    raise ReportError(
-        f"{run_dir}: no clustered epoch with its features yet; run `python -m dcssl.launch train {run_dir}`"
-    )
+    epoch = newest_with_features(run_dir)
+    if epoch is None:
+        raise ReportError(
+            f"{run_dir}: no clustered epoch with its features yet; run `python -m dcssl.launch train {run_dir}`"
+        )
+    return epoch
 
 
 def _cards(run_dir: Path, store: Store, epoch: int, cfg: ReportConfig):
     n = store.n_tiles
-    labels = epochs.read_labels(run_dir, epoch, n)
-    features = epochs.open_features(run_dir, epoch)
+    labels = read_labels(run_dir, epoch, n)
+    features = bank_if_complete(run_dir, epoch)
     if labels is None or features is None:
         raise ReportError(
             f"epoch {epoch}: labels or features are missing (old feature banks are pruned); report "
@@ -54,7 +57,7 @@ def _cards(run_dir: Path, store: Store, epoch: int, cfg: ReportConfig):
     members = by_cluster(labels)
     shard_of = np.repeat(np.arange(len(store.shards), dtype=np.int32), np.diff(store.offsets))
     slides = crosstab(labels, shard_of)
-    prev = epochs.read_labels(run_dir, epoch - 1, n)
+    prev = read_labels(run_dir, epoch - 1, n)
     parents = crosstab(labels, prev) if prev is not None else None
     classes = store.labels()
     purity = crosstab(labels, classes, top=1) if classes is not None else None
@@ -138,16 +141,16 @@ def _caveats(n_tiles: int, cards, k: int) -> list[str]:
 
 
 def _run_context(run_dir: Path, store: Store, epoch: int, cards, entries) -> tuple[dict, dict[str, bytes]]:
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = read_jsonl(RunPaths(run_dir).metrics)
     rows = [r for r in records if r.get("kind") == "epoch"]
-    k = int(epochs.read_stats(run_dir, epoch).get("k", len(cards)))
+    k = int(read_stats(run_dir, epoch).get("k", len(cards)))
     images = {
         "loss": charts.loss_chart([r for r in records if r.get("kind") == "train_window"], rows),
         "nmi": charts.nmi_chart(rows),
         "sizes": charts.sizes_chart(np.array([c.size for c in cards]), epoch),
         "seconds": charts.seconds_chart(rows),
     }
-    config = run_dir / "config.yaml"
+    config = RunPaths(run_dir).config
     ctx = {
         "run_name": run_dir.name,
         "epoch": epoch,
@@ -180,7 +183,7 @@ def build_report(run_dir: str | Path, epoch: int | None = None, cfg: ReportConfi
     """Write RUN/report/ for ``epoch`` (default: the newest reportable); returns index.html."""
     run_dir, cfg = Path(run_dir), cfg or ReportConfig()
     started = time.monotonic()
-    store = Store(run_dir / "store")
+    store = Store(RunPaths(run_dir).store)
     epoch = newest_reportable(run_dir) if epoch is None else epoch
     labels, distances, cards = _cards(run_dir, store, epoch, cfg)
     tmp = Path(tempfile.mkdtemp(prefix=".report.", suffix=".partial", dir=run_dir))

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dcssl.epochs.features import write_bank
 from dcssl.store import ShardWriter, append_ledger, build_manifest, encode_jpeg
 from dcssl.tile.qc import overview_images
-from dcssl.train.featurebank import write_bank
 from dcssl.train.synthetic import write_pseudo_labels
 
 __all__ = ["make_clustered_run", "FAILED_SLIDE", "FAILED_REASON"]

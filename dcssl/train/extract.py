@@ -18,8 +18,8 @@ import time
 
 import torch
 
+from dcssl.epochs.features import BankWriter, bank_dir
 from dcssl.train.data import make_loader
-from dcssl.train.featurebank import BankWriter, bank_dir
 from dcssl.train.trainer import Trainer, all_reduce_sum
 from hpc.checkpoint import atomic_write_text
 from hpc.distributed import barrier

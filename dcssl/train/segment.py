@@ -14,7 +14,6 @@ then the job requeues and the next run continues at the same sample. A finished 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,26 +26,28 @@ import numpy as np
 import torch
 
 from dcssl.cluster.health import single_label_reason
-from dcssl.exclusion import mask_labels
-from dcssl.jsonl import append_jsonl
-from dcssl.store import Store
-from dcssl.train.config import TrainConfig
-from dcssl.train.extract import extract_pass
-from dcssl.train.featurebank import (
+from dcssl.epochs.features import (
     BankWriter,
-    bank_dir,
+    embeddings_path,
     fill_unvisited,
     finalize_bank,
     is_complete,
     prepare_bank,
 )
+from dcssl.epochs.labels import LabelFilesError, labels_dir, labels_file, read_stats, sealed_labels
+from dcssl.epochs.trained import done_path, finished_epochs, read_done, write_done
+from dcssl.exclusion import mask_labels
+from dcssl.jsonl import append_jsonl
+from dcssl.paths import RunPaths
+from dcssl.store import Store
+from dcssl.train.config import TrainConfig
+from dcssl.train.extract import extract_pass
 from dcssl.train.sampler import labels_digest
 from dcssl.train.tbsteps import StepScalars
 from dcssl.train.trainer import Trainer, all_reduce_sum
-from hpc.checkpoint import CheckpointManager, atomic_write_text, load_finite
+from hpc.checkpoint import CheckpointManager, load_finite
 from hpc.distributed import barrier, init_distributed
 from hpc.env import DistEnv
-from hpc.integrity import DamagedFile, check_sealed
 from hpc.preemption import Preempted, PreemptionFlag, requeue_and_exit
 
 __all__ = [
@@ -70,20 +71,10 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or Inf; nothing is saved, the checkpoints on disk are kept."""
 
 
-def done_path(run_dir: str | Path, epoch: int) -> Path:
-    return Path(run_dir) / "train" / f"epoch-{epoch:04d}.done.json"
-
-
 def checkpoint_manager(run_dir: str | Path, keep: int = 2) -> CheckpointManager:
     return CheckpointManager(
-        Path(run_dir) / "checkpoints" / "train", prefix="train", keep=keep, load_fn=load_finite
+        RunPaths(Path(run_dir)).train_checkpoints, prefix="train", keep=keep, load_fn=load_finite
     )
-
-
-def finished_epochs(run_dir: str | Path) -> list[int]:
-    """Epochs whose train segment wrote its done marker."""
-    found = (Path(run_dir) / "train").glob("epoch-*.done.json")
-    return sorted(int(p.name[6:10]) for p in found if p.name[6:10].isdigit())
 
 
 def resume_point(run_dir: str | Path, keep: int = 2) -> tuple[int, dict] | None:
@@ -110,35 +101,18 @@ def resume_point(run_dir: str | Path, keep: int = 2) -> tuple[int, dict] | None:
     raise SegmentError(
         f"{damaged} — finished epochs up to {last_done} have no loadable checkpoint and training "
         f"would go back to {back}; to continue, redo from epoch {redo} (remove "
-        f"{Path(run_dir) / 'train'}/epoch-{redo:04d}.done.json and later, and the damaged files) "
+        f"{done_path(run_dir, redo)} and later, and the damaged files) "
         f"or start a new run directory"
     )
 
 
 def load_labels(run_dir: str | Path, epoch: int, n_tiles: int) -> tuple[np.ndarray, int]:
     """(labels int32 by global index, k) written by the cluster job for ``epoch``."""
-    folder = Path(run_dir) / "labels" / f"epoch-{epoch:04d}"
-    if not (folder / "COMPLETE").is_file():
-        raise SegmentError(
-            f"{folder}: pseudo-labels of epoch {epoch} are not complete; run the "
-            f"cluster job for epoch {epoch} first"
-        )
-    path = folder / "labels.i32"
-    size = path.stat().st_size if path.is_file() else -1
-    if size != 4 * n_tiles:
-        raise SegmentError(
-            f"{path}: holds {size // 4} labels, the store has {n_tiles} tiles; "
-            f"re-run the cluster job for epoch {epoch} on this store"
-        )
     try:
-        check_sealed(folder)
-    except DamagedFile as err:
-        raise SegmentError(
-            f"{err}; re-run the cluster job for epoch {epoch} "
-            f"(python -m dcssl.launch cluster {run_dir} --epoch {epoch} --redo)"
-        ) from None
-    labels = mask_labels(run_dir, np.array(np.memmap(path, dtype=np.int32, mode="r")))
-    stats = json.loads((folder / "stats.json").read_text())
+        raw = sealed_labels(run_dir, epoch, n_tiles)
+    except LabelFilesError as err:
+        raise SegmentError(str(err)) from None
+    labels, stats, path = mask_labels(run_dir, raw), read_stats(run_dir, epoch), labels_file(run_dir, epoch)
     k = int(stats["k"])
     if labels.max() >= k or labels.min() < -1:
         raise SegmentError(
@@ -151,7 +125,7 @@ def load_labels(run_dir: str | Path, epoch: int, n_tiles: int) -> tuple[np.ndarr
         )
     reason = single_label_reason(stats, epoch)
     if reason:
-        raise SegmentError(f"{folder}: {reason}")
+        raise SegmentError(f"{labels_dir(run_dir, epoch)}: {reason}")
     return labels, k
 
 
@@ -175,13 +149,13 @@ def run_segment(
     run_dir = Path(run_dir)
     if epoch < 0:
         raise SegmentError(f"epoch must be ≥ 0, got {epoch}")
-    done = done_path(run_dir, epoch)
-    if done.is_file():
-        log.info("train segment %d already done (%s): nothing to do", epoch, done)
-        return json.loads(done.read_text())
+    summary = read_done(run_dir, epoch)
+    if summary is not None:
+        log.info("train segment %d already done (%s): nothing to do", epoch, done_path(run_dir, epoch))
+        return summary
     flag = flag or PreemptionFlag().install()  # before any worker forks, so they inherit it
-    if not (run_dir / "store" / "manifest.json").is_file():
-        raise SegmentError(f"{run_dir / 'store'}: no tile store; run the tile stage first")
+    if not RunPaths(run_dir).manifest.is_file():
+        raise SegmentError(f"{RunPaths(run_dir).store}: no tile store; run the tile stage first")
     env, device = init_distributed(timeout_s=cfg.dist_timeout_s)
     log.info(
         "segment %d: rank %d of %d (local %d, node %d of %d: %s) via %s on %s",
@@ -221,7 +195,7 @@ class _Segment:
         self.run_dir, self.epoch, self.cfg, self.env, self.device = run_dir, epoch, cfg, env, device
         self.flag, self.on_step = flag, on_step
         self.ckpt = checkpoint_manager(run_dir, cfg.keep_checkpoints)
-        self.n_tiles = Store(run_dir / "store").n_tiles
+        self.n_tiles = Store(RunPaths(run_dir).store).n_tiles
         self.stats = {"loss_sum": 0.0, "steps": 0, "images": 0, "train_seconds": 0.0, "seconds": 0.0}
         self.t0 = time.monotonic()
         self.rows_written = 0  # feature-bank rows this rank wrote in this job
@@ -361,7 +335,7 @@ class _Segment:
         return previous
 
     def _prepare_bank(self, init_from: int | None) -> Path:
-        path = bank_dir(self.run_dir, self.epoch) / "embeddings.f16"
+        path = embeddings_path(self.run_dir, self.epoch)
         if self.env.is_main:
             prepare_bank(self.run_dir, self.epoch, self.n_tiles, self.cfg.model.proj_dim, init_from)
         barrier()
@@ -389,9 +363,7 @@ class _Segment:
         limit = min(remaining, cfg.max_steps) if cfg.max_steps else remaining
         writer = None
         if cfg.feature_source == "train":
-            writer = BankWriter(
-                bank_dir(self.run_dir, self.epoch) / "embeddings.f16", self.n_tiles, cfg.model.proj_dim
-            )
+            writer = BankWriter(embeddings_path(self.run_dir, self.epoch), self.n_tiles, cfg.model.proj_dim)
         window = _Window()
         self._tick = time.monotonic()
         self.scalars = StepScalars(self.run_dir, enabled=self.env.is_main)
@@ -485,7 +457,7 @@ class _Segment:
             eta,
         )
         append_jsonl(
-            self.run_dir / "metrics.jsonl",
+            RunPaths(self.run_dir).metrics,
             {
                 "kind": "train_window",
                 "epoch": self.epoch,
@@ -542,7 +514,7 @@ class _Segment:
                 summary["stale_fraction"],
             )
             append_jsonl(
-                self.run_dir / "metrics.jsonl",
+                RunPaths(self.run_dir).metrics,
                 {
                     "kind": "train_epoch",
                     **{
@@ -560,7 +532,7 @@ class _Segment:
                     },
                 },
             )
-            atomic_write_text(done_path(self.run_dir, self.epoch), json.dumps(summary, indent=1))
+            write_done(self.run_dir, self.epoch, summary)
             log.info("train segment %d done: %s", self.epoch, summary)
         barrier()
         return summary

@@ -2,21 +2,18 @@
 
 Tiles are H&E-coloured (pink stroma, purple nuclei) textures whose nuclei density, size and tint
 depend on the class, so a network can learn the class from them; each shard stores its labels.
-``write_pseudo_labels`` writes a labels/epoch-NNNN folder in the cluster job's format.
+``write_pseudo_labels`` writes an epoch's labels in the cluster job's format.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from dcssl.cluster.store import LABEL_FILES
+from dcssl.epochs.labels import write_labels
 from dcssl.store import ShardWriter, Store, build_manifest, encode_jpeg
 from dcssl.train.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
-from hpc.checkpoint import atomic_path, atomic_write_text
-from hpc.integrity import seal
 
 __all__ = ["synthetic_tile", "make_store", "write_pseudo_labels", "tiny_config"]
 
@@ -68,22 +65,12 @@ def make_store(
 
 
 def write_pseudo_labels(run_dir: str | Path, epoch: int, labels: np.ndarray, k: int, dim: int = 1) -> Path:
-    """labels/epoch-NNNN/{labels.i32, centroids.npy, stats.json, COMPLETE} as the cluster job
-    writes them (centroids are zeros: only the training side reads this folder here)."""
-    folder = Path(run_dir) / "labels" / f"epoch-{epoch:04d}"
+    """A complete labels folder for ``epoch`` as the cluster job writes it (``dcssl.epochs.labels``;
+    centroids are zeros: only the training side reads this folder here)."""
     labels = np.asarray(labels, dtype=np.int32)
-    with atomic_path(folder / "labels.i32") as tmp:
-        labels.tofile(tmp)
-    with atomic_path(folder / "centroids.npy") as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, np.zeros((k, dim), dtype=np.float32))
     sizes = np.bincount(labels[labels >= 0], minlength=k)
-    atomic_write_text(
-        folder / "stats.json",
-        json.dumps({"k": int(k), "n": int(labels.size), "sizes": sizes.tolist(), "epoch": epoch}),
-    )
-    seal(folder, LABEL_FILES, n=int(labels.size))
-    return folder
+    stats = {"k": int(k), "n": int(labels.size), "sizes": sizes.tolist(), "epoch": epoch}
+    return write_labels(run_dir, epoch, labels, np.zeros((k, dim), dtype=np.float32), stats)
 
 
 def tiny_config(size: int = 32, batch_size: int = 16, workers: int = 0, **top) -> TrainConfig:

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from dcssl.paths import RunPaths
 from dcssl.train.augment import BatchAugment, MultiCrop, eval_transform, mix_seed
 from dcssl.train.config import TrainConfig
 from dcssl.train.data import TileDataset, make_loader
@@ -86,7 +87,7 @@ class Trainer:
         where = cfg.augment.device
         self.augment_on_device = where == "gpu" or (where == "auto" and device.type == "cuda")
         self.dataset = TileDataset(
-            Path(run_dir) / "store",
+            RunPaths(Path(run_dir)).store,
             cfg.augment,
             locking=cfg.data.locking,
             transform_in_worker=not self.augment_on_device,

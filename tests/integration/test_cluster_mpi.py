@@ -19,7 +19,7 @@ import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
 from dcssl.cluster.store import checkpoints
-from dcssl.train.featurebank import write_bank
+from dcssl.epochs.features import write_bank
 from hpc.mpi import mpiexec
 
 REPO = Path(__file__).resolve().parents[2]

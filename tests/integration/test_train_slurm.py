@@ -24,9 +24,9 @@ import torch
 from slurm_helpers import scancel, wait_for_job_end, wait_for_state, wait_until
 
 from dcssl.config import load_run_config
+from dcssl.epochs.features import open_bank, read_meta
 from dcssl.jsonl import read_jsonl
 from dcssl.store import Store
-from dcssl.train.featurebank import open_bank, read_meta
 from dcssl.train.segment import checkpoint_manager, done_path, run_segment
 from dcssl.train.synthetic import make_store, write_pseudo_labels
 from hpc.checkpoint import atomic_write_text
@@ -140,7 +140,7 @@ def reference(booted, tmp_path_factory) -> tuple[Path, str]:
 READERS_SNIPPET = """
 import json, sys
 import numpy as np
-from dcssl.train.featurebank import open_bank
+from dcssl.epochs.features import open_bank
 from hpc.mpi import allreduce, shard_range, world
 
 comm = world()

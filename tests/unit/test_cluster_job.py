@@ -16,7 +16,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from dcssl.cluster import ClusterConfig, RCCConfig, kmeans, pca_fit, pca_transform, rcc
 from dcssl.cluster.exact import SingleComm
 from dcssl.cluster.job import run_cluster
-from dcssl.train.featurebank import write_bank
+from dcssl.epochs.features import write_bank
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bloodmnist.npz"
 

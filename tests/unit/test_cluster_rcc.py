@@ -16,13 +16,13 @@ from dcssl.cluster import ClusterConfig, rcc
 from dcssl.cluster.exact import SingleComm
 from dcssl.cluster.health import label_warnings
 from dcssl.cluster.job import run_cluster
+from dcssl.epochs.features import write_bank
 from dcssl.jsonl import read_jsonl
 from dcssl.paths import RunPaths
 from dcssl.pipeline.local import StepFailed, run_local
 from dcssl.pipeline.report import epoch_table, publish_epoch
 from dcssl.pipeline.state import RunState
 from dcssl.pipeline.steps import Step
-from dcssl.train.featurebank import write_bank
 from dcssl.train.segment import SegmentError, load_labels
 from hpc.submit import ExecutorConfig
 

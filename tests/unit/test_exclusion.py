@@ -11,11 +11,11 @@ import pytest
 
 from dcssl.cluster.config import ClusterConfig
 from dcssl.cluster.job import run_cluster
+from dcssl.epochs.features import open_bank
+from dcssl.epochs.labels import read_labels
 from dcssl.exclusion import read_mask
 from dcssl.jsonl import read_jsonl
 from dcssl.launch.__main__ import main as launch
-from dcssl.report.epochs import read_labels
-from dcssl.train.featurebank import open_bank
 from dcssl.train.segment import load_labels, run_segment
 from dcssl.train.synthetic import make_store, tiny_config
 from hpc.preemption import Preempted, PreemptionFlag

@@ -8,10 +8,11 @@ import re
 import numpy as np
 import pytest
 
+from dcssl.epochs.features import bank_if_complete
+from dcssl.epochs.labels import read_labels
 from dcssl.launch.__main__ import main as launch
 from dcssl.report import build_report
 from dcssl.report.config import ReportConfig
-from dcssl.report.epochs import open_features, read_labels
 from dcssl.report.picks import by_cluster, cluster_distances, cluster_picks
 from dcssl.report.summary import crosstab
 from dcssl.report.synthetic import FAILED_REASON, FAILED_SLIDE, make_clustered_run
@@ -44,7 +45,7 @@ def test_every_cluster_has_one_card_largest_first_over_the_pages(synthetic):
 
 def test_nearest_tile_is_the_one_on_the_centre_and_picks_span_the_bins(synthetic):
     run_dir, truth = synthetic
-    labels, features = read_labels(run_dir, 1, truth["n"]), open_features(run_dir, 1)
+    labels, features = read_labels(run_dir, 1, truth["n"]), bank_if_complete(run_dir, 1)
     distances = cluster_distances(labels, features)
     for c, members in by_cluster(labels).items():
         picks = cluster_picks(members, distances, 8, 3, 0, c)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dcssl.train.featurebank import (
+from dcssl.epochs.features import (
     BankWriter,
     bank_dir,
     fill_unvisited,

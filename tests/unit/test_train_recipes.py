@@ -12,13 +12,13 @@ import timm
 import torch
 
 from dcssl.cluster.kmeans import kmeans
+from dcssl.epochs.features import open_bank
 from dcssl.evaluate.encoder import random_encoder, trained_encoder
 from dcssl.evaluate.export import export_encoder
 from dcssl.store import build_manifest
 from dcssl.tile.config import TileConfig
 from dcssl.tile.worker import tile_slide
 from dcssl.train.augment import MultiCrop, uniforms, view_uniforms
-from dcssl.train.featurebank import open_bank
 from dcssl.train.sampler import UniformClusterSampler
 from dcssl.train.segment import checkpoint_manager, run_segment
 from dcssl.train.synthetic import make_store, tiny_config, write_pseudo_labels

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from dcssl.epochs.features import open_bank, read_meta
 from dcssl.jsonl import read_jsonl
 from dcssl.store import Store
 from dcssl.train.data import make_loader
-from dcssl.train.featurebank import open_bank, read_meta
 from dcssl.train.sampler import UniformClusterSampler
 from dcssl.train.segment import NonFiniteLoss, SegmentError, checkpoint_manager, done_path, run_segment
 from dcssl.train.synthetic import make_store, tiny_config, write_pseudo_labels

@@ -1,4 +1,5 @@
 """The feature bank: one N×d float16 file by global tile index per epoch, completed by a marker.
+Its one writer and its readers (train writes it; cluster, curate, report and verify read it).
 
     RUN_DIR/features/epoch-NNNN/embeddings.f16   raw float16, N×d, C order
                                 meta.json        {"n", "dim", "dtype", "epoch", "source", "stale_fraction"}
@@ -24,19 +25,29 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dcssl.paths import RunPaths, epochs_in
 from hpc.checkpoint import atomic_path, atomic_write_text, temp_files
-from hpc.integrity import seal
+from hpc.config import ConfigError, read_text_file
+from hpc.integrity import check_sealed, seal
 from hpc.mpi import shard_range
 
 __all__ = [
     "bank_dir",
     "is_complete",
+    "complete_epochs",
+    "verify",
     "read_meta",
+    "bank_rows",
+    "embeddings_path",
     "open_bank",
+    "bank_if_complete",
+    "FeatureBank",
+    "open_features",
     "BankWriter",
     "prepare_bank",
     "finalize_bank",
@@ -44,25 +55,54 @@ __all__ = [
     "write_bank",
 ]
 
-EMBEDDINGS, META, COMPLETE = "embeddings.f16", "meta.json", "COMPLETE"
+EMBEDDINGS, META = "embeddings.f16", "meta.json"
+"""The bank's files; COMPLETE records the SHA-256 of both."""
 
 
 def bank_dir(run_dir: str | os.PathLike, epoch: int) -> Path:
-    return Path(run_dir) / "features" / f"epoch-{epoch:04d}"
+    return RunPaths(Path(run_dir)).features(epoch)
+
+
+def embeddings_path(run_dir: str | os.PathLike, epoch: int) -> Path:
+    """The N×d float16 file that ``BankWriter`` writes rows of."""
+    return bank_dir(run_dir, epoch) / EMBEDDINGS
 
 
 def is_complete(run_dir: str | os.PathLike, epoch: int) -> bool:
-    return (bank_dir(run_dir, epoch) / COMPLETE).is_file()
+    return RunPaths(Path(run_dir)).features_complete(epoch)
+
+
+def complete_epochs(run_dir: str | os.PathLike) -> list[int]:
+    """Epochs whose bank is complete (older ones are pruned), oldest first."""
+    return [e for e in epochs_in(RunPaths(Path(run_dir)).features_root) if is_complete(run_dir, e)]
+
+
+def verify(run_dir: str | os.PathLike, epoch: int) -> dict:
+    """The bank's COMPLETE document after checking its files' SHA-256; DamagedFile otherwise."""
+    return check_sealed(bank_dir(run_dir, epoch))
 
 
 def read_meta(run_dir: str | os.PathLike, epoch: int) -> dict:
     return json.loads((bank_dir(run_dir, epoch) / META).read_text())
 
 
+def bank_rows(run_dir: str | os.PathLike, epoch: int, missing_ok: bool = False) -> int | None:
+    """Rows of the epoch's bank from its meta.json, to check settings against before any work: a
+    one-line ConfigError when it is unreadable (None when it is missing and ``missing_ok``)."""
+    meta = bank_dir(run_dir, epoch) / META
+    if missing_ok and not meta.is_file():
+        return None
+    text = read_text_file(meta)
+    try:
+        return int(json.loads(text)["n"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{meta}: not a feature bank's meta.json; run `launch train` again") from None
+
+
 def open_bank(run_dir: str | os.PathLike, epoch: int) -> np.memmap:
     """The complete bank of ``epoch`` as a read-only (n, dim) float16 memmap."""
     folder = bank_dir(run_dir, epoch)
-    if not (folder / COMPLETE).is_file():
+    if not is_complete(run_dir, epoch):
         raise FileNotFoundError(
             f"{folder}: feature bank is not complete; run train segment "
             f"{epoch} (python -m dcssl.train RUN_DIR --epoch {epoch}) first"
@@ -73,16 +113,74 @@ def open_bank(run_dir: str | os.PathLike, epoch: int) -> np.memmap:
     )
 
 
+def bank_if_complete(run_dir: str | os.PathLike, epoch: int) -> np.memmap | None:
+    """The bank of ``epoch`` (read-only n×d float16 memmap), or None when pruned or unfinished."""
+    return open_bank(run_dir, epoch) if is_complete(run_dir, epoch) else None
+
+
+@dataclass(frozen=True)
+class FeatureBank:
+    """A checked bank, read by row ranges (each cluster rank maps only its own rows)."""
+
+    path: Path
+    n: int
+    dim: int
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Memory-map only rows [start, stop) (float16)."""
+        if stop <= start:
+            return np.zeros((0, self.dim), dtype=np.float16)
+        return np.memmap(
+            self.path, dtype=np.float16, mode="r", offset=start * self.dim * 2, shape=(stop - start, self.dim)
+        )
+
+
+def open_features(run_dir: str | os.PathLike, epoch: int) -> FeatureBank:
+    """Validate epoch ``epoch``'s feature bank for clustering; ValueError with the fix otherwise."""
+    folder = bank_dir(run_dir, epoch)
+    if not is_complete(run_dir, epoch):
+        raise ValueError(
+            f"{folder}: no COMPLETE marker — the features of epoch {epoch} are missing "
+            "or unfinished; run (or finish) that epoch's training segment first"
+        )
+    n, dim = _checked_shape(folder / META)
+    path = folder / EMBEDDINGS
+    size = path.stat().st_size if path.is_file() else -1
+    if size != n * dim * 2:
+        raise ValueError(
+            f"{path}: {size} bytes, expected n×dim×2 = {n * dim * 2} "
+            "(truncated or wrong meta.json) — re-extract the features"
+        )
+    if n < 2:
+        raise ValueError(f"{path}: only {n} rows; clustering needs at least 2")
+    return FeatureBank(path, n, dim)
+
+
+def _checked_shape(meta_path: Path) -> tuple[int, int]:
+    """(n, dim) of a float16 bank's meta.json; ValueError naming the file otherwise."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        n, dim, dtype = int(meta["n"]), int(meta["dim"]), meta.get("dtype", "float16")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{meta_path}: unreadable ({err}); it must hold "
+            '{"n": N, "dim": D, "dtype": "float16"} — re-extract the features'
+        ) from None
+    if dtype != "float16":
+        raise ValueError(f"{meta_path}: dtype {dtype!r} is not supported; the feature bank must be float16")
+    return n, dim
+
+
 def prepare_bank(run_dir: str | os.PathLike, epoch: int, n: int, dim: int, init_from: int | None) -> Path:
     """Create epoch's embeddings file once, sparse zeros (call on one rank, then a barrier).
     Idempotent. ``init_from``: the epoch whose bank seeds the unvisited rows (checked here, read
     by ``fill_unvisited``)."""
-    path = bank_dir(run_dir, epoch) / EMBEDDINGS
+    path = embeddings_path(run_dir, epoch)
     if init_from is not None:
         meta = read_meta(run_dir, init_from)
         if (int(meta["n"]), int(meta["dim"])) != (n, dim):
             raise ValueError(
-                f"{bank_dir(run_dir, init_from) / EMBEDDINGS}: bank is {meta['n']}×{meta['dim']}, "
+                f"{embeddings_path(run_dir, init_from)}: bank is {meta['n']}×{meta['dim']}, "
                 f"this epoch needs {n}×{dim}; the store or model.proj_dim changed — start a new run"
             )
     if path.is_file() and path.stat().st_size == n * dim * 2:
@@ -102,7 +200,7 @@ def fill_unvisited(
     write (all zeros); after every writer closed, on every rank, then a barrier. The share is
     this rank's alone by then, so each block goes out whole, in one sequential write. Returns
     the rows filled."""
-    path = bank_dir(run_dir, epoch) / EMBEDDINGS
+    path = embeddings_path(run_dir, epoch)
     meta = read_meta(run_dir, init_from)
     n, dim = int(meta["n"]), int(meta["dim"])
     new = np.memmap(path, dtype=np.float16, mode="r", shape=(n, dim))
