@@ -39,6 +39,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1, help="DeepCluster epochs for the feature sets")
     parser.add_argument("--work", type=Path, default=None, help="folder for the DeepCluster runs")
     parser.add_argument("--scale", type=int, nargs="*", default=[100_000], help="size-test rows (0: none)")
+    parser.add_argument(
+        "--job-scale",
+        type=int,
+        nargs="*",
+        default=[],
+        help="rows for the cluster job's RCC path (sample + assign)",
+    )
     return parser.parse_args(argv)
 
 
@@ -178,9 +185,33 @@ def _scale_child(n: int) -> dict:
     return out
 
 
-def _scale(n: int) -> dict:
+def _job_child(n: int, work: Path) -> dict:
+    """The cluster job as ``cluster.method=rcc`` runs it on an n-row mixture bank (one rank):
+    PCA, RCC on the ``rcc.sample`` = 100 k seeded sample, every row to its nearest cluster mean."""
+    from dcssl.cluster import ClusterConfig
+    from dcssl.cluster.exact import SingleComm
+    from dcssl.cluster.job import run_cluster
+    from dcssl.train.featurebank import write_bank
+
+    x, y = _mixture(n)
+    run = work / f"job-{n}"
+    write_bank(run, 0, x)
+    cfg = ClusterConfig(method="rcc", pca_dim=32)
+    t0 = time.monotonic()
+    stats = run_cluster(run, 0, cfg, SingleComm())
+    seconds = time.monotonic() - t0
+    labels = np.fromfile(run / "labels" / "epoch-0000" / "labels.i32", dtype=np.int32)
+    out = {"rows": n, "rcc_sample": min(n, cfg.rcc.sample), **_scores(y, labels, seconds)}
+    out |= {"seconds_rcc": round(stats.get("seconds_rcc", 0.0), 1), "rcc_iterations": stats["iterations"]}
+    t0 = time.monotonic()
+    out["kmeans"] = _scores(y, _kmeans(x, out["clusters"]), time.monotonic() - t0)
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
+
+
+def _scale(n: int, work: Path | None = None) -> dict:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_scale_child, (n,))
+        return pool.apply(_job_child if work else _scale_child, (n, work) if work else (n,))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,8 +240,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{res['kmeans']['seconds']:.0f} s, peak RSS {res['peak_rss_mb']:.0f} MB",
             flush=True,
         )
+    for n in args.job_scale:
+        results[f"job-{n}"] = res = _scale(n, args.work or Path("runs/bench-rcc"))
+        print(
+            f"cluster job, {n} rows (RCC on a 100 k sample, then assignment): K={res['clusters']} "
+            f"AMI {res['ami']:.3f} largest {res['largest_share']:.1%} {res['seconds']:.0f} s, "
+            f"peak RSS {res['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
     # a tie at K = 1 (both AMI 0) is no win: RCC found no structure there
-    wins = {n: r["rcc"]["ami"] >= r["kmeans"]["ami"] and r["rcc"]["clusters"] > 1 for n, r in results.items()}
+    compared = {n: r for n, r in results.items() if "rcc" in r}
+    wins = {
+        n: r["rcc"]["ami"] >= r["kmeans"]["ami"] and r["rcc"]["clusters"] > 1 for n, r in compared.items()
+    }
     print(json.dumps({"bench": "rcc", "rcc_ami_ge_kmeans": wins, "results": results}))
     return 0
 
