@@ -191,7 +191,8 @@ def _job_child(n: int, work: Path) -> dict:
     from dcssl.cluster import ClusterConfig
     from dcssl.cluster.exact import SingleComm
     from dcssl.cluster.job import run_cluster
-    from dcssl.train.featurebank import write_bank
+    from dcssl.epochs.features import write_bank
+    from dcssl.epochs.labels import read_labels
 
     x, y = _mixture(n)
     run = work / f"job-{n}"
@@ -200,7 +201,7 @@ def _job_child(n: int, work: Path) -> dict:
     t0 = time.monotonic()
     stats = run_cluster(run, 0, cfg, SingleComm())
     seconds = time.monotonic() - t0
-    labels = np.fromfile(run / "labels" / "epoch-0000" / "labels.i32", dtype=np.int32)
+    labels = read_labels(run, 0, n)
     out = {"rows": n, "rcc_sample": min(n, cfg.rcc.sample), **_scores(y, labels, seconds)}
     out |= {"seconds_rcc": round(stats.get("seconds_rcc", 0.0), 1), "rcc_iterations": stats["iterations"]}
     t0 = time.monotonic()
