@@ -7,7 +7,9 @@ cluster job: PCA to ``--pca-dim`` (not whitened), rows L2-normalised, then RCC (
 ``rcc.dim`` components). Sets: sklearn's digits; raw pixels of BloodMNIST and crc-he-dev; and the
 DeepCluster features of both after ``--epochs`` epochs of the project's own loop (the quality
 bench's recipe, k-means pseudo-labels). Then a size test: a 100-component Gaussian mixture at
-``--scale`` rows, in a child process so its peak memory is its own. The last line is JSON.
+``--scale`` rows, in a child process so its peak memory is its own; with ``--job-scale`` N, the
+cluster job's own path on an N-row mixture bank (RCC on the ``rcc.sample`` = 100 k sample, every
+row then to its nearest cluster mean), k-means at the same K beside it. The last line is JSON.
 """
 
 from __future__ import annotations
