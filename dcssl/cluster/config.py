@@ -31,8 +31,10 @@ class RCCConfig:
     mu_every: int = 4
     """Graduated non-convexity: μ is halved every this many iterations (sooner when the objective
     settles) until it drops below δ/2 (the paper's 4)."""
-    tol: float = 1e-3
-    """Stop once μ is at its floor and the objective changes by less than this fraction (0.1 %)."""
+    tol: float = 0.1
+    """A μ level ends early, and at μ's floor the run stops, once the objective (on the unit-RMS
+    data) changes by less than this, absolute (the authors' 0.1). Larger: fewer iterations per
+    μ level, so a shorter non-convex stage and fewer, larger clusters."""
     cg_tol: float = 1e-4
     """Relative residual at which each conjugate-gradient solve stops."""
     cg_iterations: int = 100
@@ -47,8 +49,10 @@ class RCCConfig:
         for name in ("sample", "dim"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
-        if not 0 < self.tol < 1 or not 0 < self.cg_tol < 1:
-            raise ValueError("tol and cg_tol must lie in (0, 1)")
+        if not self.tol > 0:
+            raise ValueError(f"tol must be > 0, got {self.tol}")
+        if not 0 < self.cg_tol < 1:
+            raise ValueError(f"cg_tol must lie in (0, 1), got {self.cg_tol}")
 
 
 @dataclass
