@@ -22,7 +22,7 @@ class TissueConfig:
     max_mask_megapixels: float = 16.0
     """The mask never has more pixels than this (millions): a larger slide's mask is computed at
     the coarser µm/px that fits, so tiling memory does not grow with the slide's area (16 MP holds
-    a 40× slide of 10 gigapixels, a 20× one of 4, at 8 µm/px)."""
+    a 40× slide of 16 gigapixels, a 20× one of 4, at 8 µm/px)."""
     min_saturation: int = 15
     """Floor under the Otsu threshold on HSV saturation (0-255): a blank slide finds no tissue
     instead of promoting scanner noise to tissue."""

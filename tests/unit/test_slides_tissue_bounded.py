@@ -103,3 +103,18 @@ def test_tcga_like_slide_opens_as_a_40x_aperio_pyramid_the_direct_reader_serves(
         region = np.asarray(slide.read_region((500, 400), 0, (1200, 900)))
         assert np.array_equal(reader.read(500, 400, 1200, 900), region[..., :3])
         reader.close()
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_opaque_blocks_shrink_to_the_pixels_compositing_first_gave(name):
+    """The low-resolution view's blocks are box-filtered as openslide returns them (RGBA, alpha
+    255): the same RGB as compositing on white and then box-filtering, without the copies."""
+    from PIL import Image
+
+    from dcssl.slides.tissue import _shrunk, region_to_rgb
+
+    with openslide.OpenSlide(str(DATA / name)) as slide:
+        region = slide.read_region((100, 200), 0, (1999, 1501))
+    for size in [(1000, 750), (333, 251), (17, 9)]:
+        composited = Image.fromarray(np.ascontiguousarray(region_to_rgb(region))).resize(size, Image.BOX)
+        assert np.array_equal(_shrunk(region, size), np.asarray(composited))
