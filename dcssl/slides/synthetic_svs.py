@@ -9,7 +9,8 @@ box a pre-encoded glass tile, and only the tiles at the edges are drawn and enco
 
 The first page's description is an Aperio one (``AppMag = 40|MPP = 0.25``), so openslide opens
 the file as vendor ``aperio`` with mpp and objective power set, and the direct JPEG decoder serves
-its level 0 as it serves real SVS files.
+its level 0 as it serves real SVS files. tifffile asks for imagecodecs' JPEG codec even for tiles
+given already encoded: imagecodecs (a dependency, for JPEG 2000) must be installed.
 """
 
 from __future__ import annotations

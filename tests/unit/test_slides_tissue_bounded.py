@@ -72,6 +72,7 @@ def test_the_mask_cap_leaves_the_shipped_slides_masks_unchanged(name):
 
 
 def test_a_slide_larger_than_the_cap_gets_a_coarser_mask_that_fits(tmp_path):
+    pytest.importorskip("imagecodecs")  # tifffile asks for its JPEG codec even for encoded tiles
     path = write_tcga_like_slide(tmp_path / "s.svs", 6000, 5000)
     cfg = TileConfig()
     cfg = replace(cfg, tissue=replace(cfg.tissue, mask_mpp=0.5, max_mask_megapixels=0.05))
@@ -92,6 +93,7 @@ def test_saturation_is_the_integer_hsv_formula():
 
 
 def test_tcga_like_slide_opens_as_a_40x_aperio_pyramid_the_direct_reader_serves(tmp_path):
+    pytest.importorskip("imagecodecs")
     path = write_tcga_like_slide(tmp_path / "s.svs", 3000, 2600)
     with openslide.OpenSlide(str(path)) as slide:
         assert slide.properties["openslide.vendor"] == "aperio"
