@@ -141,12 +141,7 @@ def otsu_threshold(values: np.ndarray) -> int:
 
 def mask_from_rgb(rgb: np.ndarray, cfg: TissueConfig, pixel_um: float) -> np.ndarray:
     """Tissue mask of a low-resolution RGB view whose pixels are ``pixel_um`` µm wide."""
-    sat = saturation(rgb)
-    if cfg.median_px > 1:
-        sat = ndimage.median_filter(sat, size=cfg.median_px)
-    threshold = max(otsu_threshold(sat), cfg.min_saturation)
-    lo, hi = _channel_min_max(rgb)
-    mask = (sat > threshold) & (lo < cfg.white_level) & (hi > cfg.black_level)
+    mask = _coloured_pixels(rgb, cfg)  # its temporaries are freed before labelling's int32 labels
     if cfg.fill_holes:
         mask = ndimage.binary_fill_holes(mask)
     min_px = cfg.min_component_mm2 * 1e6 / (pixel_um * pixel_um)
@@ -156,6 +151,19 @@ def mask_from_rgb(rgb: np.ndarray, cfg: TissueConfig, pixel_um: float) -> np.nda
         keep = sizes >= min_px
         keep[0] = False
         mask = keep[labels]
+    return mask
+
+
+def _coloured_pixels(rgb: np.ndarray, cfg: TissueConfig) -> np.ndarray:
+    """Saturated (median-filtered, above Otsu and the floor), neither near-white nor near-black."""
+    sat = saturation(rgb)
+    if cfg.median_px > 1:
+        sat = ndimage.median_filter(sat, size=cfg.median_px)
+    mask = sat > max(otsu_threshold(sat), cfg.min_saturation)
+    del sat
+    lo, hi = _channel_min_max(rgb)
+    mask &= lo < cfg.white_level
+    mask &= hi > cfg.black_level
     return mask
 
 
