@@ -1,4 +1,4 @@
-"""``python -m dcssl.bench tiling --slide PATH --workers N``: tiles/s written, side by side.
+"""``python -m dcssl.bench tiling [--slide PATH | --slide-size 40000] --workers N``: tiles/s, memory.
 
 Three tilers on the same slide with the same number of worker processes, each tiling copies of
 the slide (one slide per process) until the figure has lasted ``--min-seconds``:
@@ -9,8 +9,17 @@ the slide (one slide per process) until the figure has lasted ``--min-seconds``:
 - hs2p (PyPI): ``tile_slides(..., save_tiles=True)`` with the same spacing, tile size and workers
   (its own tissue segmentation and JPEG tar output); null when it cannot be imported or run.
 
-Peak memory is the largest resident set of this process and of the dcssl workers. The last line is
-one JSON object: tiles_per_s, ratio_vs_naive, ratio_vs_hs2p, peak_rss_mb, and the details.
+``--slide-size 40000`` (or ``100000x80000``) tiles a TCGA-like synthetic 40× slide instead: an
+Aperio JPEG pyramid (1, 4, 16) written tile by tile to the temporary folder, ≈ 42 % tissue.
+
+Memory: the slide tiled once as a job tiles it (one process, ``--workers`` pool workers), the
+tree's peak resident sets summed (``tree_peak_rss_mb``); above ``--max-rss-mb`` the bench exits 1
+— the tiling memory bound is asserted here, not in the tests. ``--memory-only`` skips the tiles/s
+figures (a 100 k × 80 k slide's naive pass alone takes many minutes). Decode: level-0 megapixels
+per CPU-second of the direct JPEG / JPEG 2000 reader against openslide's ``read_region``.
+
+The last line is one JSON object: tiles_per_s, ratio_vs_naive, ratio_vs_hs2p, tree_peak_rss_mb,
+the decode rates, and the details.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -93,13 +103,17 @@ def _run_pool(
     workers: int,
     min_seconds: float,
     out_dir: str,
+    warm_up: bool = True,
 ) -> tuple[float, int, int]:
-    """(tiles/s, tiles per pass, passes): workers kept busy until min_seconds have passed."""
+    """(tiles/s, tiles per pass, passes): workers kept busy until min_seconds have passed; the
+    warm-up pass (imports, page cache) is skipped for a slide just written (cached, and long)."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        per_pass = {
-            f.result() for f in [pool.submit(fn, slide, out_dir, cfg) for _ in range(workers)]
-        }  # warm-up: imports, page cache
+        per_pass = (
+            {f.result() for f in [pool.submit(fn, slide, out_dir, cfg) for _ in range(workers)]}
+            if warm_up
+            else {0}
+        )
         start = time.perf_counter()
         running = {pool.submit(fn, slide, out_dir, cfg) for _ in range(workers)}
         tiles = passes = 0
@@ -107,6 +121,7 @@ def _run_pool(
             done, running = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 tiles += future.result()
+                per_pass.add(future.result())
                 passes += 1
                 if time.perf_counter() - start < min_seconds:
                     running.add(pool.submit(fn, slide, out_dir, cfg))
@@ -175,51 +190,66 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def _slide_size(text: str) -> tuple[int, int]:
+    """``40000`` (square) or ``100000x80000`` (width x height) → (width, height)."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1024:
+        raise argparse.ArgumentTypeError(f"{text!r}: give N or WxH in pixels, each ≥ 1024 (e.g. 40000)")
+    return parts[0], parts[-1]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dcssl.bench tiling", description=__doc__)
     default_slide = Path(__file__).resolve().parents[2] / "tests" / "data" / "cmu-1-small-region.svs"
     parser.add_argument("--slide", default=str(default_slide))
+    parser.add_argument(
+        "--slide-size", type=_slide_size, metavar="N|WxH", help="tile a synthetic TCGA-like 40× slide instead"
+    )
+    parser.add_argument(
+        "--assume-mpp", type=float, metavar="UM", help="µm/px for a slide without resolution metadata"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
         "--min-seconds", type=float, default=5.0, help="each figure keeps its workers busy at least this long"
     )
     parser.add_argument("--no-hs2p", action="store_true", help="skip hs2p (reported as null)")
-    args = parser.parse_args(argv)
-    if not Path(args.slide).is_file():
-        print(f"error: {args.slide}: slide not found; pass --slide PATH", file=sys.stderr)
-        return 2
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    cfg = TileConfig(workers=1)
-    print(f"slide {args.slide}, {args.workers} workers, ≥ {args.min_seconds:g} s per figure")
-    with tempfile.TemporaryDirectory(prefix="dcssl-bench-tiling-") as out:
-        ours, ours_pass, ours_n = _run_pool(dcssl_tile, args.slide, cfg, args.workers, args.min_seconds, out)
-        peak = _peak_rss_mb()  # before the baselines run: children's peak is ours
+    parser.add_argument("--memory-only", action="store_true", help="only the memory and decode figures")
+    parser.add_argument(
+        "--max-rss-mb", type=float, default=1024.0, help="exit 1 when the tree's peak memory is above this"
+    )
+    return parser
+
+
+def _throughput(slide: str, cfg: TileConfig, args, out: str, synthetic: bool) -> dict:
+    ours, ours_pass, ours_n = _run_pool(
+        dcssl_tile, slide, cfg, args.workers, args.min_seconds, out, not synthetic
+    )
+    peak = _peak_rss_mb()  # before the baselines run: children's peak is ours
+    print(
+        f"dcssl  {ours:8.1f} tiles/s  ({ours_pass} tiles per pass, {ours_n} passes, peak RSS {peak:.0f} MB)"
+    )
+    naive, naive_pass, naive_n = _run_pool(
+        naive_tile, slide, cfg, args.workers, args.min_seconds, out, not synthetic
+    )
+    print(
+        f"naive  {naive:8.1f} tiles/s  ({naive_pass} tiles per pass, {naive_n} passes; "
+        f"one read_region per tile)  → dcssl is {ours / naive:.2f}×"
+    )
+    if args.no_hs2p:
+        hs2p_rate, hs2p_pass, note = None, None, "skipped (--no-hs2p)"
+    else:
+        hs2p_rate, hs2p_pass, note = _hs2p(slide, args.workers, args.min_seconds, out, cfg)
+    if hs2p_rate is None:
+        print(f"hs2p   n/a: {note}")
+    else:
         print(
-            f"dcssl  {ours:8.1f} tiles/s  ({ours_pass} tiles per pass, {ours_n} passes, "
-            f"peak RSS {peak:.0f} MB)"
+            f"hs2p   {hs2p_rate:8.1f} tiles/s  ({hs2p_pass} tiles per pass, {note})  "
+            f"→ dcssl is {ours / hs2p_rate:.2f}×"
         )
-        naive, naive_pass, naive_n = _run_pool(
-            naive_tile, args.slide, cfg, args.workers, args.min_seconds, out
-        )
-        print(
-            f"naive  {naive:8.1f} tiles/s  ({naive_pass} tiles per pass, {naive_n} passes; "
-            f"one read_region per tile)  → dcssl is {ours / naive:.2f}×"
-        )
-        if args.no_hs2p:
-            hs2p_rate, hs2p_pass, note = None, None, "skipped (--no-hs2p)"
-        else:
-            hs2p_rate, hs2p_pass, note = _hs2p(args.slide, args.workers, args.min_seconds, out, cfg)
-        if hs2p_rate is None:
-            print(f"hs2p   n/a: {note}")
-        else:
-            print(
-                f"hs2p   {hs2p_rate:8.1f} tiles/s  ({hs2p_pass} tiles per pass, {note})  "
-                f"→ dcssl is {ours / hs2p_rate:.2f}×"
-            )
-    result = {
-        "bench": "tiling",
-        "slide": args.slide,
-        "workers": args.workers,
+    return {
         "tiles_per_s": round(ours, 1),
         "naive_tiles_per_s": round(naive, 1),
         "hs2p_tiles_per_s": round(hs2p_rate, 1) if hs2p_rate else None,
@@ -229,8 +259,51 @@ def main(argv: list[str] | None = None) -> int:
         "tiles_per_pass": {"dcssl": ours_pass, "naive": naive_pass, "hs2p": hs2p_pass},
         "hs2p_note": note,
     }
+
+
+def _config(args) -> TileConfig:
+    if args.assume_mpp is None:
+        return TileConfig(workers=1)
+    return TileConfig(workers=1, mpp_policy="assume", assumed_mpp=args.assume_mpp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.slide_size is None and not Path(args.slide).is_file():
+        print(f"error: {args.slide}: slide not found; pass --slide PATH or --slide-size N", file=sys.stderr)
+        return 2
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cfg = _config(args)
+    with tempfile.TemporaryDirectory(prefix="dcssl-bench-tiling-") as out:
+        slide = args.slide
+        if args.slide_size is not None:
+            from dcssl.slides.synthetic_svs import write_tcga_like_slide
+
+            width, height = args.slide_size
+            begin = time.perf_counter()
+            slide = str(write_tcga_like_slide(Path(out) / f"tcga-like-{width}x{height}.svs", width, height))
+            print(
+                f"wrote {slide} ({Path(slide).stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - begin:.0f} s"
+            )
+        print(f"slide {slide}, {args.workers} workers, ≥ {args.min_seconds:g} s per figure")
+        result: dict = {"bench": "tiling", "slide": args.slide if args.slide_size is None else "synthetic"}
+        result |= {"slide_size": list(args.slide_size) if args.slide_size else None, "workers": args.workers}
+        if not args.memory_only:
+            result |= _throughput(slide, cfg, args, out, synthetic=args.slide_size is not None)
+        from dcssl.bench._tiling_memory import decode_rates, tree_memory
+
+        memory = tree_memory(slide, replace(cfg, workers=args.workers), args.workers, out)
+        print(
+            f"memory {memory['tree_peak_rss_mb']:.0f} MB for the tree (tiling process "
+            f"{memory['main_peak_rss_mb']:.0f} MB + {memory['processes'] - 1} more, largest "
+            f"{memory['worker_peak_rss_mb']:.0f} MB), one slide in {memory['seconds']:.0f} s"
+        )
+        decode = decode_rates(slide)
+        print(f"decode {decode}")
+    result |= memory | {"decode": decode, "max_rss_mb": args.max_rss_mb}
+    result["under_max_rss"] = memory["tree_peak_rss_mb"] <= args.max_rss_mb
     print(json.dumps(result))
-    return 0
+    return 0 if result["under_max_rss"] else 1
 
 
 if __name__ == "__main__":

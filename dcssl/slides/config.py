@@ -19,6 +19,10 @@ class TissueConfig:
 
     mask_mpp: float = 8.0
     """Resolution of the tissue mask in µm/px (8 ≈ a 16× downsample of a 20× scan)."""
+    max_mask_megapixels: float = 16.0
+    """The mask never has more pixels than this (millions): a larger slide's mask is computed at
+    the coarser µm/px that fits, so tiling memory does not grow with the slide's area (16 MP holds
+    a 40× slide of 16 gigapixels, a 20× one of 4, at 8 µm/px)."""
     min_saturation: int = 15
     """Floor under the Otsu threshold on HSV saturation (0-255): a blank slide finds no tissue
     instead of promoting scanner noise to tissue."""
@@ -40,6 +44,8 @@ class TissueConfig:
     def __post_init__(self) -> None:
         if self.mask_mpp <= 0:
             raise ValueError(f"mask_mpp must be > 0, got {self.mask_mpp}")
+        if self.max_mask_megapixels <= 0:
+            raise ValueError(f"max_mask_megapixels must be > 0, got {self.max_mask_megapixels}")
         for name in ("min_mask_coverage", "max_background"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")

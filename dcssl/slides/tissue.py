@@ -7,9 +7,17 @@ near-black pixels excluded, holes filled, specks below a minimum area removed.
 The mask is read from the coarsest pyramid level no coarser than ``mask_mpp``; a slide without
 such a level (single-level scans) is read in bounded blocks and each block shrunk on the fly, so
 memory never holds more than one block plus the mask itself.
+
+Memory does not grow with the slide's area: the mask is never larger than
+``max_mask_megapixels`` (a larger slide's mask is computed at the coarser µm/px that fits), and
+the tiles' mask coverage is summed from integral images of bands of mask rows, not of the whole
+mask. A band's box sums are the whole-mask integral's exactly (integer differences), so the
+candidates are those of one whole-slide integral image.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import openslide
@@ -26,12 +34,14 @@ __all__ = [
     "mask_from_rgb",
     "read_low_res",
     "tissue_mask",
+    "capped_mask_mpp",
     "background_fraction",
     "rgba_to_rgb",
     "region_to_rgb",
 ]
 
 _BLOCK = 4096  # level pixels per side of one read while building a low-resolution view
+_BAND_ROWS = 512  # mask rows per integral image in ``TissueMask.coverage`` (≈ 13 MB at 3,000 columns)
 
 
 class TissueMask:
@@ -43,22 +53,39 @@ class TissueMask:
         self.view = view
         """The low-resolution RGB the mask was computed from (the slide's overview)."""
 
-    def coverage(self, x0: np.ndarray, y0: np.ndarray, size0: float) -> np.ndarray:
-        """Fraction of each level-0 square (x0, y0, size0) that lies in the mask."""
+    def coverage(
+        self, x0: np.ndarray, y0: np.ndarray, size0: float, band_rows: int = _BAND_ROWS
+    ) -> np.ndarray:
+        """Fraction of each level-0 square (x0, y0, size0) that lies in the mask.
+
+        Squares are grouped by the band of ``band_rows`` mask rows their top edge falls in; each
+        group's sums come from the integral image of just the rows it spans."""
         if len(x0) == 0:
             return np.zeros(0)
-        integral = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), dtype=np.int64)
-        integral[1:, 1:] = self.mask.astype(np.int64).cumsum(0).cumsum(1)
         h, w = self.mask.shape
+        c0, c1 = self._mask_index(x0, w), self._mask_index(np.asarray(x0) + size0, w)
+        r0, r1 = self._mask_index(y0, h), self._mask_index(np.asarray(y0) + size0, h)
+        inside = np.zeros(len(c0), dtype=np.int64)
+        band = r0 // band_rows
+        for b in np.unique(band):
+            sel = np.flatnonzero(band == b)
+            top, bottom = int(r0[sel].min()), int(r1[sel].max())
+            integral = _integral_image(self.mask[top:bottom])
+            rt, rb, cl, cr = r0[sel] - top, r1[sel] - top, c0[sel], c1[sel]
+            inside[sel] = integral[rb, cr] - integral[rt, cr] - integral[rb, cl] + integral[rt, cl]
+        return inside / np.maximum((c1 - c0) * (r1 - r0), 1)
 
-        def clip(v, hi):
-            return np.clip(np.round(v / self.scale).astype(np.int64), 0, hi)
+    def _mask_index(self, level0: np.ndarray, limit: int) -> np.ndarray:
+        """Level-0 positions → mask row/column edges, clipped to the mask."""
+        return np.clip(np.round(np.asarray(level0) / self.scale).astype(np.int64), 0, limit)
 
-        c0, c1 = clip(x0, w), clip(x0 + size0, w)
-        r0, r1 = clip(y0, h), clip(y0 + size0, h)
-        area = np.maximum((c1 - c0) * (r1 - r0), 1)
-        inside = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
-        return inside / area
+
+def _integral_image(mask: np.ndarray) -> np.ndarray:
+    """(h+1, w+1) int64 running sums of a boolean mask, with a zero first row and column."""
+    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    np.cumsum(mask, axis=0, dtype=np.int64, out=integral[1:, 1:])
+    np.cumsum(integral[1:, 1:], axis=1, out=integral[1:, 1:])
+    return integral
 
 
 def region_to_rgb(region: Image.Image) -> np.ndarray:
@@ -86,9 +113,14 @@ def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation scaled to 0-255 (uint8)."""
-    lo, hi = (c.astype(np.int32) for c in _channel_min_max(rgb))
-    return np.where(hi > 0, (hi - lo) * 255 // np.maximum(hi, 1), 0).astype(np.uint8)
+    """HSV saturation scaled to 0-255 (uint8): (max - min) · 255 // max, 0 where max is 0.
+
+    In uint16 (255 · 255 fits): 2 bytes a pixel per temporary where int32 took 4."""
+    lo, hi = _channel_min_max(rgb)
+    spread = (hi - lo).astype(np.uint16)
+    spread *= 255
+    spread //= np.maximum(hi, 1)
+    return spread.astype(np.uint8)  # max 0 means min 0: the spread, and so the result, is 0
 
 
 def otsu_threshold(values: np.ndarray) -> int:
@@ -109,12 +141,7 @@ def otsu_threshold(values: np.ndarray) -> int:
 
 def mask_from_rgb(rgb: np.ndarray, cfg: TissueConfig, pixel_um: float) -> np.ndarray:
     """Tissue mask of a low-resolution RGB view whose pixels are ``pixel_um`` µm wide."""
-    sat = saturation(rgb)
-    if cfg.median_px > 1:
-        sat = ndimage.median_filter(sat, size=cfg.median_px)
-    threshold = max(otsu_threshold(sat), cfg.min_saturation)
-    lo, hi = _channel_min_max(rgb)
-    mask = (sat > threshold) & (lo < cfg.white_level) & (hi > cfg.black_level)
+    mask = _coloured_pixels(rgb, cfg)  # its temporaries are freed before labelling's int32 labels
     if cfg.fill_holes:
         mask = ndimage.binary_fill_holes(mask)
     min_px = cfg.min_component_mm2 * 1e6 / (pixel_um * pixel_um)
@@ -124,6 +151,19 @@ def mask_from_rgb(rgb: np.ndarray, cfg: TissueConfig, pixel_um: float) -> np.nda
         keep = sizes >= min_px
         keep[0] = False
         mask = keep[labels]
+    return mask
+
+
+def _coloured_pixels(rgb: np.ndarray, cfg: TissueConfig) -> np.ndarray:
+    """Saturated (median-filtered, above Otsu and the floor), neither near-white nor near-black."""
+    sat = saturation(rgb)
+    if cfg.median_px > 1:
+        sat = ndimage.median_filter(sat, size=cfg.median_px)
+    mask = sat > max(otsu_threshold(sat), cfg.min_saturation)
+    del sat
+    lo, hi = _channel_min_max(rgb)
+    mask &= lo < cfg.white_level
+    mask &= hi > cfg.black_level
     return mask
 
 
@@ -175,17 +215,32 @@ def read_low_res(slide: openslide.AbstractSlide, probe: SlideProbe, mpp: float) 
         for lx in range(0, lw, step):
             bw, bh = min(step, lw - lx), min(step, lh - ly)
             region = slide.read_region((round(lx * down), round(ly * down)), level, (bw, bh))
-            block = region_to_rgb(region)
             x0, y0 = round(lx / shrink), round(ly / shrink)
             x1, y1 = round((lx + bw) / shrink), round((ly + bh) / shrink)
             if x1 > x0 and y1 > y0:
-                small = Image.fromarray(np.ascontiguousarray(block)).resize((x1 - x0, y1 - y0), Image.BOX)
-                out[y0:y1, x0:x1] = np.asarray(small)
+                out[y0:y1, x0:x1] = _shrunk(region, (x1 - x0, y1 - y0))
     return out, probe.width / out_w
 
 
+def _shrunk(region: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """RGB of an openslide region box-filtered to ``size``. An opaque region is resized as it is
+    (RGBA with alpha 255 box-filters to the same RGB), without the two full-size RGB copies that
+    compositing first takes: they were most of the tiling's peak memory."""
+    if region.getextrema()[3][0] == 255:
+        return np.asarray(region.resize(size, Image.BOX))[..., :3]
+    block = np.ascontiguousarray(region_to_rgb(region))
+    return np.asarray(Image.fromarray(block).resize(size, Image.BOX))
+
+
+def capped_mask_mpp(probe: SlideProbe, cfg: TissueConfig) -> float:
+    """``cfg.mask_mpp``, or the coarser µm/px at which the whole slide fits in
+    ``cfg.max_mask_megapixels`` (so the mask's memory does not grow with the slide's area)."""
+    fits = probe.mpp * math.sqrt(probe.width * probe.height / (cfg.max_mask_megapixels * 1e6))
+    return max(cfg.mask_mpp, fits)
+
+
 def tissue_mask(slide: openslide.AbstractSlide, probe: SlideProbe, cfg: TissueConfig) -> TissueMask:
-    rgb, scale = read_low_res(slide, probe, cfg.mask_mpp)
+    rgb, scale = read_low_res(slide, probe, capped_mask_mpp(probe, cfg))
     return TissueMask(mask_from_rgb(rgb, cfg, probe.mpp * scale), scale, view=rgb)
 
 

@@ -19,7 +19,7 @@ import openslide
 from PIL import Image
 
 from dcssl.slides.grid import Block, TileGrid
-from dcssl.slides.tiffjpeg import TiffJpegLevel0
+from dcssl.slides.tifftiles import TiffTilesLevel0
 from dcssl.slides.tissue import background_fraction, region_to_rgb
 from dcssl.tile.config import TileConfig
 from dcssl.tile.qc import blur_score, pen_fraction
@@ -60,7 +60,7 @@ class BlockReader:
         self.cfg = cfg
         self.slide = slide if slide is not None else openslide.OpenSlide(path)
         self._owned = slide is None  # a handle passed in is closed by whoever opened it
-        self.direct = TiffJpegLevel0.open(path, self.slide) if cfg.direct_jpeg and grid.level == 0 else None
+        self.direct = TiffTilesLevel0.open(path, self.slide) if cfg.direct_jpeg and grid.level == 0 else None
 
     def close(self) -> None:
         if self.direct is not None:

@@ -1,6 +1,6 @@
-"""Level-0 regions of JPEG-tiled TIFF slides (Aperio SVS, generic tiled TIFF), decoded directly.
+"""Level-0 regions of JPEG- and JPEG 2000-tiled TIFF slides (Aperio SVS, generic TIFF), decoded directly.
 
-openslide decodes each JPEG tile and then composites it through cairo into premultiplied ARGB,
+openslide decodes each tile and then composites it through cairo into premultiplied ARGB,
 which openslide-python converts back to RGBA: for a tiler that wants RGB on the level's own
 pixel grid, that costs more than the decode (≈ 19 vs ≈ 45 MP/s per core here). This reader takes
 the tiles straight from the file (tifffile gives the offsets and the shared JPEG tables), decodes
@@ -10,10 +10,15 @@ them into the region, with a small cache of decoded tiles (neighbouring reads sh
 they straddle). Decoding is strict, like openslide's: a damaged tile that libjpeg only warns
 about raises, and the caller hands the read to openslide, which then reports it.
 
+Aperio's JPEG 2000 tiles (compression 33005: RGB components in a raw J2K codestream, older TCGA
+slides) are decoded by OpenJPEG through imagecodecs — the decoder openslide itself links — with
+no colour conversion, as openslide does for that compression. Aperio's YCbCr variant (33003)
+needs openslide's own YCbCr→RGB arithmetic and stays with openslide.
+
 It serves only what it reproduces bit for bit: level 0 of an Aperio or generic tiled TIFF with
-8-bit, 3-sample JPEG tiles, whose first tile decodes exactly as openslide decodes it (checked
-when opened). Anything else (JPEG 2000, other compressions, odd layouts) gets None from ``open``
-and stays with openslide.
+8-bit, 3-sample JPEG (or Aperio RGB JPEG 2000) tiles, whose first tile decodes exactly as
+openslide decodes it (checked when opened). Anything else (other compressions, odd layouts, no
+imagecodecs for JPEG 2000) gets None from ``open`` and stays with openslide.
 """
 
 from __future__ import annotations
@@ -27,16 +32,25 @@ import simplejpeg
 
 from dcssl.slides.tissue import region_to_rgb
 
-__all__ = ["TiffJpegLevel0"]
+__all__ = ["TiffTilesLevel0", "JPEG", "APERIO_JP2K_RGB"]
 
 # Formats whose level 0 is the TIFF page's tile grid as stored (Ventana, for one, overlaps tiles).
 _PLAIN_LAYOUTS = ("aperio", "generic-tiff")
 # APP14 "Adobe", transform 0: the three components are RGB as stored, not YCbCr to convert.
 _ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 _CACHE_TILES = 64  # ≈ 11 MB of 240 px tiles: a block row of strips re-uses what it straddles
+JPEG = 7
+APERIO_JP2K_RGB = 33005  # Aperio's JPEG 2000 with RGB components (33003 is its YCbCr variant)
 
 
-class TiffJpegLevel0:
+def _jpeg2000_decoder():
+    """OpenJPEG through imagecodecs (one thread: the tiler's parallelism is its processes)."""
+    import imagecodecs
+
+    return lambda data: imagecodecs.jpeg2k_decode(data, numthreads=1)
+
+
+class TiffTilesLevel0:
     """``read(x, y, w, h)`` → RGB uint8 (h, w, 3) of level 0; outside the image is white."""
 
     def __init__(self, path: str, page) -> None:
@@ -45,16 +59,23 @@ class TiffJpegLevel0:
         self.across = -(-self.width // self.tile_w)
         self.offsets = np.asarray(page.dataoffsets, dtype=np.int64)
         self.counts = np.asarray(page.databytecounts, dtype=np.int64)
+        self.decode = (
+            _jpeg2000_decoder() if int(page.compression) == APERIO_JP2K_RGB else self._jpeg_decoder(page)
+        )
+        self.fd = os.open(path, os.O_RDONLY)
+        self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    @staticmethod
+    def _jpeg_decoder(page):
         tables = page.jpegtables
         raw_rgb = int(page.photometric) == 2  # RGB stored as is: no YCbCr conversion
         # Every tile's stream: SOI, the Adobe marker where needed, the shared tables (without
         # their SOI and EOI), then the tile's own segments (without its SOI).
-        self.head = b"\xff\xd8" + (_ADOBE_RGB if raw_rgb else b"") + (bytes(tables)[2:-2] if tables else b"")
-        self.fd = os.open(path, os.O_RDONLY)
-        self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        head = b"\xff\xd8" + (_ADOBE_RGB if raw_rgb else b"") + (bytes(tables)[2:-2] if tables else b"")
+        return lambda data: simplejpeg.decode_jpeg(head + data[2:], colorspace="RGB", strict=True)
 
     @classmethod
-    def open(cls, path: str, slide: openslide.AbstractSlide) -> TiffJpegLevel0 | None:
+    def open(cls, path: str, slide: openslide.AbstractSlide) -> TiffTilesLevel0 | None:
         """A reader for ``path``'s level 0, or None where openslide must do the reading."""
         if slide.properties.get("openslide.vendor") not in _PLAIN_LAYOUTS:
             return None
@@ -66,7 +87,7 @@ class TiffJpegLevel0:
                 if page is None:
                     return None
                 reader = cls(path, page)
-        except Exception:  # not a TIFF tifffile can parse, or an odd one: openslide reads it
+        except Exception:  # not a TIFF tifffile can parse, an odd one, no imagecodecs: openslide reads it
             return None
         if not reader._matches(slide):
             reader.close()
@@ -102,7 +123,7 @@ class TiffJpegLevel0:
         if count == 0:
             return None  # not scanned: background, as openslide's transparent pixels
         data = os.pread(self.fd, count, int(self.offsets[index]))
-        pixels = simplejpeg.decode_jpeg(self.head + data[2:], colorspace="RGB", strict=True)
+        pixels = self.decode(data)
         if pixels.shape != (self.tile_h, self.tile_w, 3):
             raise OSError(f"tile {index}: decoded {pixels.shape}, expected {(self.tile_h, self.tile_w, 3)}")
         self.cache[index] = pixels
@@ -137,7 +158,7 @@ def _level0_page(tif, dimensions: tuple[int, int]):
             continue
         ok = (
             page.is_tiled
-            and int(page.compression) == 7
+            and int(page.compression) in (JPEG, APERIO_JP2K_RGB)
             and page.bitspersample == 8
             and page.samplesperpixel == 3
             and int(page.planarconfig) == 1
