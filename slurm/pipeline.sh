@@ -23,7 +23,7 @@ mkdir -p -- "$run_dir/logs/sbatch"
 # Hold the run lock while submitting (a run in use: one line naming its holder, exit 2); the job
 # ids written to $DCSSL_RUN_JOBS then keep the run between the chain's jobs (see dcssl/runlock.py).
 if [[ -z ${DCSSL_RUN_JOBS:-} ]]; then
-  exec python -m dcssl.holdrun "$run_dir" --what "slurm/pipeline.sh" -- bash "$0" "$@"
+  exec "${PYTHON:-python3}" -m dcssl.holdrun "$run_dir" --what "slurm/pipeline.sh" -- bash "$0" "$@"
 fi
 
 previous=""
