@@ -24,7 +24,6 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dcssl.holdrun", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path, help="the run directory (must exist)")
     p.add_argument("--what", default="a script", help="what holds the run, as a refusal names it")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS…")
     return p
 
 
@@ -33,8 +32,9 @@ def _job_ids(path: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, command = _parser().parse_args(argv[:cut]), argv[cut + 1 :]
     if not command or not args.run_dir.is_dir():
         print(
             "error: usage: python -m dcssl.holdrun RUN_DIR (an existing folder) -- COMMAND …", file=sys.stderr

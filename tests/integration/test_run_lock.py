@@ -275,3 +275,21 @@ def test_ctrl_c_on_a_local_step_puts_one_line_in_its_log(tmp_path):
     assert [line for line in text.splitlines() if line.startswith("interrupted")] == [
         text.strip().splitlines()[-1]
     ]
+
+
+def test_a_script_runs_under_holdrun_and_its_jobs_join_the_lease(tmp_path, holder):
+    """What slurm/pipeline.sh does: what it starts runs under its hold; the job ids it writes
+    stay in the record once it let go; refused, its command does not run."""
+    run = tmp_path / "run"
+    run.mkdir()
+    script = f'echo 4242 >>"$DCSSL_RUN_JOBS"; {sys.executable} -m dcssl.launch plot {run}'
+    hold = [sys.executable, "-m", "dcssl.holdrun", str(run), "--what", "slurm/pipeline.sh", "--"]
+    proc = subprocess.run([*hold, "bash", "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no metrics yet" in proc.stderr, proc.stderr  # plot got past the lock
+    record = read_holder(run / "run.lock")
+    assert record["jobs"] == ["4242"] and record["what"] == "slurm/pipeline.sh" and "released" in record
+    pid = holder(run)
+    marker = tmp_path / "ran"
+    refused = subprocess.run([*hold, "touch", str(marker)], capture_output=True, text=True)
+    assert_refused(refused, f"run in use by pid {pid} on host {HOST}")
+    assert not marker.exists()
