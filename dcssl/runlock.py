@@ -82,8 +82,7 @@ def _own_jobs() -> set[str]:
 
 def _live_lease(record: dict) -> str:
     """What of the record's lease still runs, in words ("" when nothing does)."""
-    jobs = [str(j) for j in record.get("jobs") or []]
-    live = {j: s for j, s in live_jobs(jobs).items() if j in jobs and s[1] not in _BROKEN}
+    live = _live_chain([str(j) for j in record.get("jobs") or []])
     if live:
         return "SLURM job(s) " + ", ".join(f"{j} ({s[0].lower()})" for j, s in live.items())
     if record.get("host") not in (None, socket.gethostname()):
@@ -91,6 +90,18 @@ def _live_lease(record: dict) -> str:
     pids = record.get("pids") or {}
     alive = [p for p, start in pids.items() if process_alive(int(p), start)]
     return "local process(es) pid " + ", ".join(alive) if alive else ""
+
+
+def _live_chain(jobs: list[str]) -> dict[str, tuple[str, str]]:
+    """The lease's jobs (in submission order) that still hold the run: running, or queued for a
+    reason other than a dependency — a job waiting on a dependency counts only while an earlier
+    job of the lease does (behind a cancelled or failed link it will never run)."""
+    queued, live = live_jobs(jobs), {}
+    for job in jobs:
+        state = queued.get(job)
+        if state and state[1] not in _BROKEN and (state[1] != "Dependency" or live):
+            live[job] = state
+    return live
 
 
 def _admit(paths: RunPaths) -> Callable[[dict], dict]:
