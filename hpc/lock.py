@@ -5,6 +5,9 @@ dead process is simply taken over; the file keeps the holder's host, pid and sta
 line) so that a refused caller can say who is in the way. flock is advisory and only as good as
 the filesystem: local disks, Lustre mounted with ``-o flock``, GPFS, CephFS and NFSv4 lock across
 nodes; NFSv3 locks only through lockd and not at all when mounted ``nolock``.
+
+Exclusive holders (``acquire``) write the record; shared holders (``acquire_shared``: many at
+once, e.g. the elements of an array) only keep exclusive ones out.
 """
 
 from __future__ import annotations
@@ -14,9 +17,19 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["FileLock", "LockHeld", "read_holder", "describe_holder", "holder_id", "is_locked"]
+__all__ = [
+    "FileLock",
+    "LockHeld",
+    "read_holder",
+    "describe_holder",
+    "holder_id",
+    "is_locked",
+    "process_start",
+    "process_alive",
+]
 
 
 class LockHeld(RuntimeError):
@@ -73,6 +86,31 @@ def is_locked(path: Path) -> bool:
         os.close(fd)  # closing drops the probe's own lock, if it got one
 
 
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot; None when it is gone): with
+    the pid, an identity a reused pid does not share."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_alive(pid: int, start: str | None) -> bool:
+    """Whether the process ``pid`` that started at ``start`` (``process_start``) still runs."""
+    now = process_start(pid)
+    return now is not None and (start is None or now == start)
+
+
+def _open_for_lock(path: Path) -> int:
+    """The lock file for reading and writing, created if missing; read-only where we may not
+    write it (a shared hold on a run one cannot write)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
+
+
 class FileLock:
     """``with FileLock(path).acquire(what="…")``: hold ``path`` exclusively or raise ``LockHeld``.
 
@@ -85,16 +123,37 @@ class FileLock:
         self.fd: int | None = None
         self.holder: dict = {}
         self.previous: dict | None = None
+        self.shared = False
 
-    def acquire(self, **info) -> FileLock:
+    def acquire(self, admit: Callable[[dict], dict] | None = None, **info) -> FileLock:
+        """Hold exclusively. ``admit(previous record)`` may refuse (raise) before anything is
+        written, so the previous record stays as it was; what it returns joins the new record."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if not _try_flock(fd):
             os.close(fd)
             raise LockHeld(self.path, read_holder(self.path))
-        self.fd = fd
         self.previous = read_holder(self.path) or None
+        try:
+            carried = admit(self.previous or {}) if admit else {}
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
         self.holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": round(time.time(), 3)}
-        self.update(**info)
+        self.update(**carried, **info)
+        return self
+
+    def acquire_shared(self) -> FileLock:
+        """Hold shared (others may too; no exclusive holder can start meanwhile), or raise
+        ``LockHeld`` naming the exclusive holder. Writes nothing; ``previous`` is the record."""
+        fd = _open_for_lock(self.path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockHeld(self.path, read_holder(self.path)) from None
+        self.fd, self.shared = fd, True
+        self.previous = read_holder(self.path) or None
         return self
 
     def update(self, **info) -> None:
@@ -108,7 +167,8 @@ class FileLock:
     def release(self) -> None:
         """Let go, marking the record released (a record without the mark is a holder that died)."""
         if self.fd is not None:
-            self.update(released=round(time.time(), 3))
+            if not self.shared:
+                self.update(released=round(time.time(), 3))
             os.close(self.fd)  # the record stays: the next holder overwrites it
             self.fd = None
 

@@ -130,6 +130,7 @@ def submit_array(
     items: Sequence[Any],
     parallelism: int,
     max_array_size: int = 1000,
+    on_start: Callable[[list[submitit.Job]], None] | None = None,
 ) -> list[submitit.Job]:
     """Submit ``fn(item)`` for every item, at most ``parallelism`` running at once.
 
@@ -137,12 +138,13 @@ def submit_array(
     the cluster's MaxArraySize (1001 by default) become several arrays, each starting after the
     previous one ended (``afterany``), so the throttle still holds over all of them. Locally there
     is no scheduler to hold elements back, so elements are started as earlier ones finish and
-    this call returns when all have ended.
+    this call returns when all have ended; ``on_start(running jobs)`` is called whenever that
+    set changes (e.g. to record their pids).
     """
     if not items:
         return []
     if not isinstance(executor, submitit.SlurmExecutor):
-        return _local_throttled(executor, fn, list(items), parallelism)
+        return _local_throttled(executor, fn, list(items), parallelism, on_start or (lambda jobs: None))
     jobs: list[submitit.Job] = []
     previous = None
     for start in range(0, len(items), max_array_size):
@@ -158,7 +160,12 @@ def submit_array(
 
 
 def _local_throttled(
-    executor: submitit.Executor, fn: Callable[..., Any], items: list, parallelism: int, poll_s: float = 0.2
+    executor: submitit.Executor,
+    fn: Callable[..., Any],
+    items: list,
+    parallelism: int,
+    on_start: Callable[[list[submitit.Job]], None],
+    poll_s: float = 0.2,
 ) -> list[submitit.Job]:
     jobs: list[submitit.Job] = []
     running: list[submitit.Job] = []
@@ -169,6 +176,7 @@ def _local_throttled(
         job = executor.submit(fn, item)
         jobs.append(job)
         running.append(job)
+        on_start(running)
     while any(not job.done() for job in running):
         time.sleep(poll_s)
     return jobs

@@ -20,6 +20,11 @@ slides=${3:-}
 [[ $epochs =~ ^[0-9]+$ ]] || { echo "error: EPOCHS must be a number, got '$epochs'" >&2; exit 2; }
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p -- "$run_dir/logs/sbatch"
+# Hold the run lock while submitting (a run in use: one line naming its holder, exit 2); the job
+# ids written to $DCSSL_RUN_JOBS then keep the run between the chain's jobs (see dcssl/runlock.py).
+if [[ -z ${DCSSL_RUN_JOBS:-} ]]; then
+  exec "${PYTHON:-python3}" -m dcssl.holdrun "$run_dir" --what "slurm/pipeline.sh" -- bash "$0" "$@"
+fi
 
 previous=""
 submit() {  # submit SCRIPT ARGS… after the previous job; arguments reach the script unexpanded
@@ -28,6 +33,7 @@ submit() {  # submit SCRIPT ARGS… after the previous job; arguments reach the 
   previous=$(sbatch --parsable "${dependency[@]}" --chdir="$PWD" \
     --output="$run_dir/logs/sbatch/%x-%j.out" "$@")
   previous=${previous%%;*}
+  echo "$previous" >>"$DCSSL_RUN_JOBS"
   echo "submitted $(basename "$1") ${*:2} as job $previous" >&2
 }
 

@@ -112,4 +112,6 @@ def _cluster_and_publish(run_dir: Path, epoch: int, whole, comm) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dcssl.interrupt import run_interruptible
+
+    sys.exit(run_interruptible(main, "dcssl.cluster"))

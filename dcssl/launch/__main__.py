@@ -6,9 +6,11 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import shlex
 import sys
 
+from dcssl.interrupt import RESUME_ENV
 from dcssl.launch.common import UsageError
 from hpc.checkpoint import DiskFull
 from hpc.config import ConfigError
@@ -62,6 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
+    # the jobs this command starts name it as what resumes them after a Ctrl-C (the outermost
+    # command: the demo's, not its stages')
+    outermost = RESUME_ENV not in os.environ
+    os.environ.setdefault(RESUME_ENV, f"python -m dcssl.launch {shlex.join(argv)}")
+    try:
+        return _run(argv)
+    finally:
+        if outermost:
+            os.environ.pop(RESUME_ENV, None)
+
+
+def _run(argv: list[str]) -> int:
     name = argv[0]
     try:
         if name not in SUBCOMMANDS:
@@ -83,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err.filename}: {err.strerror}; write somewhere you may", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # finished steps are kept; the same command resumes
-        print(f"interrupted; resume with: python -m dcssl.launch {shlex.join(argv)}", file=sys.stderr)
+        print(f"interrupted; resume with: {os.environ[RESUME_ENV]}", file=sys.stderr)
         return 130
 
 

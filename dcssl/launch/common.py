@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from dcssl.config import RunConfig, load_run_config
@@ -73,6 +73,16 @@ def hold_run_or_refuse(paths: RunPaths, what: str) -> Iterator[FileLock | None]:
             yield lock
     except RunInUse as err:
         raise UsageError(str(err)) from None
+
+
+@contextmanager
+def hold_if_writing_into(paths: RunPaths, out: Path, what: str) -> Iterator[FileLock | None]:
+    """A command that writes into RUN holds the run lock exclusively (a writer like any other);
+    one that writes only elsewhere (``--out``) just reads finished, sealed files: no lock, so it
+    works on a run one cannot write (and while the run trains)."""
+    inside = Path(out).resolve().is_relative_to(paths.root.resolve())
+    with hold_run_or_refuse(paths, what) if inside else nullcontext() as lock:
+        yield lock
 
 
 def refuse_live_chain(paths: RunPaths, pending, state) -> None:

@@ -10,9 +10,11 @@ from dcssl.launch.common import (
     add_run_arguments,
     check_overrides,
     existing_run_dir,
+    hold_run_or_refuse,
     print_json_line,
     request,
 )
+from dcssl.paths import RunPaths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     extra = [f"curate.per_cluster={args.per_cluster}"] if args.per_cluster is not None else []
     cfg = request(args, extra).curate
     try:
-        document = curate_run(run_dir, cfg)
+        with hold_run_or_refuse(RunPaths(run_dir), "launch curate"):  # it writes RUN/curated/
+            document = curate_run(run_dir, cfg)
     except (CurateError, FileNotFoundError) as err:
         raise UsageError(str(err)) from None
     print(

@@ -12,6 +12,8 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
+from dcssl.runlock import keep_held
+
 # Chosen so that the demo shows learning within ~2 CPU-minutes (measured: NMI(t-1, t) 0.12 → 0.21
 # → 0.29 → 0.50 → 0.45 and the epoch loss falling below ln 6 from epoch 3), where the earlier
 # settings (k=8, 7 steps an epoch, features recorded from augmented crops) sat at NMI ≈ 0.06-0.09
@@ -73,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
         ["export", out],
         ["report", out],  # also redrawn after every clustering; here for a resumed, finished demo
     ]
-    for argv in stages:
-        code = launch(argv)
-        if code != 0 and not (argv[0] == "tile" and code == 1 and _has_tiles(args.out)):
-            return code  # a slide that failed to tile (exit 1) stops nothing while others gave tiles
+    with keep_held("launch demo"):  # the run lock, once the tile stage took it, is held until the last stage
+        for argv in stages:
+            code = launch(argv)
+            if code != 0 and not (argv[0] == "tile" and code == 1 and _has_tiles(args.out)):
+                return code  # a slide that failed to tile (exit 1) stops nothing while others gave tiles
     print(
         f"\ndemo finished: {out}\n"
         f"  report   {args.out / 'report' / 'index.html'}   (open it in a browser)\n"

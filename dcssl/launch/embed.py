@@ -9,7 +9,15 @@ from pathlib import Path
 from dcssl.evaluate.embed import default_embed_path, embed_store, write_clam_layout
 from dcssl.evaluate.encoder import NoCheckpoint
 from dcssl.evaluate.labelled import LabelledDataError, find_store
-from dcssl.launch.common import UsageError, add_run_arguments, load_configs, print_json_line, writable_folder
+from dcssl.launch.common import (
+    UsageError,
+    add_run_arguments,
+    hold_if_writing_into,
+    load_configs,
+    print_json_line,
+    writable_folder,
+)
+from dcssl.paths import RunPaths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,9 +43,10 @@ def run(args: argparse.Namespace) -> int:
     out = writable_folder(args.out or default_embed_path(run_dir), "--out")
     try:
         store = find_store(args.store or run_dir)
-        summary = embed_store(run_dir, store.root, run_cfg.embed, run_cfg.train, out)
-        if args.layout == "clam":
-            summary.update(write_clam_layout(summary["out"], Path(summary["out"]).parent / "features"))
+        with hold_if_writing_into(RunPaths(run_dir), out, "launch embed"):
+            summary = embed_store(run_dir, store.root, run_cfg.embed, run_cfg.train, out)
+            if args.layout == "clam":
+                summary.update(write_clam_layout(summary["out"], Path(summary["out"]).parent / "features"))
     except (LabelledDataError, NoCheckpoint) as err:
         raise UsageError(str(err)) from None
     print(

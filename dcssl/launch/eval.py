@@ -14,7 +14,14 @@ from pathlib import Path
 from dcssl.evaluate.encoder import NoCheckpoint
 from dcssl.evaluate.labelled import LabelledDataError
 from dcssl.evaluate.run import eval_path, evaluate, format_table
-from dcssl.launch.common import UsageError, add_run_arguments, load_configs, print_json_line
+from dcssl.launch.common import (
+    UsageError,
+    add_run_arguments,
+    hold_if_writing_into,
+    load_configs,
+    print_json_line,
+)
+from dcssl.paths import RunPaths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None and not os.access(run_dir, os.W_OK):
         raise UsageError(f"{run_dir}: not writable for you; write the result elsewhere with --out FILE.json")
     try:
-        result = evaluate(run_dir, args.data, cfg, train_cfg, out)
+        with hold_if_writing_into(RunPaths(run_dir), out, "launch eval"):
+            result = evaluate(run_dir, args.data, cfg, train_cfg, out)
     except (LabelledDataError, NoCheckpoint) as err:
         raise UsageError(str(err)) from None
     print(

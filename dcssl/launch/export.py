@@ -7,7 +7,15 @@ from pathlib import Path
 
 from dcssl.evaluate.encoder import NoCheckpoint
 from dcssl.evaluate.export import default_export_path, export_encoder
-from dcssl.launch.common import UsageError, add_run_arguments, load_configs, print_json_line, writable_folder
+from dcssl.launch.common import (
+    UsageError,
+    add_run_arguments,
+    hold_if_writing_into,
+    load_configs,
+    print_json_line,
+    writable_folder,
+)
+from dcssl.paths import RunPaths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     run_dir, run_cfg = load_configs(args, "train")
     out = writable_folder(args.out or default_export_path(run_dir), "--out")
     try:
-        document = export_encoder(run_dir, run_cfg.train, out)
+        with hold_if_writing_into(RunPaths(run_dir), out, "launch export"):
+            document = export_encoder(run_dir, run_cfg.train, out)
     except NoCheckpoint as err:
         raise UsageError(str(err)) from None
     print(

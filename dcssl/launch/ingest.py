@@ -8,7 +8,7 @@ A re-run skips the shards already written.
 from __future__ import annotations
 
 import argparse
-from contextlib import nullcontext
+import shutil
 from pathlib import Path
 
 from dcssl.launch.common import UsageError, add_run_arguments, hold_run_or_refuse, request
@@ -37,10 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = request(args).tile
     paths = RunPaths(Path(args.run_dir))
-    with hold_run_or_refuse(paths, "launch ingest") if paths.root.is_dir() else nullcontext():
+    created = not paths.root.exists()
+    paths.root.mkdir(parents=True, exist_ok=True)  # a new run is held before anything goes in
+    with hold_run_or_refuse(paths, "launch ingest"):
         try:
             summary = ingest_folder(args.tiles, paths.store, cfg, args.labels, args.name)
         except IngestError as err:
+            if created:  # a refused new run leaves nothing behind (only its lock file was written)
+                shutil.rmtree(paths.root, ignore_errors=True)
             raise UsageError(str(err)) from None
     classes = ", ".join(summary["classes"]) or "none"
     print(

@@ -16,9 +16,11 @@ from pathlib import Path
 from dcssl.config import save_run_config
 from dcssl.launch.common import UsageError, add_run_arguments, hold_run_or_refuse, request
 from dcssl.paths import RunPaths
+from dcssl.runlock import children_under, record_jobs, record_pids
 from dcssl.slides.sources import SourceError
 from dcssl.tile.prepare import prepare_run
 from dcssl.tile.run import FinalizeTask, finalize, pending_indices, summarize, tile_element
+from hpc.lock import FileLock
 from hpc.submit import make_executor, submit_array
 
 log = logging.getLogger("dcssl.launch.tile")
@@ -86,21 +88,20 @@ def run(args: argparse.Namespace) -> int:
     executor = cfg.executor_tile
     with ExitStack() as held:
         existed = paths.root.is_dir()  # a new run gets its lock once it exists, before any tiling
-        if existed:
-            held.enter_context(hold_run_or_refuse(paths, "launch tile"))
+        lock = held.enter_context(hold_run_or_refuse(paths, "launch tile")) if existed else None
         try:
             refs = prepare_run(paths.root, args.slides, cfg)
         except SourceError as err:
             raise UsageError(str(err)) from None
         if not existed:
-            held.enter_context(hold_run_or_refuse(paths, "launch tile"))
-        code = _tile(paths, refs, executor, args)
+            lock = held.enter_context(hold_run_or_refuse(paths, "launch tile"))
+        code = _tile(paths, refs, executor, args, lock)
         if code == 0:  # the request becomes the run's config only when the command succeeded
             save_run_config(paths.root, cfg)
     return code
 
 
-def _tile(paths: RunPaths, refs, executor, args: argparse.Namespace) -> int:
+def _tile(paths: RunPaths, refs, executor, args: argparse.Namespace, lock: FileLock | None) -> int:
     pending = pending_indices(paths.root, refs)
     log.info(
         "%d slides: %d already tiled, %d to tile (%s executor, at most %d at once)",
@@ -114,26 +115,37 @@ def _tile(paths: RunPaths, refs, executor, args: argparse.Namespace) -> int:
         finalize(paths.root, refs)
         return _report(paths)
     submitit_executor = make_executor(executor, paths.tile_logs, job_name="dcssl-tile")
-    jobs = submit_array(
-        submitit_executor,
-        TileTask(paths.root, args.config, args.overrides),
-        pending,
-        executor.array_parallelism,
-        executor.max_array_size,
-    )
-    if executor.kind == "slurm" and not args.wait:
-        arrays = sorted({str(job.job_id).split("_")[0] for job in jobs}, key=int)
-        # the manifest is built once, after the last array (each starts after the previous ended)
-        submitit_executor.update_parameters(dependency=f"afterany:{arrays[-1]}")
-        final = submitit_executor.submit(FinalizeTask(paths.root))
-        print(
-            f"submitted array job(s) {', '.join(arrays)}: {len(pending)} elements, at most "
-            f"{executor.array_parallelism} at once, then job {final.job_id} writes the store "
-            f"manifest; logs in {paths.tile_logs}"
+    with children_under(paths, lock):  # the elements run under this launcher's hold
+        jobs = submit_array(
+            submitit_executor,
+            TileTask(paths.root, args.config, args.overrides),
+            pending,
+            executor.array_parallelism,
+            executor.max_array_size,
+            # the running elements' pids: they keep the run should this launcher die before them
+            on_start=lambda running: record_pids(lock, [int(job.job_id) for job in running]),
         )
-        print(f"follow it with: python -m dcssl.launch status {paths.root}")
-        return 0
+        arrays = sorted({str(job.job_id).split("_")[0] for job in jobs}, key=int)
+        if executor.kind == "slurm":
+            record_jobs(lock, arrays)  # the arrays keep the run once this launcher lets go
+        if executor.kind == "slurm" and not args.wait:
+            return _submit_finalize(paths, submitit_executor, arrays, len(pending), executor, lock)
     for line in _collect(jobs, pending):
         log.error("%s", line)
     finalize(paths.root, refs)
     return _report(paths)
+
+
+def _submit_finalize(paths: RunPaths, submitit_executor, arrays: list[str], n: int, executor, lock) -> int:
+    """The job that writes the manifest once, after the last array (each starts after the
+    previous ended); it joins the lease."""
+    submitit_executor.update_parameters(dependency=f"afterany:{arrays[-1]}")
+    final = submitit_executor.submit(FinalizeTask(paths.root))
+    record_jobs(lock, [final.job_id])
+    print(
+        f"submitted array job(s) {', '.join(arrays)}: {n} elements, at most "
+        f"{executor.array_parallelism} at once, then job {final.job_id} writes the store "
+        f"manifest; logs in {paths.tile_logs}"
+    )
+    print(f"follow it with: python -m dcssl.launch status {paths.root}")
+    return 0

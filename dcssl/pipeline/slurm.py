@@ -10,8 +10,6 @@ launcher cancels the jobs stuck behind it and resubmits from the first unfinishe
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import subprocess
 import time
 from dataclasses import replace
@@ -19,8 +17,9 @@ from dataclasses import replace
 from dcssl.paths import RunPaths
 from dcssl.pipeline.state import RunState
 from dcssl.pipeline.steps import Step, is_done, run_stage
-from dcssl.runlock import child_env
+from dcssl.runlock import children_under, record_jobs
 from hpc.lock import FileLock
+from hpc.queue import has_queue, live_jobs
 from hpc.submit import ExecutorConfig, make_executor
 
 __all__ = ["live_jobs", "chain_in_use", "submit_chain", "wait_chain"]
@@ -28,23 +27,6 @@ __all__ = ["live_jobs", "chain_in_use", "submit_chain", "wait_chain"]
 log = logging.getLogger(__name__)
 
 _BROKEN = ("DependencyNeverSatisfied",)
-
-
-def live_jobs(job_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """job id → (state, reason) for jobs still known to the queue (pending, running, …)."""
-    if not job_ids:
-        return {}
-    out = subprocess.run(
-        ["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(job_ids)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    jobs = {}
-    for line in out.stdout.splitlines():
-        job_id, state, reason = (line.split("|") + ["", ""])[:3]
-        jobs[job_id.strip()] = (state.strip(), reason.strip())
-    return jobs
 
 
 def _cancel_stale(pending: list[Step], state: RunState) -> None:
@@ -72,7 +54,7 @@ def chain_in_use(pending: list[Step], state: RunState) -> str | None:
         return None
     record = state.step(pending[0].name)
     job_id = record.get("job_id")
-    if record.get("executor") != "slurm" or not job_id or shutil.which("squeue") is None:
+    if record.get("executor") != "slurm" or not job_id or not has_queue():
         return None
     queued = live_jobs([job_id]).get(job_id)
     if not queued or queued[1] in _BROKEN:
@@ -92,13 +74,10 @@ def submit_chain(
     The jobs get ``lock``'s id in their environment: one that starts while this launcher still
     holds the run (submitting the rest) runs under it instead of refusing its own launcher."""
     _cancel_stale(pending, state)
-    saved = dict(os.environ)
-    os.environ.update(child_env(paths, lock))
-    try:
-        return _submit_all(pending, paths, executors, state)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with children_under(paths, lock):
+        ids = _submit_all(pending, paths, executors, state)
+    record_jobs(lock, ids)  # the chain keeps the run between its jobs, once we let go
+    return ids
 
 
 def _submit_all(pending, paths, executors, state) -> list[str]:

@@ -6,7 +6,8 @@ What ``slurm/tile.sbatch`` runs with ``$SLURM_ARRAY_TASK_ID``. Also:
     python -m dcssl.tile RUN_DIR --finalize         write store/manifest.json now
 
 Exit status: 0 the slide is tiled (or was already), 1 it failed (see store/ledger.jsonl), 2 a
-usage or configuration mistake.
+usage or configuration mistake, or the run is in use (an element holds the run lock shared with
+the other elements of its array; prepare and finalize hold it exclusively).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
     from dcssl.config import load_run_config
+    from dcssl.runlock import RunInUse, hold_stage
     from dcssl.slides.sources import SourceError
     from dcssl.tile import run as tile_run
     from dcssl.tile.prepare import prepare_run
@@ -42,19 +44,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.prepare is not None:
             cfg = load_run_config(args.run_dir, args.config, args.overrides)
-            refs = prepare_run(args.run_dir, args.prepare, cfg)
+            with hold_stage(args.run_dir, "tile-prepare"):
+                refs = prepare_run(args.run_dir, args.prepare, cfg)
             print(len(refs))
             return 0
         if args.finalize:
-            store = tile_run.finalize(args.run_dir)
+            with hold_stage(args.run_dir, "tile-finalize"):
+                store = tile_run.finalize(args.run_dir)
             print(f"{store.root / 'manifest.json'}: {len(store.shards)} shards, {store.n_tiles} tiles")
             return 0
         record = tile_run.tile_element(args.run_dir, args.index, args.config, args.overrides)
-    except (ConfigError, SourceError, IndexError) as err:
+    except (ConfigError, SourceError, IndexError, RunInUse) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0 if record["status"] == "ok" else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dcssl.interrupt import run_interruptible
+
+    sys.exit(run_interruptible(main, "dcssl.tile"))

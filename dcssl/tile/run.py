@@ -32,6 +32,7 @@ from pathlib import Path
 
 from dcssl.config import load_run_config
 from dcssl.paths import RunPaths
+from dcssl.runlock import hold_element, hold_stage
 from dcssl.slides.gdc import DownloadError, download_slide, read_token, scratch_root
 from dcssl.slides.sources import SlideRef, load_slide_list
 from dcssl.store import append_ledger, build_manifest, latest_attempts, shard_name
@@ -134,7 +135,11 @@ def tile_element(
         raise IndexError(
             f"index {index} is outside the slide list (0..{len(refs) - 1}) of {paths.slide_list}"
         )
-    ref = refs[index]
+    with hold_element(paths.root):  # shared: the other elements run too, no other writer does
+        return _tile_index(paths, refs[index], index, cfg)
+
+
+def _tile_index(paths: RunPaths, ref: SlideRef, index: int, cfg: TileConfig) -> dict:
     if paths.shard(ref.slide_id).is_file():
         log.info("%s: shard exists, skipping", ref.slide_id)
         return dict(slide=ref.slide_id, index=index, status="ok", stage="done", skipped=True)
@@ -193,7 +198,8 @@ class FinalizeTask:
 
     def __call__(self) -> int:
         _ensure_logging()
-        store = finalize(self.run_dir)
+        with hold_stage(self.run_dir, "tile-finalize"):
+            store = finalize(self.run_dir)
         log.info("wrote the store manifest: %d shards, %d tiles", len(store.shards), store.n_tiles)
         return store.n_tiles
 

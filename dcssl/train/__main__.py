@@ -15,12 +15,13 @@ import json
 import logging
 import os
 import sys
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 
 from dcssl.config import ConfigError
 from dcssl.runlock import RunInUse, hold_stage
 from hpc.checkpoint import report_disk_full
+from hpc.distributed import shutdown_distributed
 from hpc.env import detect_env
 
 
@@ -40,6 +41,28 @@ def _setup_logging() -> None:
         stream=sys.stderr,
         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
     )
+
+
+def _hold_or_refusal(held: ExitStack, args: argparse.Namespace, is_main: bool, timeout_s: float) -> str:
+    """Rank 0 takes the run lock for the job (into ``held``); every rank learns whether it was
+    refused ("" if not): the ranks join their process group first and hear it from rank 0."""
+    refusal = ""
+    if is_main:
+        try:
+            held.enter_context(hold_stage(args.run_dir, f"train-{args.epoch:04d}"))
+        except RunInUse as err:
+            refusal = str(err)
+    env = detect_env()
+    if env.world_size > 1:
+        import torch.distributed as dist
+
+        from hpc.distributed import init_distributed
+
+        init_distributed(env, timeout_s=timeout_s)
+        message = [refusal]
+        dist.broadcast_object_list(message, src=0)
+        refusal = message[0]
+    return refusal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,9 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_step_config(args.run_dir, Step("train", args.epoch).name, args.config, args.overrides)
         if (store / "manifest.json").is_file():  # else run_segment says what is missing
             check_fits(cfg, store_tiles(store), f"the store {store}", "train")
-        with hold_stage(args.run_dir, f"train-{args.epoch:04d}") if is_main else nullcontext():
+        with ExitStack() as held:
+            refusal = _hold_or_refusal(held, args, is_main, cfg.train.dist_timeout_s)
+            if refusal:  # every rank stops now, not at the distributed timeout
+                shutdown_distributed()
+                if is_main:
+                    print(f"error: {refusal}", file=sys.stderr)
+                return 2
             summary = run_segment(args.run_dir, args.epoch, cfg.train)
-    except (ConfigError, SegmentError, RunInUse) as err:
+    except (ConfigError, SegmentError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLoss as err:
@@ -79,4 +108,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dcssl.interrupt import run_interruptible
+
+    sys.exit(run_interruptible(main, "dcssl.train"))

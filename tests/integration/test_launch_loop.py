@@ -221,6 +221,10 @@ def test_plain_sbatch_pipeline_keeps_only_keep_features_banks(slurm_cluster, til
     )
     assert proc.returncode == 0, proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
+    # the chain holds the run between its jobs (its queue entries): a launcher is refused
+    refused = launch("plot", str(run), check=False)
+    assert refused.returncode == 2 and "SLURM job(s) " in refused.stderr, refused.stderr
+    assert "(slurm/pipeline.sh)" in refused.stderr
     logs = run / "logs" / "sbatch"
     state = wait_for_job_end(last, timeout=1200)
     assert state == "COMPLETED", "\n".join(p.read_text()[-2000:] for p in sorted(logs.iterdir()))

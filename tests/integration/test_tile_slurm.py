@@ -216,6 +216,11 @@ def test_many_tiny_slides_end_with_one_manifest_written_after_the_array(slurm_cl
     run = tmp_path / "run"
     proc, array_id = _submit_array(run, slides, slurm_cluster.partition, 4)
     final_id = re.search(r"then job (\d+) writes the store manifest", proc.stdout).group(1)
+    # the array and its finalize job hold the run once the launcher returned: a writer is refused
+    refused = subprocess.run(
+        [sys.executable, "-m", "dcssl.launch", "plot", str(run)], capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "run in use by" in refused.stderr, refused.stderr
     assert wait_for_job_end(final_id, timeout=TIMEOUT_S) == "COMPLETED"  # runs after the array
     assert _final_states(array_id, 12) == ["COMPLETED"] * 12
     manifest = run / "store" / "manifest.json"
