@@ -3,7 +3,7 @@ intersected with the computed tissue mask.
 
 A slide ``NAME.svs`` takes ``NAME.geojson`` (or ``.json``: Polygon / MultiPolygon features in
 level-0 pixel coordinates, holes honoured) or ``NAME.png`` (covering the whole slide at any
-downsample; non-zero = keep; the alpha channel, when there is one). A candidate tile is kept when
+downsample; non-zero = keep; where the PNG has transparency, its opaque part). A candidate tile is kept when
 the computed mask covers enough of it *and* its centre lies inside the external mask — one exact
 rule, whatever the mask's resolution. A missing, unreadable or malformed mask fails that slide
 with the reason in the ledger (the other slides go on; rerunning `tile` retries it).
@@ -113,7 +113,9 @@ def _load_geojson(path: Path, width0: int, height0: int) -> ExternalMask:
 def _load_png(path: Path, width0: int, height0: int) -> ExternalMask:
     with Image.open(path) as image:
         image.load()
-        keep = np.asarray(image.getchannel("A") if "A" in image.getbands() else image.convert("L")) > 0
+        alpha = np.asarray(image.getchannel("A")) if "A" in image.getbands() else None
+        # a transparent-background mask keeps its opaque part; an opaque image keeps non-black
+        keep = alpha > 0 if alpha is not None and alpha.min() < 255 else np.asarray(image.convert("L")) > 0
     h, w = keep.shape
     if abs(w / h - width0 / height0) > 0.02 * width0 / height0 + 1 / min(w, h):
         raise ValueError(f"{w}×{h} px does not have the slide's aspect ratio ({width0}×{height0} at level 0)")

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from dcssl.launch.__main__ import main as launch
+from dcssl.slides.external import ExternalMaskError, load_external_mask
 from dcssl.store import latest_attempts
 
 SLIDE = Path(__file__).resolve().parents[2] / "dcssl" / "data" / "cmu-1-small-region.svs"
@@ -104,3 +105,37 @@ def test_a_missing_or_broken_mask_fails_the_slide_with_its_reason(slides, tmp_pa
     assert _tile(run, slides, f"tile.tissue.external_masks={masks}") == 1
     attempt = latest_attempts(run / "store")["cmu-1-small-region"]
     assert attempt["status"] == "failed" and attempt["stage"] == "mask" and reason in attempt["reason"]
+
+
+def test_polygon_holes_and_qupath_lists_are_honoured(tmp_path):
+    outer = [[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]]
+    hole = [[40, 40], [60, 40], [60, 60], [40, 60], [40, 40]]
+    feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [outer, hole]}}
+    (tmp_path / "s.geojson").write_text(json.dumps([feature]))  # QuPath: a bare list of features
+    mask = load_external_mask(tmp_path, "s.svs", 200, 100)
+    inside = mask.contains(np.array([10, 50, 150]), np.array([10, 50, 50]))
+    assert inside.tolist() == [True, False, False]
+    grid = mask.raster((10, 20), 10.0)  # 10 level-0 px a cell
+    assert grid[1, 1] and not grid[5, 5] and not grid[5, 15]
+
+
+@pytest.mark.parametrize("mode", ["RGBA-transparent", "RGBA-opaque", "L"])
+def test_png_masks_read_transparency_or_brightness(tmp_path, mode):
+    keep = np.zeros((10, 20), dtype=bool)
+    keep[:, :5] = True
+    grey = keep.astype(np.uint8) * 255
+    if mode == "L":
+        image = Image.fromarray(grey)
+    else:
+        alpha = grey if mode == "RGBA-transparent" else np.full_like(grey, 255)
+        colour = np.full_like(grey, 128) if mode == "RGBA-transparent" else grey
+        image = Image.fromarray(np.dstack([colour, colour, colour, alpha]), "RGBA")
+    image.save(tmp_path / "s.png")
+    mask = load_external_mask(tmp_path, "s.svs", 2000, 1000)
+    assert mask.contains(np.array([100, 1900]), np.array([500, 500])).tolist() == [True, False]
+
+
+def test_a_png_of_another_shape_is_refused(tmp_path):
+    Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(tmp_path / "s.png")
+    with pytest.raises(ExternalMaskError, match="aspect ratio"):
+        load_external_mask(tmp_path, "s.svs", 2000, 1000)
