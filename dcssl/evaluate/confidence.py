@@ -47,6 +47,10 @@ def sign_test_p(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def _queries(n: int) -> str:
+    return f"{n} query" if n == 1 else f"{n} queries"
+
+
 def small_set_caveat(
     n_queries: int,
     n_classes: int,
@@ -63,7 +67,7 @@ def small_set_caveat(
         f"caveat: {n_queries} queries ({n_queries / n_classes:.3g} per class) — one query moves an "
         f"accuracy by {1 / n_queries:.3f}; chance is {chance:.3f}; the 95 % interval of pretrained "
         f"k-NN is {interval[0]:.2f}–{interval[1]:.2f}; pretrained vs random differ on "
-        f"{only_pretrained + only_random} queries ({only_pretrained} only pretrained got right, "
+        f"{_queries(only_pretrained + only_random)} ({only_pretrained} only pretrained got right, "
         f"{only_random} only random; sign test p = {p:.2f}). A set this small cannot rank the "
         f"encoders; evaluate on hundreds of labelled tiles per class (README: NCT-CRC-HE-100K)."
     )
