@@ -14,10 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dcssl.evaluate.confidence import (
+    chance_level,
+    paired_counts,
+    sign_test_p,
+    small_set_caveat,
+    wilson_interval,
+)
 from dcssl.evaluate.config import EvalConfig
 from dcssl.evaluate.encoder import FrozenEncoder, LoadedEncoder, random_encoder, trained_encoder
 from dcssl.evaluate.features import batches, extract_features
-from dcssl.evaluate.knn import knn_accuracy
+from dcssl.evaluate.knn import knn_predict
 from dcssl.evaluate.labelled import LabelledSet, TileSource, fraction_subset, load_labelled
 from dcssl.evaluate.linear import linear_accuracy
 from dcssl.train.config import TrainConfig
@@ -44,6 +51,32 @@ def raw_pixel_features(source: TileSource, size: int = 0, batch_size: int = 1024
     return out
 
 
+def _knn_right(
+    cfg: EvalConfig, ref: np.ndarray, ref_y: np.ndarray, query: np.ndarray, query_y: np.ndarray
+) -> np.ndarray:
+    """Per query: did the k-NN classifier answer it right (kept for the paired comparison)."""
+    n_classes = int(max(np.max(ref_y), np.max(query_y)) + 1)
+    pred = knn_predict(ref, ref_y, query, cfg.knn_k, cfg.knn_temperature, n_classes)
+    return pred == np.asarray(query_y)
+
+
+def _interval(correct: int, n: int) -> list[float]:
+    return [round(bound, 4) for bound in wilson_interval(correct, n)]
+
+
+def _knn_row(name: str, fraction: float, n_labels: int, right: np.ndarray, k_used: int) -> dict:
+    """A table row's k-NN part: accuracy, how many queries that is, and its 95 % interval."""
+    return {
+        "encoder": name,
+        "fraction": fraction,
+        "n_labels": int(n_labels),
+        "knn": float(right.mean()),
+        "knn_correct": int(right.sum()),
+        "knn_ci95": _interval(int(right.sum()), len(right)),
+        "knn_k_used": k_used,  # = n_labels when k ≥ the references: every reference votes
+    }
+
+
 def _score(
     cfg: EvalConfig,
     name: str,
@@ -51,14 +84,16 @@ def _score(
     ref_y: np.ndarray,
     query: np.ndarray,
     query_y: np.ndarray,
+    answers: dict,
     linear: bool = True,
 ) -> list[dict]:
     rows = []
     for fraction in sorted(cfg.fractions):
         subset = fraction_subset(ref_y, fraction, cfg.seed)
         started = time.time()
-        knn = knn_accuracy(ref[subset], ref_y[subset], query, query_y, cfg.knn_k, cfg.knn_temperature)
-        row = {"encoder": name, "fraction": fraction, "n_labels": int(len(subset)), "knn": knn}
+        right = _knn_right(cfg, ref[subset], ref_y[subset], query, query_y)
+        answers[(name, fraction)] = right
+        row = _knn_row(name, fraction, len(subset), right, min(cfg.knn_k, len(subset)))
         if linear:
             row["linear"], row["linear_weight_decay"] = linear_accuracy(
                 ref[subset],
@@ -69,12 +104,13 @@ def _score(
                 cfg.linear_max_iter,
                 cfg.seed,
             )
+            row["linear_ci95"] = _interval(round(row["linear"] * len(query_y)), len(query_y))
         log.info(
             "%s at %g of the labels (%d): k-NN %.4f%s (%.1f s)",
             name,
             fraction,
             len(subset),
-            knn,
+            row["knn"],
             f", linear {row['linear']:.4f}" if linear else "",
             time.time() - started,
         )
@@ -83,9 +119,15 @@ def _score(
 
 
 def evaluate_encoders(
-    data: LabelledSet, encoders: dict[str, LoadedEncoder], cfg: EvalConfig, train_cfg: TrainConfig
+    data: LabelledSet,
+    encoders: dict[str, LoadedEncoder],
+    cfg: EvalConfig,
+    train_cfg: TrainConfig,
+    answers: dict | None = None,
 ) -> list[dict]:
-    """Rows of {encoder, fraction, n_labels, knn, linear, linear_weight_decay}."""
+    """Rows of {encoder, fraction, n_labels, knn (+ correct, 95 % interval), linear,
+    linear_weight_decay}; ``answers`` receives each (encoder, fraction)'s per-query k-NN rights."""
+    answers = {} if answers is None else answers
     size = cfg.size or train_cfg.augment.size
     rows: list[dict] = []
     for name, loaded in encoders.items():
@@ -96,11 +138,13 @@ def evaluate_encoders(
         query = extract_features(
             encoder, data.queries, train_cfg.augment, size, cfg.batch_size, f"{name} queries"
         )
-        rows += _score(cfg, name, ref, data.reference_labels, query, data.query_labels)
+        rows += _score(cfg, name, ref, data.reference_labels, query, data.query_labels, answers)
     if cfg.raw_pixels:
         ref = raw_pixel_features(data.reference, cfg.raw_size)
         query = raw_pixel_features(data.queries, cfg.raw_size)
-        rows += _score(cfg, "raw_pixels", ref, data.reference_labels, query, data.query_labels, linear=False)
+        rows += _score(
+            cfg, "raw_pixels", ref, data.reference_labels, query, data.query_labels, answers, linear=False
+        )
     return rows
 
 
@@ -116,11 +160,32 @@ def _headline(rows: list[dict]) -> dict:
     return flat
 
 
+def _reliability(rows: list[dict], answers: dict, query_labels: np.ndarray, n_classes: int) -> dict:
+    """Chance level, pretrained-vs-random discordant queries at the top fraction, and the caveat
+    for a set too small to rank them."""
+    top = max(r["fraction"] for r in rows)
+    chance = chance_level(query_labels)
+    only_pre, only_rand = paired_counts(answers[("pretrained", top)], answers[("random", top)])
+    p = sign_test_p(only_pre, only_rand)
+    interval = next(r["knn_ci95"] for r in rows if r["fraction"] == top and r["encoder"] == "pretrained")
+    return {
+        "chance": round(chance, 4),
+        "knn_only_pretrained_right": only_pre,
+        "knn_only_random_right": only_rand,
+        "knn_sign_test_p": round(p, 4),
+        "caveat": small_set_caveat(len(query_labels), n_classes, chance, interval, only_pre, only_rand, p),
+    }
+
+
 def format_table(rows: list[dict]) -> list[str]:
-    lines = [f"{'encoder':<12} {'labels':>7} {'n':>7} {'k-NN':>7} {'linear':>7}"]
+    lines = [f"{'encoder':<12} {'labels':>7} {'n':>7} {'k-NN':>7} {'(95 % interval)':>15} {'linear':>7}"]
     for r in rows:
         linear = f"{r['linear']:7.4f}" if "linear" in r else f"{'-':>7}"
-        lines.append(f"{r['encoder']:<12} {r['fraction']:>7.0%} {r['n_labels']:>7d} {r['knn']:7.4f} {linear}")
+        low, high = r.get("knn_ci95", (float("nan"), float("nan")))
+        lines.append(
+            f"{r['encoder']:<12} {r['fraction']:>7.0%} {r['n_labels']:>7d} {r['knn']:7.4f} "
+            f"{f'({low:.2f}–{high:.2f})':>15} {linear}"
+        )
     return lines
 
 
@@ -146,9 +211,12 @@ def evaluate(
     )
     trained = trained_encoder(run_dir, train_cfg)
     encoders = {"pretrained": trained, "random": random_encoder(train_cfg)}
-    rows = evaluate_encoders(data, encoders, cfg, train_cfg)
+    answers: dict = {}
+    rows = evaluate_encoders(data, encoders, cfg, train_cfg, answers)
+    reliability = _reliability(rows, answers, data.query_labels, data.n_classes)
     result = {
         **_headline(rows),
+        **reliability,
         "rows": rows,
         "data": str(data_path),
         "split": data.description,

@@ -50,6 +50,20 @@ def _fractions(text: str) -> list[float]:
         raise UsageError(f"--fractions {text!r}: give numbers in (0, 1], e.g. 0.01,0.1,1") from None
 
 
+def _reading_notes(result: dict) -> list[str]:
+    """Chance level always; the small-set caveat and the k ≥ references note when they apply."""
+    notes = [f"chance (the queries' most common class): {result['chance']:.3f}"]
+    if result["knn_k"] >= result["n_reference"]:
+        notes.append(
+            f"k-NN: k = {result['knn_k']} ≥ {result['n_reference']} references, so every reference "
+            f"votes (weighted by similarity); with features that are all alike this is close to a "
+            f"plain class count"
+        )
+    if result["caveat"]:
+        notes.append(result["caveat"])
+    return notes
+
+
 def run(args: argparse.Namespace) -> int:
     run_dir, run_cfg = load_configs(args, "eval")
     cfg, train_cfg = run_cfg.eval, run_cfg.train
@@ -72,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         f"features at {result['size']} px; k-NN k={result['knn_k']}"
     )
     for line in format_table(result["rows"]):
+        print(line)
+    for line in _reading_notes(result):
         print(line)
     print(f"eval: {out}")
     print_json_line({k: v for k, v in result.items() if k != "rows"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -82,9 +83,20 @@ def _report(paths: RunPaths) -> int:
     return 1 if summary.failed or summary.pending else 0
 
 
+def check_external_masks(folder: str) -> None:
+    """A mask folder that is not there is a typo, not 11 k failed slides: refuse it up front.
+    (A single slide's missing or bad mask fails only that slide, in the ledger.)"""
+    if folder and not (Path(folder).is_dir() and os.access(folder, os.R_OK | os.X_OK)):
+        raise UsageError(
+            f"tile.tissue.external_masks={folder}: not a readable folder; give the folder of "
+            f"per-slide NAME.geojson / NAME.png masks, or leave it empty"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     paths = RunPaths(Path(args.run_dir))
     cfg = request(args, [f"executor_tile.kind={args.executor}"] if args.executor else [])
+    check_external_masks(cfg.tile.tissue.external_masks)
     executor = cfg.executor_tile
     with ExitStack() as held:
         existed = paths.root.is_dir()  # a new run gets its lock once it exists, before any tiling

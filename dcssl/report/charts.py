@@ -54,10 +54,14 @@ def loss_chart(windows: list[dict], epochs: list[dict]) -> bytes:
     return _png(plt, fig)
 
 
-def nmi_chart(epochs: list[dict]) -> bytes:
+def nmi_chart(epochs: list[dict], chance: float | None = None) -> bytes:
+    """NMI(t-1, t) per epoch; ``chance``: what unrelated labellings of so few tiles score."""
     plt, fig, ax = _figure()
     rows = [r for r in epochs if r.get("nmi_prev") is not None]
     ax.plot([r["epoch"] for r in rows], [r["nmi_prev"] for r in rows], "o-", color="tab:green")
+    if chance is not None:
+        ax.axhline(chance, ls=":", color="grey", label=f"unrelated labellings: {chance:.3f}")
+        ax.legend(fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_xlabel("epoch")
     ax.set_title("NMI(labels t-1, labels t)")

@@ -6,9 +6,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dcssl.cluster.nmi import nmi
 from dcssl.report.config import ReportConfig
 
-__all__ = ["Crosstab", "crosstab", "ClusterCard", "flags", "site_of"]
+__all__ = ["Crosstab", "crosstab", "ClusterCard", "flags", "site_of", "chance_nmi"]
+
+
+def chance_nmi(sizes: np.ndarray, draws: int = 5, seed: int = 0) -> float:
+    """Mean NMI of two unrelated labellings with these cluster sizes (one shuffled against the
+    other): what NMI(t-1, t) reads with no learning at all. Far from 0 when clusters are few tiles,
+    ≈ 0 for large ones. O(draws × tiles): called only for small runs."""
+    labels = np.repeat(np.arange(len(sizes)), np.asarray(sizes, dtype=np.int64))
+    rng = np.random.default_rng(seed)
+    return float(np.mean([nmi(labels, rng.permutation(labels)) for _ in range(draws)]))
 
 
 @dataclass

@@ -40,6 +40,11 @@ class TissueConfig:
     """A pixel whose darkest channel is at least this bright (0-255) is background (near-white)."""
     black_level: int = 15
     """A pixel whose brightest channel is at most this (0-255) is background (blank / out of scan)."""
+    external_masks: str = ""
+    """Folder of per-slide masks intersected with the computed one (e.g. published QC masks):
+    NAME.geojson (Polygon/MultiPolygon, level-0 pixels) or NAME.png (whole slide, any downsample,
+    non-zero = keep) for slide NAME.svs; a tile is kept only if its centre lies inside. A slide
+    whose mask is missing or unusable fails with the reason in the ledger. Empty: none."""
 
     def __post_init__(self) -> None:
         if self.mask_mpp <= 0:

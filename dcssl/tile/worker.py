@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import openslide
 
+from dcssl.slides.external import ExternalMaskError, load_external_mask
 from dcssl.slides.grid import Block, TileGrid, group_blocks, make_grid
 from dcssl.slides.probe import ProbeError, SlideProbe, choose_level, probe_slide
 from dcssl.slides.tissue import TissueMask, tissue_mask
@@ -89,10 +90,25 @@ def _open(path: str) -> openslide.OpenSlide:
         raise SlideFailure("open", f"cannot read the file: {err.strerror or err}") from None
 
 
+def _inside_external(
+    path: str, probe: SlideProbe, mask: TissueMask, grid: TileGrid, ij: np.ndarray, folder: str
+) -> np.ndarray:
+    """Which candidates have their centre inside the slide's external mask; the overview mask
+    becomes the intersection (what the slide map outlines)."""
+    try:
+        external = load_external_mask(folder, path, probe.width, probe.height)
+    except ExternalMaskError as err:
+        raise SlideFailure("mask", str(err)) from None
+    mask.mask = mask.mask & external.raster(mask.mask.shape, mask.scale)
+    centre = grid.coords(ij) + grid.step0 / 2
+    return external.contains(centre[:, 0], centre[:, 1])
+
+
 def plan_slide(
-    slide: openslide.OpenSlide, cfg: TileConfig
+    slide: openslide.OpenSlide, cfg: TileConfig, path: str = ""
 ) -> tuple[SlideProbe, TileGrid, list[Block], TissueMask]:
-    """Probe, mask and grid: the blocks of candidate tiles to read (and the mask)."""
+    """Probe, mask and grid: the blocks of candidate tiles to read (and the mask). ``path``
+    names the slide's external mask when ``tile.tissue.external_masks`` is set."""
     try:
         probe = probe_slide(slide, cfg.mpp_policy, cfg.assumed_mpp)
         level = choose_level(probe, cfg.target_mpp, cfg.allow_upsample)
@@ -107,6 +123,9 @@ def plan_slide(
     xy = grid.coords(ij)
     coverage = mask.coverage(xy[:, 0], xy[:, 1], grid.step0)
     candidates = ij[coverage >= cfg.tissue.min_mask_coverage] if len(ij) else ij
+    if cfg.tissue.external_masks and len(candidates):
+        folder = cfg.tissue.external_masks
+        candidates = candidates[_inside_external(path, probe, mask, grid, candidates, folder)]
     return probe, grid, group_blocks(grid, candidates, cfg.block_tiles), mask
 
 
@@ -204,7 +223,7 @@ def _tile_open_slide(
     workers: int,
     start: float,
 ) -> SlideResult:
-    probe, grid, blocks, mask = plan_slide(slide, cfg)
+    probe, grid, blocks, mask = plan_slide(slide, cfg, path)
     total = sum(len(b.tiles) for b in blocks)
     log.info(
         "%s: %dx%d px, %.3f µm/px (%s), level %d, %d candidate tiles in %d blocks",

@@ -66,6 +66,30 @@ def test_eval_cli_prints_the_table_and_a_json_line(run, capsys):
     assert {r["n_labels"] for r in saved["rows"] if r["fraction"] == 0.01} == {8}  # 1 per class
 
 
+def test_eval_on_24_tiles_says_they_cannot_rank_the_encoders(run, capsys):
+    """8 queries: chance, each row's interval, the paired count and the caveat, on screen and saved."""
+    assert (
+        launch(["eval", str(run), "--data", str(run.parent / "kather"), "eval.linear_weight_decays=[0.01]"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["chance"] == 0.125  # 8 classes, one query each
+    assert last["caveat"].startswith("caveat: 8 queries (1 per class)") and last["caveat"] in out
+    assert "k = 20 ≥ 16 references, so every reference votes" in out
+    saved = json.loads((run / "eval" / "eval.json").read_text())
+    for row in saved["rows"]:
+        assert row["knn_correct"] == round(row["knn"] * 8)
+        low, high = row["knn_ci95"]
+        assert low <= row["knn"] <= high and high - low > 0.4  # 8 queries: wide intervals
+    top = {r["encoder"]: r["knn_correct"] for r in saved["rows"] if r["fraction"] == 1.0}
+    # the discordant queries account exactly for the gap between the two encoders
+    assert (
+        last["knn_only_pretrained_right"] - last["knn_only_random_right"] == top["pretrained"] - top["random"]
+    )
+    assert 0.0 <= last["knn_sign_test_p"] <= 1.0
+
+
 def test_eval_of_unlabelled_or_missing_data_is_a_one_line_error(run, capsys):
     assert launch(["eval", str(run), "--data", str(run / "nope.npz")]) == 2
     err = capsys.readouterr().err

@@ -14,7 +14,7 @@ from dcssl.launch.__main__ import main as launch
 from dcssl.report import build_report
 from dcssl.report.config import ReportConfig
 from dcssl.report.picks import by_cluster, cluster_distances, cluster_picks
-from dcssl.report.summary import crosstab
+from dcssl.report.summary import chance_nmi, crosstab
 from dcssl.report.synthetic import FAILED_REASON, FAILED_SLIDE, make_clustered_run
 
 K = 12
@@ -64,6 +64,26 @@ def test_cards_name_the_parent_the_slide_and_the_class(synthetic):
         assert f"top slides: slide-{inverse[c] % 3:04d} (10)" in card and "10</b> tiles · 1 slide<" in card
         assert f"purity 100% · majority {inverse[c] % 3}" in card
         assert f"exclude {run_dir} --epoch 1 --clusters {c}<" in card
+
+
+def test_chance_nmi_is_sklearns_nmi_of_shuffled_labels():
+    from sklearn.metrics import normalized_mutual_info_score
+
+    sizes = np.array([46, 50, 68, 25, 20, 27])  # the demo's epoch-5 clusters: 236 tiles
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    rng = np.random.default_rng(0)
+    expected = np.mean([normalized_mutual_info_score(labels, rng.permutation(labels)) for _ in range(5)])
+    assert chance_nmi(sizes) == pytest.approx(expected, rel=1e-9)
+    assert 0.01 < chance_nmi(sizes) < 0.06  # far from 0 with ≈ 40 tiles a cluster
+    assert chance_nmi(np.full(6, 5000)) < 0.002  # ≈ 0 with many
+
+
+def test_run_page_of_a_small_run_gives_the_nmi_of_unrelated_labellings(synthetic):
+    run_dir, truth = synthetic
+    html = (run_dir / "report" / "index.html").read_text()
+    sizes = np.bincount(truth["labels1"])
+    assert f"{K * 10} tiles over {K} clusters is 10 per cluster" in html
+    assert f"already score NMI ≈ {chance_nmi(np.sort(sizes)[::-1]):.3f}" in html
 
 
 def test_crosstab_counts_and_orders_by_frequency():
