@@ -19,7 +19,6 @@ RUN_NAMES = {
 (manifest.json, shards/) is dcssl.store's to spell."""
 IN_FLIGHT = {
     "dcssl/bench/quality.py": "i16-quality",
-    "dcssl/bench/rcc.py": "i18-rcc",
     "dcssl/evaluate/run.py": "i17-report",
     "dcssl/launch/curate.py": "i12-locks",
     "dcssl/launch/demo.py": "i12-locks, i17-report",
