@@ -20,8 +20,7 @@ RUN_NAMES = {
 IN_FLIGHT = {
     "dcssl/bench/quality.py": "i16-quality",
     "dcssl/evaluate/run.py": "i17-report",
-    "dcssl/launch/curate.py": "i12-locks",
-    "dcssl/launch/demo.py": "i12-locks, i17-report",
+    "dcssl/launch/demo.py": "i17-report",
     "dcssl/report/build.py": "i17-report",
 }
 """Modules other branches are editing this session: converted once those merge (then empty this)."""
