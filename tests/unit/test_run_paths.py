@@ -19,9 +19,7 @@ RUN_NAMES = {
 (manifest.json, shards/) is dcssl.store's to spell."""
 IN_FLIGHT = {
     "dcssl/bench/quality.py": "i16-quality",
-    "dcssl/evaluate/run.py": "i17-report",
     "dcssl/launch/demo.py": "i17-report",
-    "dcssl/report/build.py": "i17-report",
 }
 """Modules other branches are editing this session: converted once those merge (then empty this)."""
 
