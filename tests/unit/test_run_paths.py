@@ -19,7 +19,6 @@ RUN_NAMES = {
 (manifest.json, shards/) is dcssl.store's to spell."""
 IN_FLIGHT = {
     "dcssl/bench/quality.py": "i16-quality",
-    "dcssl/launch/demo.py": "i17-report",
 }
 """Modules other branches are editing this session: converted once those merge (then empty this)."""
 
