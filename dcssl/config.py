@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from dcssl.paths import RunPaths
 from dcssl.runconfig import LoopConfig, RunConfig
 from hpc.checkpoint import atomic_write_text
 from hpc.config import ConfigError, dump_yaml, from_dict, merge_dicts, parse_overrides, read_yaml_mapping
@@ -73,8 +74,8 @@ def load_run_config(
     if base is not None:
         check_sections(base, "recorded settings: ")
         data = base
-    elif run_dir is not None and (Path(run_dir) / "config.yaml").exists():
-        data = read_run_document(Path(run_dir) / "config.yaml")
+    elif run_dir is not None and RunPaths(Path(run_dir)).config.exists():
+        data = read_run_document(RunPaths(Path(run_dir)).config)
     if config_path is not None:
         data = merge_dicts(data, read_run_document(config_path))
     given = parse_overrides(list(overrides))
@@ -84,6 +85,6 @@ def load_run_config(
 
 def save_run_config(run_dir: str | Path, cfg: RunConfig) -> Path:
     """Write the resolved config to RUN_DIR/config.yaml (atomically)."""
-    path = Path(run_dir) / "config.yaml"
+    path = RunPaths(Path(run_dir)).config
     atomic_write_text(path, dump_yaml(cfg))
     return path

@@ -29,7 +29,7 @@ __all__ = ["mask_path", "read_mask", "write_mask", "mask_labels", "update_exclus
 
 
 def mask_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "excluded.npy"
+    return RunPaths(Path(run_dir)).excluded
 
 
 def read_mask(run_dir: str | Path, n: int) -> np.ndarray | None:

@@ -108,6 +108,49 @@ class RunPaths:
     def cluster_checkpoints(self, epoch: int) -> Path:
         return self.cluster_checkpoints_root / _epoch_name(epoch)
 
+    @property
+    def excluded(self) -> Path:
+        """The excluded-tile mask (dcssl.exclusion owns it)."""
+        return self.root / "excluded.npy"
+
+    @property
+    def curated(self) -> Path:
+        """The curated subset (dcssl.evaluate.curate owns it)."""
+        return self.root / "curated"
+
+    @property
+    def curated_manifest(self) -> Path:
+        return self.curated / "manifest.json"
+
+    @property
+    def curated_selection(self) -> Path:
+        return self.curated / "selection.npz"
+
+    @property
+    def curated_store(self) -> Path:
+        """The curated tiles' own store, when they were copied."""
+        return self.curated / "store"
+
+    @property
+    def report(self) -> Path:
+        """The HTML atlas (dcssl.report.build publishes it whole)."""
+        return self.root / "report"
+
+    @property
+    def export(self) -> Path:
+        """The default exported encoder (dcssl.evaluate.export)."""
+        return self.root / "export" / "encoder.pt"
+
+    @property
+    def embeddings(self) -> Path:
+        """The default whole-store embedding file (dcssl.evaluate.embed)."""
+        return self.root / "embed" / "features.h5"
+
+    @property
+    def evaluation(self) -> Path:
+        """The default evaluation summary (dcssl.evaluate.run)."""
+        return self.root / "eval" / "eval.json"
+
     def settings(self, step_name: str) -> Path:
         """The settings record of one loop step (dcssl.settings owns it)."""
         return self.root / "settings" / f"{step_name}.yaml"

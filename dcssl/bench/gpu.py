@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dcssl.paths import RunPaths
+
 __all__ = ["main"]
 
 _QUICK = dict(tiles=32, batch=8, seconds=0.2, rows=4000, dim=16, k=32, size=32, archs=("resnet18",))
@@ -304,7 +306,7 @@ def check_train(args) -> dict:
     out = {"ok": True, "batch": args.batch, "workers": args.workers, "size": args.size}
     with tempfile.TemporaryDirectory() as tmp:
         write_store(
-            Path(tmp) / "store", bench_tiles(DEFAULT_SLIDE, args.tiles, args.size), args.size, shards=8
+            RunPaths(Path(tmp)).store, bench_tiles(DEFAULT_SLIDE, args.tiles, args.size), args.size, shards=8
         )
         arch, vit = args.archs[0], args.archs[-1]
         settings = [(arch, "bf16", False), (arch, "fp16", False), (arch, "bf16", True), (vit, "bf16", False)]

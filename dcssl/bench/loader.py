@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dcssl.paths import RunPaths
+
 __all__ = ["main", "bench_tiles", "write_store", "write_image_folder"]
 
 DEFAULT_SLIDE = Path(__file__).resolve().parents[2] / "tests" / "data" / "cmu-1-small-region.svs"
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
-        store = args.store_dir or Path(tmp) / "store"
+        store = args.store_dir or RunPaths(Path(tmp)).store
         if not _store_matches(store, args.shards, n_store):
             write_store(store, tiles, args.tile_px, args.shards, per_shard)
         write_image_folder(Path(tmp) / "folder", tiles)

@@ -135,6 +135,7 @@ def _deepcluster(args, name: str):
     """Features of the last epoch of a short DeepCluster run (the quality bench's recipe)."""
     from dcssl.bench.quality import RECIPE, TILES_RECIPE, _pretrain
     from dcssl.epochs.features import is_complete, open_features
+    from dcssl.paths import RunPaths
     from dcssl.store import Store
 
     run = (args.work or Path("runs/bench-rcc")) / name
@@ -143,19 +144,19 @@ def _deepcluster(args, name: str):
         from dcssl.tile.config import TileConfig
         from dcssl.tile.ingest import ingest_folder
 
-        if not (run / "store" / "manifest.json").is_file():
-            ingest_folder(args.crc / "train", run / "store", TileConfig(tile_size=64), "folders")
+        if not RunPaths(run).manifest.is_file():
+            ingest_folder(args.crc / "train", RunPaths(run).store, TileConfig(tile_size=64), "folders")
         recipe = TILES_RECIPE + ["train.augment.size=64"]
     else:
         from dcssl.evaluate.labelled import ingest_npz
 
-        ingest_npz(args.npz, run / "store", splits=("train",))
+        ingest_npz(args.npz, RunPaths(run).store, splits=("train",))
         recipe = RECIPE
     if not is_complete(run, args.epochs):  # a finished run is reused
         ns = argparse.Namespace(epochs=args.epochs, recipe=recipe, overrides=[])
         log.info("%s: DeepCluster, %d epochs: %.1f wall minutes", name, args.epochs, _pretrain(run, ns)[0])
     bank = open_features(run, args.epochs)
-    y = Store(run / "store").labels()
+    y = Store(RunPaths(run).store).labels()
     pick = _draw(bank.n, args.rows)
     return np.asarray(bank.rows(0, bank.n), dtype=np.float32)[pick], y[pick]
 

@@ -40,11 +40,12 @@ def _baseline(run_dir: str, queue) -> None:
     from dcssl.epochs.labels import read_labels
     from dcssl.evaluate.config import CurateConfig
     from dcssl.evaluate.curate import select
+    from dcssl.paths import RunPaths
     from dcssl.report.config import ReportConfig
     from dcssl.store import Store
 
     started = time.perf_counter()
-    store, cfg = Store(Path(run_dir) / "store"), ReportConfig()
+    store, cfg = Store(RunPaths(Path(run_dir)).store), ReportConfig()
     labels, features = read_labels(Path(run_dir), 1, store.n_tiles), bank_if_complete(Path(run_dir), 1)
     chosen = select(labels, features, CurateConfig(per_cluster=cfg.page_tiles, bins=cfg.bins))
     for index in chosen["source_index"]:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from dcssl.bench.loader import DEFAULT_SLIDE, bench_tiles, write_image_folder, write_store
+from dcssl.paths import RunPaths
 
 __all__ = ["main"]
 
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     tiles = bench_tiles(args.slide, args.tiles, 224)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         run_dir = Path(tmp) / "run"
-        write_store(run_dir / "store", tiles, 224, shards=16)
+        write_store(RunPaths(run_dir).store, tiles, 224, shards=16)
         write_image_folder(Path(tmp) / "folder", tiles)
         ours = _ours(run_dir, args, device)
         print(f"dcssl segment step   {ours:8.1f} images/s", flush=True)

@@ -175,9 +175,9 @@ def curate_run(run_dir: str | Path, cfg: CurateConfig) -> dict:
     run_dir = Path(run_dir)
     store = Store(RunPaths(run_dir).store)
     epoch = newest_epoch(run_dir) if cfg.epoch < 0 else cfg.epoch
-    out = run_dir / "curated"
+    out = RunPaths(run_dir).curated
     settings = {**asdict(cfg), "epoch": epoch}
-    manifest = out / "manifest.json"
+    manifest = RunPaths(run_dir).curated_manifest
     if manifest.is_file():
         previous = json.loads(manifest.read_text())
         if previous.get("settings") == settings:
@@ -213,13 +213,13 @@ def curate_run(run_dir: str | Path, cfg: CurateConfig) -> dict:
         "store": "store" if cfg.copy_tiles else None,
         "settings": settings,
     }
-    with atomic_path(out / "selection.npz") as tmp:
+    with atomic_path(RunPaths(run_dir).curated_selection) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **chosen)
     if cfg.copy_tiles:
-        _copy_tiles(store, index, out / "store")
-    elif (out / "store").is_dir():
-        shutil.rmtree(out / "store")
+        _copy_tiles(store, index, RunPaths(run_dir).curated_store)
+    elif RunPaths(run_dir).curated_store.is_dir():
+        shutil.rmtree(RunPaths(run_dir).curated_store)
     atomic_write_text(manifest, json.dumps(document))  # last: it marks the curation complete
     log.info(
         "curated %d tiles from %d clusters (epoch %d) into %s", len(index), document["n_clusters"], epoch, out

@@ -31,6 +31,7 @@ from dcssl.evaluate.config import EmbedConfig
 from dcssl.evaluate.encoder import FrozenEncoder, trained_encoder
 from dcssl.evaluate.features import extract_features
 from dcssl.evaluate.labelled import StoreSource
+from dcssl.paths import RunPaths
 from dcssl.store import Store
 from dcssl.train.config import TrainConfig
 from hpc.checkpoint import atomic_path
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 def default_embed_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "embed" / "features.h5"
+    return RunPaths(Path(run_dir)).embeddings
 
 
 def _identity(store: Store, cfg: EmbedConfig, train_cfg: TrainConfig, step: int | None, size: int) -> dict:

@@ -35,7 +35,7 @@ __all__ = ["torchvision_state_dict", "export_encoder", "default_export_path", "v
 
 
 def default_export_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "export" / "encoder.pt"
+    return RunPaths(Path(run_dir)).export
 
 
 def torchvision_state_dict(

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from dcssl.paths import RunPaths
 from dcssl.store import ShardWriter, Store, append_ledger, build_manifest, decode_tile
 
 __all__ = [
@@ -181,7 +182,7 @@ def _load_npz(path: Path, test_fraction: float, seed: int) -> LabelledSet:
 
 def find_store(path: Path) -> Store:
     """The store at ``path``: a store folder (with manifest.json) or a run directory."""
-    for root in (path, path / "store"):
+    for root in (path, RunPaths(path).store):
         if (root / "manifest.json").is_file():
             return Store(root)
     raise LabelledDataError(

@@ -27,6 +27,7 @@ from dcssl.evaluate.features import batches, extract_features
 from dcssl.evaluate.knn import knn_predict
 from dcssl.evaluate.labelled import LabelledSet, TileSource, fraction_subset, load_labelled
 from dcssl.evaluate.linear import linear_accuracy
+from dcssl.paths import RunPaths
 from dcssl.train.config import TrainConfig
 from dcssl.train.data import decode_batch
 from hpc.checkpoint import atomic_write_text
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 def eval_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "eval" / "eval.json"
+    return RunPaths(Path(run_dir)).evaluation
 
 
 def raw_pixel_features(source: TileSource, size: int = 0, batch_size: int = 1024) -> np.ndarray:

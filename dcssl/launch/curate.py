@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     print(
         f"curated {document['n_tiles']} tiles from {document['n_clusters']} clusters of epoch "
-        f"{document['epoch']}: {run_dir / 'curated' / 'manifest.json'}"
+        f"{document['epoch']}: {RunPaths(run_dir).curated_manifest}"
     )
     print_json_line(
         {k: document[k] for k in ("n_tiles", "n_clusters", "epoch", "per_cluster", "bins", "store")}

@@ -12,6 +12,7 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
+from dcssl.paths import RunPaths
 from dcssl.runlock import keep_held
 
 # Chosen so that the demo shows learning within ~2 CPU-minutes. Measured (5 epochs, seeds 0 and 1):
@@ -62,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _has_tiles(run_dir: Path) -> bool:
     from dcssl.store import Store
 
-    manifest = run_dir / "store" / "manifest.json"
-    return manifest.is_file() and Store(run_dir / "store").n_tiles > 0
+    paths = RunPaths(run_dir)
+    return paths.manifest.is_file() and Store(paths.store).n_tiles > 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
                 return code  # a slide that failed to tile (exit 1) stops nothing while others gave tiles
     print(
         f"\ndemo finished: {out}\n"
-        f"  report   {args.out / 'report' / 'index.html'}   (open it in a browser)\n"
-        f"  chart    {args.out / 'charts' / 'progress.png'}\n"
-        f"  metrics  {args.out / 'metrics.jsonl'}\n"
-        f"  encoder  {args.out / 'export'}\n"
+        f"  report   {RunPaths(args.out).report / 'index.html'}   (open it in a browser)\n"
+        f"  chart    {RunPaths(args.out).charts / 'progress.png'}\n"
+        f"  metrics  {RunPaths(args.out).metrics}\n"
+        f"  encoder  {RunPaths(args.out).export.parent}\n"
         f"  status   python -m dcssl.launch status {out}"
     )
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dcssl.config import load_run_config
 from dcssl.launch.common import UsageError, check_overrides, check_run_files, existing_run_dir
+from dcssl.paths import RunPaths
 from dcssl.report.build import ReportError, build_report
 
 
@@ -20,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     run_dir = existing_run_dir(args.run_dir)
-    if not (run_dir / "store" / "manifest.json").is_file():
-        raise UsageError(f"{run_dir / 'store'}: no tile store; tile the slides first")
+    if not RunPaths(run_dir).manifest.is_file():
+        raise UsageError(f"{RunPaths(run_dir).store}: no tile store; tile the slides first")
     if args.epoch is not None and args.epoch < 0:
         raise UsageError(f"--epoch {args.epoch}: give a clustered epoch ≥ 0")
     check_overrides(args.overrides, ("report",))  # a typo must not pass unseen

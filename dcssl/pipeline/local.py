@@ -104,7 +104,7 @@ def _error_line(log_file: Path) -> str:
         handle.seek(max(handle.seek(0, os.SEEK_END) - 8192, 0))
         lines = handle.read().decode(errors="replace").splitlines()
     last = next((line for line in reversed(lines) if line.strip()), "")
-    for prefix in ("error: ", "dcssl.train.segment.SegmentError: ", "hpc.integrity.DamagedFile: "):
+    for prefix in ("error: ", "dcssl.train.segment_errors.SegmentError: ", "hpc.integrity.DamagedFile: "):
         if last.startswith(prefix):
             return ": " + last[len(prefix) :]
     return ""

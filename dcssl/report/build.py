@@ -209,8 +209,8 @@ def build_report(run_dir: str | Path, epoch: int | None = None, cfg: ReportConfi
             (tmp / "img" / f"{name}.png").write_bytes(png)
         (tmp / "index.html").write_text(run_page(ctx))
         tmp.chmod(0o755)
-        _publish(tmp, run_dir / "report")
+        _publish(tmp, RunPaths(run_dir).report)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("report of epoch %d: %d cluster cards in %.1f s", epoch, len(cards), time.monotonic() - started)
-    return run_dir / "report" / "index.html"
+    return RunPaths(run_dir).report / "index.html"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dcssl.epochs.features import write_bank
+from dcssl.paths import RunPaths
 from dcssl.store import ShardWriter, append_ledger, build_manifest, encode_jpeg
 from dcssl.tile.qc import overview_images
 from dcssl.train.synthetic import write_pseudo_labels
@@ -79,7 +80,7 @@ def make_clustered_run(
     for s in range(n_slides):
         clusters = np.arange(s, k, n_slides)
         _shard(
-            run_dir / "store" / "shards" / f"slide-{s:04d}.h5",
+            RunPaths(run_dir).shard(f"slide-{s:04d}"),
             f"slide-{s:04d}",
             clusters,
             per_cluster,
@@ -87,7 +88,7 @@ def make_clustered_run(
             rng,
         )
         order.append(np.repeat(clusters, per_cluster))
-    store = build_manifest(run_dir / "store")
+    store = build_manifest(RunPaths(run_dir).store)
     labels0 = np.concatenate(order).astype(np.int32)
     append_ledger(
         store.root, {"slide": FAILED_SLIDE, "status": "failed", "stage": "open", "reason": FAILED_REASON}

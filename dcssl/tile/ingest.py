@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dcssl.paths import RunPaths
 from dcssl.slides.tissue import background_fraction
 from dcssl.store import ShardWriter, append_ledger, build_manifest, encode_jpeg, shard_name
 from dcssl.tile.config import TileConfig
@@ -157,7 +158,7 @@ def ingest_folder(
                 "source": str(folder),
             },
         )
-    if (root.parent / "tile" / "slides.json").is_file() and root.name == "store":
+    if RunPaths(root.parent).slide_list.is_file() and root.name == "store":
         from dcssl.tile.run import finalize  # a run's store: keep the slide list's order first
 
         finalize(root.parent)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dcssl.paths import RunPaths
+
 __all__ = ["StepScalars"]
 
 
@@ -20,7 +22,7 @@ class StepScalars:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 return
-            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), flush_secs=30)
+            self._writer = SummaryWriter(log_dir=str(RunPaths(Path(run_dir)).tensorboard), flush_secs=30)
 
     def add(self, step: int, **scalars: float) -> None:
         if self._writer is not None:
