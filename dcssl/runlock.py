@@ -25,7 +25,7 @@ from pathlib import Path
 
 from dcssl.paths import RunPaths
 from hpc.lock import FileLock, LockHeld, describe_holder, holder_id, process_alive, process_start
-from hpc.queue import live_jobs
+from hpc.queue import ENDED, ENDED_OK, job_states
 
 __all__ = [
     "RunInUse",
@@ -93,13 +93,23 @@ def _live_lease(record: dict) -> str:
 
 
 def _live_chain(jobs: list[str]) -> dict[str, tuple[str, str]]:
-    """The lease's jobs (in submission order) that still hold the run: running, or queued for a
-    reason other than a dependency — a job waiting on a dependency counts only while an earlier
-    job of the lease does (behind a cancelled or failed link it will never run)."""
-    queued, live = live_jobs(jobs), {}
-    for job in jobs:
-        state = queued.get(job)
-        if state and state[1] not in _BROKEN and (state[1] != "Dependency" or live):
+    """The lease's jobs that still hold the run (see chain_holders)."""
+    return chain_holders(jobs, job_states(jobs))
+
+
+def chain_holders(jobs: list[str], states: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """The lease's jobs (in submission order, ``states`` from the queue, ended ones included) that
+    still hold the run: running, or queued for a reason other than a dependency. A job waiting on
+    a dependency holds it while an earlier job of the lease is live, or when the job just before it
+    has COMPLETED — the seconds before the scheduler starts the next link of an afterok chain.
+    Behind a cancelled or failed link it never runs, so it holds nothing."""
+    live: dict[str, tuple[str, str]] = {}
+    for before, job in zip([None, *jobs], jobs):
+        state = states.get(job)
+        if not state or state[0] in ENDED or state[1] in _BROKEN:
+            continue
+        waits = state[1] == "Dependency"
+        if not waits or live or (before is not None and states.get(before, ("",))[0] == ENDED_OK):
             live[job] = state
     return live
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
-from slurm_helpers import scancel, wait_until
+from slurm_helpers import sbatch, scancel, wait_for_job_end, wait_until
 
+from dcssl.runlock import chain_holders
 from hpc.checkpoint import CheckpointManager
 from hpc.preemption import Preempted, RequeueableJob
+from hpc.queue import job_states, live_jobs
 from hpc.submit import ExecutorConfig, make_executor, submit_array, wait_all
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -94,3 +96,22 @@ def test_requeueable_job_checkpoints_on_usr2_and_resumes(slurm_cluster, submitit
     total, restarts = job.result()
     assert total == sum(range(61)) and restarts == 1
     assert CheckpointManager(tmp_path / "ckpt", load_fn=_load_json).steps()  # it did checkpoint
+
+
+@pytest.mark.slurm
+def test_afterok_chain_holds_the_run_until_its_last_job_ends(slurm_cluster, tmp_path):
+    """Polled as fast as squeue answers, an afterok chain of two short jobs holds the run at every
+    look until its second job has ended — including the seconds between the first job's end and
+    the second one's start, when the second still shows PENDING (Dependency)."""
+    first, _, _ = sbatch("sleep 2\n", tmp_path / "a")
+    second, _, _ = sbatch("sleep 1\n", tmp_path / "b", [f"--dependency=afterok:{first}"])
+    chain, seen = [first, second], set()
+    while True:
+        states = job_states(chain)
+        if states.get(second, ("",))[0] == "COMPLETED":
+            break
+        seen.add(tuple(states.get(j, ("?", ""))[0] for j in chain))
+        assert chain_holders(chain, states), f"chain {chain} held nothing at {states}"
+    assert wait_for_job_end(second) == "COMPLETED"
+    assert chain_holders(chain, job_states(chain)) == {} and live_jobs(chain) == {}
+    assert ("RUNNING", "PENDING") in seen or ("PENDING", "PENDING") in seen, seen
