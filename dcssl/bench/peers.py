@@ -3,7 +3,9 @@
 Each peer trains the trunk that ``train.model`` builds (``DeepClusterNet(...).trunk``, Sobel
 included), on the same store, with dcssl's batch augmentations (two views per tile from the
 tile's seeded uniform streams, the same recipe DeepCluster trains with), at the same input size,
-in this process on the configured threads. Heads and losses are lightly's. Training stops when
+in this process on the configured threads and with DeepCluster's precision (``train.precision``:
+bf16 autocast on CPUs with native bf16, as the Trainer does) and memory format. Heads and losses
+are lightly's. Training stops when
 both budgets are spent — ``images`` tiles drawn and ``cpu_seconds`` of CPU time — and the trunk is
 snapshotted at each, so one run gives the encoder at equal images seen and at equal CPU time.
 """
@@ -25,6 +27,7 @@ from dcssl.train.augment import MultiCrop, sample_seeds, view_uniforms
 from dcssl.train.config import TrainConfig
 from dcssl.train.data import TileDataset, decode_batch
 from dcssl.train.model import DeepClusterNet
+from dcssl.train.trainer import resolve_precision
 
 __all__ = ["PEERS", "PeerResult", "train_peer", "cpu_seconds"]
 
@@ -51,8 +54,9 @@ class PeerResult:
 class _Peer(nn.Module):
     """trunk → method head; ``loss(view_a, view_b)``."""
 
-    def __init__(self, method: str, net: DeepClusterNet):
+    def __init__(self, method: str, net: DeepClusterNet, amp_dtype: torch.dtype | None = None):
         super().__init__()
+        self.amp_dtype = amp_dtype
         from lightly.loss import NegativeCosineSimilarity, NTXentLoss, SwaVLoss
         from lightly.models import modules
 
@@ -76,7 +80,9 @@ class _Peer(nn.Module):
 
     def features(self, x: torch.Tensor, net: DeepClusterNet | None = None) -> torch.Tensor:
         net = net or self.net
-        return net.trunk(net.sobel(x) if net.sobel is not None else x)
+        # the trunk under autocast as DeepCluster's is; heads and losses (Sinkhorn, NT-Xent) in fp32
+        with torch.autocast("cpu", dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            return net.trunk(net.sobel(x) if net.sobel is not None else x).float()
 
     def loss(self, a: torch.Tensor, b: torch.Tensor, progress: float) -> torch.Tensor:
         if self.method == "simclr":
@@ -100,7 +106,14 @@ def _views(dataset: TileDataset, crop: MultiCrop, seed: int, epoch: int, index: 
     images = decode_batch(dataset.read_encoded(index), dataset.tile_size)
     u = torch.from_numpy(view_uniforms(sample_seeds(seed, epoch, pos), 2))
     views, _ = crop(images, u)
-    return views[0], views[1]
+    return [v.contiguous(memory_format=torch.channels_last) for v in views[:2]]
+
+
+def _cpu_amp_dtype(precision: str) -> torch.dtype | None:
+    """DeepCluster's autocast dtype on the CPU (the Trainer's rule), so CPU time is comparable;
+    fp16 (a GPU setting that needs a gradient scaler) trains in fp32 here."""
+    dtype = resolve_precision(precision, torch.device("cpu"))
+    return None if dtype == torch.float16 else dtype
 
 
 def train_peer(
@@ -114,7 +127,7 @@ def train_peer(
     """Train ``method`` until ``images`` tiles are drawn and ``cpu_budget_s`` CPU seconds spent."""
     torch.manual_seed(cfg.seed)
     net = DeepClusterNet(cfg.model, k=1)
-    peer = _Peer(method, net)
+    peer = _Peer(method, net, _cpu_amp_dtype(cfg.precision)).to(memory_format=torch.channels_last)
     params = [p for p in peer.parameters() if p.requires_grad]
     lr = 0.06 * cfg.data.batch_size / 256  # lightly's benchmark settings (SGD + cosine)
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)

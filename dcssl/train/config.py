@@ -52,6 +52,11 @@ class ModelConfig:
     softmax would start (and stay) near uniform."""
     head_init_std: float = 0.01
     """Std of the normal the head weights are re-drawn from at each reset (DeepCluster: 0.01)."""
+    head_init: Literal["random", "centroids"] = "random"
+    """How each epoch's head starts: random = N(0, head_init_std) (DeepCluster v1); centroids =
+    the L2-normalised mean embedding of each cluster in the previous epoch's feature bank, so the
+    logits start as cosine similarity to the centroids / temperature (DeepCluster-v2; keep it
+    fixed with optim.head_frozen)."""
 
     def __post_init__(self) -> None:
         _positive(self, "width", "proj_dim", "temperature", "head_init_std")
@@ -59,6 +64,8 @@ class ModelConfig:
             raise ValueError(f"width must be a multiple of 8, got {self.width}")
         if self.stem not in ("imagenet", "small"):
             raise ValueError(f"stem must be 'imagenet' or 'small', got {self.stem!r}")
+        if self.head_init not in ("random", "centroids"):
+            raise ValueError(f"head_init must be 'random' or 'centroids', got {self.head_init!r}")
         if self.proj_hidden < 0:
             raise ValueError(f"proj_hidden must be ≥ 0, got {self.proj_hidden}")
         if self.arch.startswith("vit_") and (self.stem != "imagenet" or self.sobel):
@@ -188,6 +195,10 @@ class OptimConfig:
     """L2 penalty (DeepCluster: 1e-5)."""
     head_lr_scale: float = 1.0
     """The head's learning rate is lr × this."""
+    head_frozen: float = 0.0
+    """Fraction of every epoch (from its start) during which the head is not trained (lr 0): with
+    model.head_init=centroids, 1.0 is DeepCluster-v2 (the centroids are the classifier), a
+    fraction lets the trunk adapt to the new clusters before the head moves."""
     schedule: Literal["constant", "cosine"] = "constant"
     """constant (DeepCluster v1) or cosine decay to min_lr at the end of `epochs`."""
     epochs: int = 100
@@ -199,7 +210,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "lr", "epochs", "head_lr_scale")
-        _fraction(self, "momentum")
+        _fraction(self, "momentum", "head_frozen")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.min_lr < 0:
             raise ValueError("weight_decay, warmup_epochs and min_lr must be ≥ 0")
 

@@ -208,6 +208,21 @@ class DeepClusterNet(nn.Module):
                 optimizer.state.pop(p, None)
         return grew
 
+    @torch.no_grad()
+    def set_head_weights(self, centroids: torch.Tensor) -> None:
+        """Use ``centroids`` (k × d, unit rows) as the head's first k rows, bias 0 (DeepCluster-v2:
+        logits = cosine to the centroids / temperature); all-zero rows (empty clusters) keep
+        their random draw."""
+        k = centroids.shape[0]
+        if k != self.k or centroids.shape[1] != self.head.weight.shape[1]:
+            raise ValueError(
+                f"centroids are {tuple(centroids.shape)}, the head has k={self.k} of {self.cfg.proj_dim}"
+            )
+        filled = centroids.abs().sum(1) > 0
+        rows = self.head.weight[:k]
+        rows[filled] = centroids[filled].to(rows)
+        self.head.bias.zero_()
+
     def trunk_parameters(self) -> list[nn.Parameter]:
         """Everything but the head (trunk and projection)."""
         head = {id(p) for p in self.head.parameters()}

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from dcssl.epochs.features import open_bank
 from dcssl.paths import RunPaths
 from dcssl.train.augment import BatchAugment, MultiCrop, eval_transform, mix_seed
 from dcssl.train.config import TrainConfig
@@ -28,7 +29,7 @@ from dcssl.train.model import DeepClusterNet
 from dcssl.train.sampler import UniformClusterSampler, labels_digest
 from hpc.env import DistEnv
 
-__all__ = ["Trainer", "StepOutput", "resolve_precision", "all_reduce_sum"]
+__all__ = ["Trainer", "StepOutput", "resolve_precision", "all_reduce_sum", "cluster_centroids"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Trainer:
 
     def __init__(self, run_dir: str | Path, cfg: TrainConfig, env: DistEnv, device: torch.device, k: int = 1):
         self.cfg, self.env, self.device = cfg, env, device
+        self.run_dir = Path(run_dir)
         self.amp_dtype = resolve_precision(cfg.precision, device)
         # fp16 overflows/underflows gradients without loss scaling; bf16 has fp32's range
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
@@ -149,6 +151,8 @@ class Trainer:
         generator = torch.Generator().manual_seed(mix_seed(self.cfg.seed, epoch, 0x4EAD))
         if self.model.reset_head(k, self.optimizer, generator):
             self.ddp = None  # the head grew: DDP's buckets no longer fit, re-wrap once
+        if self.cfg.model.head_init == "centroids":
+            self.model.set_head_weights(cluster_centroids(open_bank(self.run_dir, epoch - 1), labels, k))
         self.epoch, self.position = epoch, 0
         self.sampler.set_epoch(epoch, 0)
 
@@ -176,6 +180,11 @@ class Trainer:
             progress = min(t / o.epochs, 1.0)
             return o.min_lr + (o.lr - o.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
         return o.lr
+
+    @property
+    def head_frozen(self) -> bool:
+        """True in the part of the epoch (``optim.head_frozen``) where the head is not trained."""
+        return self.step_in_epoch < self.cfg.optim.head_frozen * self.steps_per_epoch
 
     # ------------------------------------------------------------------ stepping
     def _wrapped(self) -> torch.nn.Module:
@@ -228,8 +237,9 @@ class Trainer:
         model = self._wrapped()
         model.train()
         lr = self.lr_at(self.epoch, self.step_in_epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
+        trunk_group, head_group = self.optimizer.param_groups
+        trunk_group["lr"] = lr * trunk_group["lr_scale"]
+        head_group["lr"] = 0.0 if self.head_frozen else lr * head_group["lr_scale"]
         images = self.inputs(batch)
         target = self.dataset.labels_for(batch["index"]).to(self.device, non_blocking=True)
         with self.autocast():
@@ -291,6 +301,18 @@ class Trainer:
             _set_python_rng(rng["python"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def cluster_centroids(bank: np.ndarray, labels: np.ndarray, k: int, block: int = 1 << 16) -> torch.Tensor:
+    """(k, d) L2-normalised mean embedding of each cluster (labels −1 left out); an empty
+    cluster's row is all zeros. Summed in float64 in blocks, so the memmapped bank is read once."""
+    sums = np.zeros((k, bank.shape[1]), dtype=np.float64)
+    for lo in range(0, len(labels), block):
+        rows, lab = bank[lo : lo + block], labels[lo : lo + block]
+        keep = lab >= 0
+        np.add.at(sums, lab[keep], rows[keep].astype(np.float64))
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return torch.from_numpy(np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)).float()
 
 
 # RNG states as tensors, ints and lists: what torch.load(weights_only=True) accepts

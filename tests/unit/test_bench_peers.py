@@ -51,3 +51,10 @@ def test_quality_bench_rejects_unknown_peers_and_missing_folders(tmp_path, capsy
     assert quality(["--tiles", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs train/ and test/ folders" in err[0]
+
+
+def test_pretraining_minutes_add_up_over_invocations_of_one_run(tmp_path):
+    from dcssl.bench.quality import _add_pretrain_minutes
+
+    assert _add_pretrain_minutes(tmp_path, 2.0, 3.5) == (2.0, 3.5)
+    assert _add_pretrain_minutes(tmp_path, 0.25, 0.5) == (2.25, 4.0)  # a --peers re-run of a finished run
