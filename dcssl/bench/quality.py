@@ -29,6 +29,7 @@ from dcssl.evaluate.labelled import LabelledSet, StoreSource, ingest_npz, load_l
 from dcssl.evaluate.run import _headline, evaluate_encoders, format_table
 from dcssl.launch.common import UsageError
 from dcssl.launch.train import resolve, run_loop
+from dcssl.paths import RunPaths
 from hpc.checkpoint import atomic_write_text
 from hpc.config import ConfigError
 
@@ -139,7 +140,7 @@ def _pretrain(run_dir: Path, args) -> tuple[float, float]:
     started, cpu = time.time(), cpu_seconds() + cpu_seconds(children=True)
     paths, cfg = resolve(ns)
     if run_loop(paths, cfg, wait=True) != 0:
-        raise SystemExit(f"error: the DeepCluster loop failed; see {run_dir / 'logs'}")
+        raise SystemExit(f"error: the DeepCluster loop failed; see {RunPaths(run_dir).logs}")
     spent = cpu_seconds() + cpu_seconds(children=True) - cpu
     return _add_pretrain_minutes(run_dir, (time.time() - started) / 60, spent / 60)
 
@@ -166,7 +167,7 @@ def _labelled(args, run_dir: Path) -> LabelledSet:
     ingest_folder(
         args.tiles / "test", run_dir / "eval-test", TileConfig(tile_size=args.size), "folders", "test"
     )
-    ref, query = Store(run_dir / "store"), Store(run_dir / "eval-test")
+    ref, query = Store(RunPaths(run_dir).store), Store(run_dir / "eval-test")
     return LabelledSet(
         StoreSource(ref), ref.labels(), StoreSource(query), query.labels(), f"{args.tiles}: train/ → test/"
     )
@@ -174,12 +175,12 @@ def _labelled(args, run_dir: Path) -> LabelledSet:
 
 def _ingest(args, run_dir: Path) -> int:
     if args.npz:
-        return len(ingest_npz(args.npz, run_dir / "store", splits=("train",)))
+        return len(ingest_npz(args.npz, RunPaths(run_dir).store, splits=("train",)))
     from dcssl.tile.config import TileConfig
     from dcssl.tile.ingest import ingest_folder
 
     train = args.tiles / "train"
-    return ingest_folder(train, run_dir / "store", TileConfig(tile_size=args.size), "folders", "train")[
+    return ingest_folder(train, RunPaths(run_dir).store, TileConfig(tile_size=args.size), "folders", "train")[
         "written"
     ]
 
@@ -188,7 +189,7 @@ def _images_seen(run_dir: Path, batch_size: int) -> int:
     """Tiles DeepCluster trained on (one process): its epochs' steps × batch (epoch 0 only embeds)."""
     from dcssl.jsonl import read_jsonl
 
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = read_jsonl(RunPaths(run_dir).metrics)
     steps = {r["epoch"]: r["steps"] for r in records if r.get("kind") == "train_epoch" and r["epoch"] > 0}
     return int(sum(steps.values()) * batch_size)
 
@@ -201,7 +202,7 @@ def _peers(args, run_dir: Path, train_cfg, images: int, cpu_minutes: float) -> t
     encoders, facts = {}, {}
     for method in args.peers:
         log.info("peer %s: to %d images and %.1f CPU minutes", method, images, cpu_minutes)
-        result = train_peer(method, run_dir / "store", train_cfg, images, cpu_minutes * 60)
+        result = train_peer(method, RunPaths(run_dir).store, train_cfg, images, cpu_minutes * 60)
         for at, net in result.snapshots.items():
             encoders[f"{method}@{at}"] = LoadedEncoder(net, result.images_at[at], None, None)
         facts[method] = {
@@ -238,7 +239,7 @@ def _main(argv: list[str] | None) -> int:
     run_dir = args.run or Path(tempfile.mkdtemp(prefix="dcssl-quality-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    log.info("store: %d train tiles in %s", _ingest(args, run_dir), run_dir / "store")
+    log.info("store: %d train tiles in %s", _ingest(args, run_dir), RunPaths(run_dir).store)
     pretrain_minutes, pretrain_cpu = _pretrain(run_dir, args)
 
     from dcssl.config import load_run_config

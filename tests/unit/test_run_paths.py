@@ -17,9 +17,7 @@ RUN_NAMES = {
 }  # fmt: skip
 """Names of a run's files and folders (README, "On-disk layout of a run"); what is inside the store
 (manifest.json, shards/) is dcssl.store's to spell."""
-IN_FLIGHT = {
-    "dcssl/bench/quality.py": "i16-quality",
-}
+IN_FLIGHT: dict[str, str] = {}
 """Modules other branches are editing this session: converted once those merge (then empty this)."""
 
 
