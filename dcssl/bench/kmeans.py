@@ -12,7 +12,8 @@ a run's mean (pruning makes later iterations cheaper). Last line: one JSON objec
 ``--preset deepcluster`` is DeepCluster's setting (1 M × 256, k = 10,000, 20 iterations) on a
 1,000-component mixture, started from this job's k-means|| (timed on the ranks: ``init_s``);
 ``--faiss-iters`` / ``--check-rows`` shorten faiss's timing and the 1-rank checks when the whole
-run does not fit the time at hand (the JSON says what was run).
+run does not fit the time at hand (the JSON says what was run). ``--preset init-quality``: the
+inertia after 20 iterations from k-means|| vs k-means++ (``_kmeans_init``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dcssl.bench._kmeans_init import init_quality
 from dcssl.bench._kmeans_ranks import _BLOCK, _ours, per_row, run_ranks
 from dcssl.cluster.seeding import AUTO_PARALLEL_FROM
 
@@ -130,7 +132,12 @@ PRESETS = {
 
 def _args(argv):
     p = argparse.ArgumentParser(prog="python -m dcssl.bench kmeans", description=__doc__.split("\n")[0])
-    p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="sizes (options below win)")
+    p.add_argument(
+        "--preset",
+        choices=[*sorted(PRESETS), "init-quality"],
+        default="small",
+        help="sizes (options below win); init-quality: k-means|| vs k-means++ after 20 iterations",
+    )
     p.add_argument("--n", type=int, help="rows")
     p.add_argument("--d", type=int, help="dimension")
     p.add_argument("--k", type=int, help="clusters")
@@ -156,7 +163,13 @@ def _args(argv):
         type=int,
         help="rows of the 1-rank identity and same-start inertia checks (default: all)",
     )
+    p.add_argument(
+        "--npz", type=Path, default=Path("tests/data/bloodmnist.npz"), help="init-quality: BloodMNIST"
+    )
+    p.add_argument("--seeds", type=int, default=4, help="init-quality: seeds per case")
     args = p.parse_args(argv)
+    if args.preset == "init-quality":
+        return args
     names = ("n", "d", "k", "iters", "components", "init", "min_seconds")
     for name, value in zip(names, PRESETS[args.preset], strict=True):
         if getattr(args, name) is None:
@@ -169,6 +182,8 @@ def _args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    if args.preset == "init-quality":
+        return init_quality(args.npz, args.seeds, args.threads)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(args.threads)

@@ -34,6 +34,10 @@ AUTO_PARALLEL_FROM = 1000
 # k-means|| rounds (Bahmani et al.: 5 suffice) and candidates drawn in all, in units of k.
 _ROUNDS = 5
 _OVERSAMPLE = 2.0
+# Trials per pick of the weighted k-means++ reduction, the best kept (greedy, as scikit-learn's
+# k-means++): plain D² sampling left inertia after 20 iterations +0.15 % above greedy k-means++;
+# 3 trials: +0.03 % (noise level), at 6 s instead of 2 s for 20 k candidates, k = 10,000.
+_REDUCE_TRIALS = 3
 # Sample rows per centroid k-means|| draws from when ``sample`` is 0.
 _PER_CENTROID = 10
 # Centroids per batch of the weighted k-means++ reduction, in units of k.
@@ -59,6 +63,7 @@ def kmeans_parallel(
     resume: dict | None = None,
     on_round: Callable[[dict], None] | None = None,
     refiner: Refiner | None = None,
+    trials: int = _REDUCE_TRIALS,
 ) -> np.ndarray:
     """k-means|| on ``sample`` rows (0: max(10 k, 10 000)), each rank measuring its own share.
 
@@ -108,7 +113,7 @@ def kmeans_parallel(
     weights = _allreduce(np.bincount(near, minlength=len(c)).astype(np.int64), comm)
     out = np.zeros((k, x_local.shape[1]), dtype=np.float32)
     if comm.Get_rank() == 0:
-        out[:] = _reduce(c, weights, k, seed)
+        out[:] = _reduce(c, weights, k, seed, trials)
     out = broadcast(out, comm)
     if refine:  # Lloyd on the distributed sample (pruned: the later passes cost little)
         out = _needs(refiner)(xs, out, comm, refine)[0]
@@ -155,9 +160,10 @@ def _closer(xs: np.ndarray, new: np.ndarray, offset: int, d2: np.ndarray, near: 
         near[lo:hi][closer] = offset + labels[closer]
 
 
-def _reduce(c: np.ndarray, weights: np.ndarray, k: int, seed: int) -> np.ndarray:
+def _reduce(c: np.ndarray, weights: np.ndarray, k: int, seed: int, trials: int = 1) -> np.ndarray:
     """k of the candidates by weighted k-means++ (D²·weight sampling), in batches of k/128
-    drawn without replacement; one BLAS thread, so the picks do not depend on thread counts."""
+    drawn without replacement, ``trials`` draws per pick of which the greedy best is kept; one
+    BLAS thread, so the picks do not depend on thread counts."""
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng([seed, 6])
@@ -179,9 +185,27 @@ def _reduce(c: np.ndarray, weights: np.ndarray, k: int, seed: int) -> np.ndarray
             keys = rng.standard_exponential(len(c)) / np.where(p > 0, p, np.nan)
             keys[np.isnan(keys)] = np.inf
             keys[picks] = np.nan  # never again (sorted last)
-            new = np.argsort(keys, kind="stable")[: min(batch, left)]
+            take = min(batch, left)
+            tries = max(1, min(trials, (len(c) - len(picks)) // take))  # never an earlier pick
+            new = np.argsort(keys, kind="stable")[: take * tries]
+            if tries > 1:
+                new = _greedy(c, cc, w, closest, new.reshape(take, tries))
             picks.extend(int(i) for i in new)
     return c[np.array(picks)]
+
+
+def _greedy(c, cc, w, closest, slots):
+    """Per slot, the trial that lowers the weighted cost most (slots in order, each seeing the
+    previous slots' picks); the trials' distances in one product per batch."""
+    flat = slots.ravel()
+    d = np.maximum(cc[None, :] - 2.0 * (c[flat] @ c.T) + cc[flat, None], 0.0).reshape(*slots.shape, -1)
+    out, closest = [], closest.copy()
+    for trial, dist in zip(slots, d, strict=True):
+        cand = np.minimum(closest[None, :], dist)
+        best = int(np.argmin(cand @ w))
+        closest = cand[best]
+        out.append(int(trial[best]))
+    return np.array(out)
 
 
 def sample_index(n: int, m: int, seed: int, stream: int) -> np.ndarray:

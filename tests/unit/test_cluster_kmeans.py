@@ -343,3 +343,21 @@ def test_group_bounds_on_the_cuda_path_match_numpy(monkeypatch):
     assert min(gpu[2]["rescanned_fraction_per_iteration"]) < 0.5
     np.testing.assert_array_equal(cpu[0], gpu[0])
     np.testing.assert_array_equal(cpu[1], gpu[1])
+
+
+def _weighted_cost(c: np.ndarray, w: np.ndarray, centers: np.ndarray) -> float:
+    return float(w @ assign(c, centers)[1].astype(np.float64))
+
+
+def test_greedy_reduction_keeps_distinct_picks_and_lowers_the_weighted_cost():
+    from dcssl.cluster.seeding import _reduce
+
+    c = _mixture(3000, 16, 40, seed=6)
+    w = np.random.default_rng(6).integers(1, 20, len(c))
+    for seed in range(3):
+        plain, greedy = _reduce(c, w, 300, seed, 1), _reduce(c, w, 300, seed, 3)
+        assert np.array_equal(greedy, _reduce(c, w, 300, seed, 3))  # deterministic per seed
+        assert len(np.unique(greedy, axis=0)) == 300
+        assert _weighted_cost(c, w, greedy) < _weighted_cost(c, w, plain)
+    few = c[:302]  # fewer candidates than picks × trials: no candidate is picked twice
+    assert len(np.unique(_reduce(few, w[:302], 300, 0, 3), axis=0)) == 300
