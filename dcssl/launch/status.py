@@ -1,7 +1,8 @@
 """``launch status RUN_DIR [--json]``: slides done / failed (with reasons) / pending, tiles.
 
 Works while the array runs (from the shards and the ledger; no manifest needed). Once every slide
-was attempted it writes the store manifest if the finalize job did not (e.g. a plain sbatch array). ``--json``
+was attempted it writes the store manifest if the finalize job did not (e.g. a plain sbatch array),
+under the run lock; while another launcher or job holds the run it leaves that to the holder. ``--json``
 prints one object: ``slides``, ``done``, ``pending``, ``tiles`` (counts), ``failed`` (a list of
 ``{"slide", "stage", "reason"}``), ``notes`` (done slides with something to say), ``manifest``
 (path or null) and ``metrics`` (the latest line of metrics.jsonl, or null).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,8 +21,11 @@ from dcssl.launch.common import check_run_files, existing_run_dir
 from dcssl.paths import RunPaths
 from dcssl.pipeline.progress import loop_progress
 from dcssl.pipeline.report import epoch_table
+from dcssl.runlock import RunInUse, hold_run
 from dcssl.store import Store
-from dcssl.tile.run import Summary, maybe_finalize, summarize
+from dcssl.tile.run import Summary, manifest_due, maybe_finalize, summarize
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,11 +41,23 @@ def _store_only(paths: RunPaths) -> Summary:
     return Summary(slides=len(store.shards), done=len(store.shards), tiles=store.n_tiles)
 
 
+def _finalize_unless_held(paths: RunPaths, summary: Summary) -> None:
+    """Status is a reader: it writes the overdue manifest only with the run to itself (a holder,
+    e.g. the finalize job or a tile launcher, writes it anyway); it never waits or refuses."""
+    if not manifest_due(paths.root, summary):
+        return
+    try:
+        with hold_run(paths, "launch status (writing the store manifest)"):
+            maybe_finalize(paths.root, summary)
+    except RunInUse as held:
+        log.info("store manifest not written: %s", held)
+
+
 def collect(run_dir: Path) -> dict:
     paths = RunPaths(run_dir)
     if paths.slide_list.is_file():
         summary = summarize(run_dir)
-        maybe_finalize(run_dir, summary)  # an array that ended without its finalize job
+        _finalize_unless_held(paths, summary)  # an array that ended without its finalize job
     else:
         summary = _store_only(paths)
     manifest = paths.manifest

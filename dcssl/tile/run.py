@@ -43,6 +43,7 @@ __all__ = [
     "tile_element",
     "pending_indices",
     "finalize",
+    "manifest_due",
     "maybe_finalize",
     "FinalizeTask",
     "Summary",
@@ -213,14 +214,19 @@ def finalize(run_dir: str | Path, refs: list[SlideRef] | None = None):
     return build_manifest(paths.store, _manifest_order(paths, refs))
 
 
-def maybe_finalize(run_dir: str | Path, summary: Summary) -> bool:
-    """Build the manifest when every slide was attempted and the ledger changed since the last
-    manifest (a status call after an array ended without its finalize job, e.g. plain sbatch)."""
+def manifest_due(run_dir: str | Path, summary: Summary) -> bool:
+    """Every slide was attempted and the ledger changed since the last manifest (an array that
+    ended without its finalize job, e.g. plain sbatch)."""
     paths = RunPaths(Path(run_dir))
     ledger = paths.store / "ledger.jsonl"
     if summary.pending or not ledger.is_file():
         return False
-    if paths.manifest.is_file() and paths.manifest.stat().st_mtime_ns >= ledger.stat().st_mtime_ns:
+    return not (paths.manifest.is_file() and paths.manifest.stat().st_mtime_ns >= ledger.stat().st_mtime_ns)
+
+
+def maybe_finalize(run_dir: str | Path, summary: Summary) -> bool:
+    """Build the manifest when ``manifest_due``; the caller holds the run lock."""
+    if not manifest_due(run_dir, summary):
         return False
     finalize(run_dir)
     log.info(

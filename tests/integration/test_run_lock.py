@@ -2,7 +2,8 @@
 array keeps its run after its launcher is killed -9 (its elements' pids are the lease) and the
 run is taken over once they end; writers into a run (export, embed, eval, curate, a new ingest)
 hold it exclusively while readers writing elsewhere need no lock; a refused multi-rank job stops
-on every rank (gloo and MPI); Ctrl-C in a local job puts one line in its own log."""
+on every rank (gloo and MPI); Ctrl-C in a local job puts one line in its own log; `launch status`
+writes an overdue store manifest only when no one else holds the run."""
 
 from __future__ import annotations
 
@@ -293,3 +294,30 @@ def test_a_script_runs_under_holdrun_and_its_jobs_join_the_lease(tmp_path, holde
     refused = subprocess.run([*hold, "touch", str(marker)], capture_output=True, text=True)
     assert_refused(refused, f"run in use by pid {pid} on host {HOST}")
     assert not marker.exists()
+
+
+def test_status_writes_an_overdue_manifest_only_with_the_run_to_itself(tmp_path, holder):
+    from dcssl.config import load_run_config
+    from dcssl.slides.synthetic import Rect, write_slide
+    from dcssl.tile.prepare import prepare_run
+    from dcssl.tile.run import tile_element
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for i in range(2):
+        write_slide(folder / f"s{i}.tif", 1024, 768, [Rect(128 + 32 * i, 128, 512, 384)], tile=256)
+    run = tmp_path / "run"
+    refs = prepare_run(run, str(folder), load_run_config(run, None, ["tile.workers=1"]))
+    for index in range(len(refs)):  # a plain array that ended without its finalize job
+        tile_element(run, index, None, ["tile.workers=1"])
+    manifest = run / "store" / "manifest.json"
+    pid = holder(run)
+    before = tree_hash(run)
+    held = launch("status", str(run))
+    assert held.returncode == 0, held.stderr
+    assert "manifest: not yet" in held.stdout and f"pid {pid}" in held.stderr
+    assert tree_hash(run) == before and not manifest.exists()  # the holder's to write
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not is_locked(run / "run.lock"), 30, "the holder to go")
+    free = launch("status", str(run))
+    assert free.returncode == 0 and f"manifest: {manifest}" in free.stdout, free.stderr
