@@ -30,18 +30,21 @@ __all__ = ["init_centroids", "kmeans_parallel", "sample_index", "auto_method", "
 Refiner = Callable[[np.ndarray, np.ndarray, object, int], tuple[np.ndarray, float]]
 
 # init=auto: greedy k-means++ while its estimated cost on rank 0 stays within this many flop
-# (≈ 60 s at the ≈ 10 GFLOP/s its one-pick-at-a-time products run at here; at d = 256 and the
-# default sample and restarts that is k ≤ 1,100, at d = 64 k ≤ 2,200), k-means|| beyond: where
-# both run k-means++ ends lower (init-quality bench), so it is kept for as long as it is affordable.
+# (≈ 30 s at the 19 GFLOP/s its one-pick-at-a-time products ran at here, load 2; ≈ 60 s at the
+# 10 GFLOP/s of a loaded machine; at d = 256 and the default sample and restarts that is
+# k ≤ 1,100, at d = 64 k ≤ 2,200), k-means|| beyond: where both run, k-means++ ends lower
+# (init-quality bench), so it is kept for as long as it is affordable.
 AUTO_KMEANSPP_FLOP = 6e11
 # k-means|| rounds (Bahmani et al.: 5 suffice) and candidates drawn in all, in units of k.
 _ROUNDS = 5
 _OVERSAMPLE = 2.0
 # Trials per pick of the weighted k-means++ reduction, the best kept (greedy): 2 + ln k as
 # greedy k-means++ (scikit-learn's rule), fewer where that would cost rank 0 more than this many
-# flop (2·candidates·k·d per trial; at k = 10,000, d = 256: 5 trials, ≈ 10 s). Inertia after 20
-# iterations above 5-restart k-means++ (init-quality, 3 seeds): BloodMNIST k = 300 +0.21 % with
-# 3 trials, +0.06 % with 2 + ln k = 7; k = 1,000 +0.58 % → +0.49 %; mixture k = 1,000 +0.08 % → −0.07 %.
+# flop (2·candidates·k·d per trial; at k = 10,000, d = 256: 5 trials, 11.6 s instead of 7.7 s
+# for 3, load 3). Inertia after 20 iterations above 5-restart k-means++ (init-quality data, 3
+# seeds), 3 → 8 trials: BloodMNIST k = 300 +0.21 % → +0.06 %, k = 1,000 +0.58 % → +0.49 %;
+# mixture k = 1,000 +0.08 % → −0.07 %. Restarts of the reduction, each refined on the sample
+# (best sample inertia kept), or refining on the larger k-means++ sample gained nothing on top.
 _REDUCE_FLOP = 5.5e11
 # Sample rows per centroid k-means|| draws from when ``sample`` is 0.
 _PER_CENTROID = 10
