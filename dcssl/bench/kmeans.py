@@ -30,7 +30,7 @@ import numpy as np
 
 from dcssl.bench._kmeans_init import init_quality
 from dcssl.bench._kmeans_ranks import _BLOCK, _ours, per_row, run_ranks
-from dcssl.cluster.seeding import AUTO_PARALLEL_FROM
+from dcssl.cluster.seeding import auto_method
 
 __all__ = ["main"]
 
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     parity, split = float("nan"), None
-    if args.k <= AUTO_PARALLEL_FROM:  # greedy k-means++ beyond that takes hours
+    if auto_method(args.n, args.k, args.d, trials=1) == "kmeans++":  # beyond: k-means++ takes hours
         parity, split = _parity(x, args.k, args.iters, args.threads, args.backend)
         print(f"from a k-means++ start: inertia {parity:+.3%} vs faiss ({split} clusters split here)")
     worst = max(ranks, key=lambda r: r["peak_growth_mb"] / r["shard_mb"])

@@ -77,14 +77,16 @@ class ClusterConfig:
     init: Literal["auto", "kmeans++", "kmeans||", "random"] = "auto"
     """Initial centroids: greedy k-means++ on a sample (rank 0), k-means|| (Bahmani et al. 2012:
     5 sampling rounds over a sample spread over the ranks, checkpointed after each round), or k
-    random rows. auto: kmeans++ up to k = 1,000, kmeans|| above (k-means++ costs ~k²·20·d on
-    rank 0: hours at k = 10,000; k-means|| takes seconds)."""
+    random rows. auto: kmeans++ while its estimated cost on rank 0 (∝ init_trials·k²·log k·20·d)
+    stays ≲ 1 min (k ≤ 1,100 at d = 256, ≤ 2,200 at d = 64), kmeans|| beyond (k-means++ takes
+    hours at k = 10,000; k-means|| seconds)."""
     init_sample: int = 0
     """Rows the init samples from (0: max(20·k, 10 000) for kmeans++, max(10·k, 10 000) for
     kmeans||)."""
     init_trials: int = 5
     """k-means++ restarts on the sample, each refined by ``init_refine`` Lloyd iterations there;
-    the lowest sample inertia starts the full run (kmeans||: one run)."""
+    the lowest sample inertia starts the full run (kmeans||: one run; also part of auto's cost
+    estimate)."""
     init_refine: int = 20
     """Lloyd iterations on the sample after seeding (per k-means++ restart; 0: none)."""
     groups: int = 0

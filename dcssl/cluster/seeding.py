@@ -23,27 +23,46 @@ import numpy as np
 from .assigner import Assigner
 from .exact import as_comm, broadcast, exact_total, gather_rows, global_count, global_max
 
-__all__ = ["init_centroids", "kmeans_parallel", "sample_index", "AUTO_PARALLEL_FROM"]
+__all__ = ["init_centroids", "kmeans_parallel", "sample_index", "auto_method", "reduce_trials"]
 
 # Lloyd from given centroids on init sample rows → (centroids, inertia): ``kmeans.refine_on_sample``,
 # passed in by the caller so that seeding (which k-means starts from) never imports k-means.
 Refiner = Callable[[np.ndarray, np.ndarray, object, int], tuple[np.ndarray, float]]
 
-# init=auto: greedy k-means++ up to this k (its k²-per-sample cost is minutes there), k-means|| above.
-AUTO_PARALLEL_FROM = 1000
+# init=auto: greedy k-means++ while its estimated cost on rank 0 stays within this many flop
+# (≈ 30 s at the 19 GFLOP/s its one-pick-at-a-time products ran at here, load 2; ≈ 60 s at the
+# 10 GFLOP/s of a loaded machine; at d = 256 and the default sample and restarts that is
+# k ≤ 1,100, at d = 64 k ≤ 2,200), k-means|| beyond: where both run, k-means++ ends lower
+# (init-quality bench), so it is kept for as long as it is affordable.
+AUTO_KMEANSPP_FLOP = 6e11
 # k-means|| rounds (Bahmani et al.: 5 suffice) and candidates drawn in all, in units of k.
 _ROUNDS = 5
 _OVERSAMPLE = 2.0
-# Trials per pick of the weighted k-means++ reduction, the best kept (greedy, as scikit-learn's
-# k-means++): plain D² sampling left inertia after 20 iterations +0.15 % above greedy k-means++;
-# 3 trials: +0.03 % (noise level), at 6 s instead of 2 s for 20 k candidates, k = 10,000.
-_REDUCE_TRIALS = 3
+# Trials per pick of the weighted k-means++ reduction, the best kept (greedy): 2 + ln k as
+# greedy k-means++ (scikit-learn's rule), fewer where that would cost rank 0 more than this many
+# flop (2·candidates·k·d per trial; at k = 10,000, d = 256: 5 trials, 11.6 s instead of 7.7 s
+# for 3, load 3). Inertia after 20 iterations above 5-restart k-means++ (init-quality data, 3
+# seeds), 3 → 8 trials: BloodMNIST k = 300 +0.21 % → +0.06 %, k = 1,000 +0.58 % → +0.49 %;
+# mixture k = 1,000 +0.08 % → −0.07 %. Restarts of the reduction, each refined on the sample
+# (best sample inertia kept), or refining on the larger k-means++ sample gained nothing on top.
+_REDUCE_FLOP = 5.5e11
 # Sample rows per centroid k-means|| draws from when ``sample`` is 0.
 _PER_CENTROID = 10
 # Centroids per batch of the weighted k-means++ reduction, in units of k.
 _BATCH_SHARE = 1 / 128
 # Sample rows measured at once (float32 scores: rows × candidates of a round).
 _TILE = 512
+
+
+def auto_method(n: int, k: int, d: int, sample: int = 0, trials: int = 5) -> str:
+    """What ``init=auto`` runs: kmeans++ while its estimated flop fit ``AUTO_KMEANSPP_FLOP``."""
+    m = _kmeanspp_sample(n, k, sample)
+    flop = 2.0 * max(trials, 1) * k * (2 + int(np.log(k))) * m * d
+    return "kmeans++" if flop <= AUTO_KMEANSPP_FLOP else "kmeans||"
+
+
+def _kmeanspp_sample(n: int, k: int, sample: int) -> int:
+    return min(n, sample or max(20 * k, 10_000))
 
 
 def _rounded_sample(n: int, k: int, sample: int) -> int:
@@ -63,13 +82,14 @@ def kmeans_parallel(
     resume: dict | None = None,
     on_round: Callable[[dict], None] | None = None,
     refiner: Refiner | None = None,
-    trials: int = _REDUCE_TRIALS,
+    trials: int = 0,
 ) -> np.ndarray:
     """k-means|| on ``sample`` rows (0: max(10 k, 10 000)), each rank measuring its own share.
 
     ``on_round(state)`` runs on every rank after each round with the global state (the same on
     all ranks); passing it back as ``resume`` continues after that round. ``refine``: Lloyd
     iterations on the sample after the reduction (stopping early once the inertia stalls).
+    ``trials``: greedy trials per pick of the reduction (0: ``reduce_trials``).
     """
     comm = as_comm(comm)
     n = global_count(len(x_local), comm)
@@ -113,11 +133,17 @@ def kmeans_parallel(
     weights = _allreduce(np.bincount(near, minlength=len(c)).astype(np.int64), comm)
     out = np.zeros((k, x_local.shape[1]), dtype=np.float32)
     if comm.Get_rank() == 0:
-        out[:] = _reduce(c, weights, k, seed, trials)
+        out[:] = _reduce(c, weights, k, seed, trials or reduce_trials(len(c), k, c.shape[1]))
     out = broadcast(out, comm)
     if refine:  # Lloyd on the distributed sample (pruned: the later passes cost little)
         out = _needs(refiner)(xs, out, comm, refine)[0]
     return out
+
+
+def reduce_trials(candidates: int, k: int, d: int) -> int:
+    """Greedy trials per pick of the reduction: 2 + ln k, capped by ``_REDUCE_FLOP`` (≥ 1)."""
+    per_trial = 2.0 * candidates * k * d
+    return max(1, min(2 + int(np.log(k)), int(_REDUCE_FLOP // per_trial)))
 
 
 def _needs(refiner: Refiner | None) -> Refiner:
@@ -259,15 +285,16 @@ def init_centroids(
     ``random``: k distinct rows. ``kmeans++``: ``trials`` runs of greedy k-means++ on ``sample``
     rows (0: max(20 k, 10 000)), each refined by ``refine`` Lloyd iterations on the sample; the
     lowest sample inertia wins (cheap insurance against a poor local optimum). ``kmeans||``: see
-    ``kmeans_parallel`` (``resume``/``on_round`` checkpoint its rounds). ``auto``: kmeans++ up to
-    1,000 clusters, kmeans|| above. ``row0`` is this rank's first global row.
+    ``kmeans_parallel`` (``resume``/``on_round`` checkpoint its rounds). ``auto``: kmeans++ while
+    its estimated cost is affordable (``auto_method``), kmeans|| beyond. ``row0`` is this rank's
+    first global row.
     """
     comm = as_comm(comm)
     n = global_count(len(x_local), comm)
     if k > n:
         raise ValueError(f"k={k} exceeds the number of rows ({n}); lower k")
     if method == "auto":
-        method = "kmeans++" if k <= AUTO_PARALLEL_FROM else "kmeans||"
+        method = auto_method(n, k, x_local.shape[1], sample, trials)
     if method == "kmeans||":
         return kmeans_parallel(
             x_local,
@@ -281,7 +308,7 @@ def init_centroids(
             on_round=on_round,
             refiner=refiner,
         )
-    m = k if method == "random" else min(n, sample or max(20 * k, 10_000))
+    m = k if method == "random" else _kmeanspp_sample(n, k, sample)
     index = sample_index(n, m, seed, 1)
     rows = gather_rows(np.asarray(x_local, dtype=np.float32), row0, row0 + len(x_local), index, comm)
     out = np.zeros((k, x_local.shape[1]), dtype=np.float32)

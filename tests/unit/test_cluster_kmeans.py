@@ -361,3 +361,22 @@ def test_greedy_reduction_keeps_distinct_picks_and_lowers_the_weighted_cost():
         assert _weighted_cost(c, w, greedy) < _weighted_cost(c, w, plain)
     few = c[:302]  # fewer candidates than picks × trials: no candidate is picked twice
     assert len(np.unique(_reduce(few, w[:302], 300, 0, 3), axis=0)) == 300
+
+
+def test_auto_init_keeps_kmeanspp_while_its_estimated_cost_is_affordable():
+    from dcssl.cluster.seeding import auto_method
+
+    # k-means++ costs ∝ restarts·k·log k·sample·d (sample 20·k): the switch moves with d and restarts.
+    assert auto_method(10**6, 1000, 256) == "kmeans++" and auto_method(10**6, 2000, 256) == "kmeans||"
+    assert auto_method(10**6, 2000, 64) == "kmeans++" and auto_method(10**6, 10_000, 64) == "kmeans||"
+    assert auto_method(10**6, 2000, 256, trials=1) == "kmeans++"
+    assert auto_method(10**6, 2000, 256, sample=4000) == "kmeans++"  # a small sample is cheap
+
+
+def test_reduction_trials_are_2_plus_ln_k_until_rank_0_would_spend_too_long():
+    from dcssl.cluster.seeding import reduce_trials
+
+    assert reduce_trials(600, 300, 64) == 7 and reduce_trials(2000, 1000, 256) == 8  # 2 + ln k
+    assert reduce_trials(20_000, 10_000, 64) == 11
+    assert 3 <= reduce_trials(20_000, 10_000, 256) < 11  # capped: each trial costs 2·20 k·k·d
+    assert reduce_trials(60_000, 30_000, 256) == 1
