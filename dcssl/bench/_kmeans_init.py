@@ -4,7 +4,8 @@ k-means++ still runs.
 
 Data of real structure: BloodMNIST's 17,092 blood-cell images (all splits), pixels projected on
 their 64 leading principal components; and a 20,000 × 32 Gaussian mixture with k/10 components
-(k over-clusters it ten-fold, as DeepCluster's k does). One seed decides little (seeds differ by
+(k over-clusters it ten-fold, as DeepCluster's k does; 100,000 rows at k = 4,000, where
+``init=auto`` already picks k-means||: each case says what auto would run). One seed decides little (seeds differ by
 ≈ 0.1 %), so each case is the mean over ``--seeds`` seeds. Positive ``rel_diff``: k-means|| worse.
 """
 
@@ -18,8 +19,16 @@ import numpy as np
 
 __all__ = ["init_quality"]
 
-# (data, k): k = 300 as the earlier measurement, k = 1,000 where init=auto still gives k-means++ (d ≤ 256).
-CASES = (("blood", 300), ("mixture", 300), ("blood", 1000), ("mixture", 1000))
+# (data, k, rows): k = 300 as the earlier measurement, k = 1,000 where init=auto still gives
+# k-means++ (d ≤ 256), and k = 4,000 on 100 k rows, just past auto's switch at d = 32 (k-means++
+# forced there: ≈ 1 Tflop per restart set, the largest this bench can afford).
+CASES = (
+    ("blood", 300, 0),
+    ("mixture", 300, 20_000),
+    ("blood", 1000, 0),
+    ("mixture", 1000, 20_000),
+    ("mixture", 4000, 100_000),
+)
 
 
 def _blood(npz: Path, dim: int = 64) -> np.ndarray:
@@ -31,10 +40,10 @@ def _blood(npz: Path, dim: int = 64) -> np.ndarray:
     return np.ascontiguousarray(x @ vt[:dim].T, dtype=np.float32)
 
 
-def _mixture(k: int) -> np.ndarray:
+def _mixture(k: int, rows: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((k // 10, 32)).astype(np.float32) * 4
-    x = rng.standard_normal((20_000, 32), dtype=np.float32)
+    x = rng.standard_normal((rows, 32), dtype=np.float32)
     return x + centers[rng.integers(0, len(centers), len(x))]
 
 
@@ -51,6 +60,8 @@ def _after_lloyd(x: np.ndarray, k: int, method: str, seed: int) -> tuple[float, 
 
 
 def _case(x: np.ndarray, name: str, k: int, seeds: int) -> dict:
+    from dcssl.cluster.seeding import auto_method
+
     runs = {m: [_after_lloyd(x, k, m, s) for s in range(seeds)] for m in ("kmeans++", "kmeans||")}
     mean = {m: float(np.mean([r[0] for r in v])) for m, v in runs.items()}
     rel = (mean["kmeans||"] - mean["kmeans++"]) / mean["kmeans++"]
@@ -68,6 +79,7 @@ def _case(x: np.ndarray, name: str, k: int, seeds: int) -> dict:
         "d": x.shape[1],
         "k": k,
         "seeds": seeds,
+        "auto": auto_method(len(x), k, x.shape[1]),
         "inertia_kmeanspp": mean["kmeans++"],
         "inertia_kmeans_parallel": mean["kmeans||"],
         "rel_diff": float(f"{rel:.3e}"),
@@ -81,11 +93,11 @@ def init_quality(npz: Path, seeds: int, threads: int) -> int:
     threadpool_limits(threads)
     blood = _blood(npz) if npz.is_file() else None
     cases = []
-    for name, k in CASES:
+    for name, k, rows in CASES:
         if name == "blood" and blood is None:
             print(f"skipped blood cases: {npz} not found (pass --npz)", flush=True)
             continue
-        cases.append(_case(blood if name == "blood" else _mixture(k), name, k, seeds))
+        cases.append(_case(blood if name == "blood" else _mixture(k, rows), name, k, seeds))
     result = {
         "bench": "kmeans",
         "preset": "init-quality",
