@@ -80,7 +80,8 @@ RECIPE = [
 # and DeepCluster-v2's classifier: each epoch's head is the clusters' centroids, kept frozen,
 # after a 512-wide MLP projection (64 px, 3 epochs: k-NN 0.572 vs 0.524 with v1's random head
 # and linear projection; the centroids alone 0.512; one seed each: seed 1 gave 0.520, so the gap
-# is within the seed noise at this size; README, "the peer race at 64 px").
+# is within the seed noise at this size; 6 epochs: 0.528 / 0.584 on seeds 0 / 1, no better on the
+# mean; README, "the peer race at 64 px").
 TILES_RECIPE = [
     "train.model.arch=resnet18",
     "train.model.width=32",
