@@ -256,7 +256,7 @@ def reuse_labels(run_dir: str | os.PathLike, epoch: int, source: int) -> Path:
     except DamagedFile as err:
         raise LabelFilesError(f"{err}; re-run the cluster job for epoch {source}") from None
     stats = read_stats(run_dir, source)
-    stats.update(epoch=epoch, nmi_prev=None, reused_from=source)
+    stats.update(epoch=epoch, nmi_prev=None, reused_from=source, seconds={"total": 0.0})  # no clustering ran
     heads, folder = head_count(run_dir, source), labels_dir(run_dir, source)
     writer = LabelsWriter(run_dir, epoch, (folder / LABELS).stat().st_size // 4, heads=heads)
     writer.begin()

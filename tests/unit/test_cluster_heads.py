@@ -107,6 +107,9 @@ def test_recluster_every_2_reuses_the_labels_on_odd_epochs(tmp_path):
             same = [(tmp_path / f"labels/epoch-{e:04d}" / name).read_bytes() for e in (epoch - 1, epoch)]
             assert same[0] == same[1], f"epoch {epoch}'s {name} is not epoch {epoch - 1}'s"
         assert stats[epoch]["epoch"] == epoch and stats[epoch]["nmi_prev"] is None
+        assert (
+            stats[epoch]["seconds"] == {"total": 0.0} and stats[epoch]["sizes"] == stats[epoch - 1]["sizes"]
+        )
     assert 0 < stats[2]["nmi_prev"] <= 1  # epoch 2 clustered, compared with epoch 1 (= epoch 0's)
     cluster = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     cluster = [r for r in cluster if r["kind"] == "cluster"]
