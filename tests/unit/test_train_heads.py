@@ -4,7 +4,10 @@ head, exact resume, and a segment on reused labels that keeps the head it had.""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,8 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from dcssl.config import RunConfig, save_run_config
 from dcssl.epochs.features import open_bank
 from dcssl.epochs.labels import LabelsWriter, reuse_labels
+from dcssl.epochs.trained import read_done
 from dcssl.train.epoch_labels import load_extra_heads
 from dcssl.train.segment import checkpoint_manager, run_segment
 from dcssl.train.synthetic import make_store, tiny_config, write_pseudo_labels
@@ -143,3 +148,26 @@ def test_recluster_every_is_validated_naming_the_key():
 
     with pytest.raises(ValueError, match="recluster_every must be ≥ 1"):
         LoopConfig(recluster_every=0)
+
+
+def test_two_ddp_ranks_train_every_head(booted, tmp_path):
+    """torchrun, 2 gloo ranks: one forward carries every head, so DDP syncs them all."""
+    run = tmp_path / "ddp"
+    shutil.copytree(booted, run)
+    save_run_config(run, RunConfig(train=tiny_config(batch_size=8)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + ["-m", "dcssl.train", str(run), "--epoch", "1"],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = read_done(run, 1)
+    assert done["world_size"] == 2 and done["complete"] and np.isfinite(done["loss"])
+    state = checkpoint_manager(run).load_latest()[1]
+    assert state["extra_k"] == list(KS[1:])
+    assert [tuple(state["model"][f"extra_heads.{i}.weight"].shape) for i in range(2)] == [
+        (k, 32) for k in KS[1:]
+    ]
