@@ -105,8 +105,10 @@ class RunPaths:
     def cluster_checkpoints_root(self) -> Path:
         return self.root / "checkpoints" / "cluster"
 
-    def cluster_checkpoints(self, epoch: int) -> Path:
-        return self.cluster_checkpoints_root / _epoch_name(epoch)
+    def cluster_checkpoints(self, epoch: int, head: int = 0) -> Path:
+        """The epoch's cluster checkpoints; an extra head's (``cluster.extra_k``) in a sub-folder."""
+        folder = self.cluster_checkpoints_root / _epoch_name(epoch)
+        return folder / f"head-{head}" if head else folder
 
     @property
     def excluded(self) -> Path:

@@ -22,8 +22,16 @@ class LoopConfig:
     """Training epochs after the bootstrap pass; each is a train segment then a clustering."""
     keep_features: int = 2
     """Feature banks kept on disk (older ones are deleted once their labels exist)."""
+    recluster_every: int = 1
+    """Cluster every this many epochs (1: every epoch, DeepCluster's). An epoch E with E % N ≠ 0
+    does not cluster: its labels are a sealed copy of epoch E-1's (stats ``reused_from``), so the
+    next segment trains on the same labels and keeps its classifier head instead of resetting it."""
 
     def __post_init__(self) -> None:
+        if self.recluster_every < 1:
+            raise ValueError(
+                f"recluster_every must be ≥ 1 (1: cluster every epoch), got {self.recluster_every}"
+            )
         if self.epochs < 0:
             raise ValueError(f"epochs must be ≥ 0, got {self.epochs}")
         if self.keep_features < 1:

@@ -95,9 +95,13 @@ def _cluster_and_publish(run_dir: Path, epoch: int, whole, comm) -> int:
     from dcssl.pipeline.steps import prune_features, redraw_report
 
     from .job import run_cluster
+    from .reuse import reclusters, reuse_previous
 
     try:
-        run_cluster(run_dir, epoch, whole.cluster, comm)
+        if reclusters(epoch, whole.loop.recluster_every):
+            run_cluster(run_dir, epoch, whole.cluster, comm)
+        else:
+            reuse_previous(Path(run_dir), epoch, comm)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         if comm.Get_size() > 1:

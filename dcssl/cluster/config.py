@@ -63,6 +63,11 @@ class ClusterConfig:
     """kmeans: Lloyd with k clusters; rcc: Robust Continuous Clustering (k emerges)."""
     k: int = 1000
     """Number of k-means clusters (DeepCluster used 10 000 on ImageNet)."""
+    extra_k: list[int] = field(default_factory=list)
+    """More clustering heads (DeepCluster-v2 / SwAV: e.g. [100, 200] beside k = 50): one more
+    k-means per entry on the same PCA-whitened features, each head its own classifier in the
+    model; the loss is the mean of the heads' cross-entropies. NMI, the sampler and the report
+    use the primary head (``k``). [] (default): one head. k-means only."""
     pca_dim: int = 256
     """PCA output dimension (clamped to the feature dimension); 0 skips PCA."""
     whiten: bool = True
@@ -129,6 +134,12 @@ class ClusterConfig:
         for name in ("pca_dim", "init_sample", "threads", "seed", "init_trials", "init_refine", "groups"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if any(not isinstance(k, int) or isinstance(k, bool) or k < 2 for k in self.extra_k):
+            raise ValueError(f"extra_k must be a list of integers ≥ 2 (e.g. [100, 200]), got {self.extra_k}")
+        if self.extra_k and self.method != "kmeans":
+            raise ValueError(
+                f"extra_k needs method: kmeans (RCC finds its own k), got method {self.method!r}"
+            )
         if not 0 <= self.tol < 1:
             raise ValueError(f"tol must lie in [0, 1), got {self.tol}")
         for name in ("warn_largest_share", "warn_clusters_fraction"):

@@ -20,41 +20,22 @@ from dcssl.epochs.features import open_features
 from dcssl.epochs.labels import LabelsWriter, is_complete, labels_dir, read_labels_range, read_stats
 from dcssl.jsonl import append_jsonl
 from dcssl.paths import RunPaths
-from hpc.preemption import PreemptionFlag, requeue_and_exit
+from hpc.preemption import PreemptionFlag
 
 from .config import ClusterConfig
 from .exact import broadcast, gather_rows, global_max, shard_rows
 from .excluded import kept_rows
+from .heads import cluster_extra_heads, run_kmeans
 from .health import label_warnings
-from .kmeans import KMeansState, assign_all, kmeans, sample_index
+from .kmeans import assign_all, sample_index
 from .nmi import nmi
 from .pca import PCA, pca_fit, pca_transform
+from .resume import Checkpointer, fingerprint, init_from, load_resume
 from .store import checkpoints
 
 __all__ = ["run_cluster"]
 
 log = logging.getLogger(__name__)
-
-
-def _fingerprint(cfg: ClusterConfig, n: int, dim: int, seed: int) -> dict:
-    """What a checkpoint must agree on to be resumed (iterations/tol may change)."""
-    keys = (
-        "method",
-        "k",
-        "pca_dim",
-        "whiten",
-        "l2_normalize",
-        "init",
-        "init_sample",
-        "init_trials",
-        "init_refine",
-        "block_rows",
-    )
-    out = {key: getattr(cfg, key) for key in keys}
-    if cfg.method == "rcc":
-        out["rcc"] = {k: v for k, v in vars(cfg.rcc).items() if k not in ("iterations",)}
-        out.pop("k")
-    return {**out, "n": n, "dim": dim, "seed": seed}
 
 
 def _node_ranks(comm) -> int:
@@ -106,90 +87,6 @@ def _pick_gpu(comm) -> None:
     torch.cuda.set_device(detect_env().local_rank % max(torch.cuda.device_count(), 1))
 
 
-def _load_resume(ckpt, fingerprint: dict, comm) -> dict | None:
-    """Rank 0 loads the newest valid checkpoint matching ``fingerprint``; all ranks get it."""
-    state = None
-    if comm.Get_rank() == 0:
-        found = ckpt.load_latest()
-        if found is not None:
-            step, state = found
-            if state["meta"].get("fingerprint") != fingerprint:
-                log.warning(
-                    "checkpoint %s was made with other settings (%s); starting over",
-                    ckpt.path_for(step),
-                    state["meta"].get("fingerprint"),
-                )
-                state = None
-    return comm.bcast(state, root=0)
-
-
-class _Checkpointer:
-    """After each iteration: rank 0 saves; all ranks agree on preemption and requeue together."""
-
-    def __init__(self, cfg, ckpt, meta: dict, pca: PCA | None, comm, flag: PreemptionFlag):
-        self.cfg, self.ckpt, self.meta, self.pca, self.comm, self.flag = cfg, ckpt, meta, pca, comm, flag
-
-    def save(self, state: dict, step: int) -> None:
-        if self.comm.Get_rank() == 0:
-            pca_state = self.pca.state() if self.pca is not None else {}
-            self.ckpt.save({**pca_state, **state, "meta": {**self.meta, **state.get("meta", {})}}, step)
-
-    def __call__(self, ks: KMeansState) -> None:
-        self._after(_kmeans_state(ks), ks.iteration, f"iteration {ks.iteration}")
-
-    def init_round(self, state: dict) -> None:
-        """After each k-means|| round (step 0: the init's rounds, then its centroids)."""
-        rounds = state["init_round"]
-        arrays = {key: value for key, value in state.items() if key != "init_round"}
-        self._after({**arrays, "meta": {"init_round": rounds}}, 0, f"init round {rounds}")
-
-    def _after(self, state: dict, step: int, what: str) -> None:
-        preempted = bool(global_max(float(self.flag.is_set()), self.comm)[0])
-        if self.cfg.checkpoint or preempted:
-            self.save(state, step)
-        if preempted:
-            self.comm.Barrier()
-            log.warning("preempted after %s: checkpoint saved, requeueing", what)
-            requeue_and_exit(
-                is_main=self.comm.Get_rank() == 0, code=0 if os.environ.get("SLURM_JOB_ID") else 75
-            )
-
-
-def _kmeans_state(ks: KMeansState) -> dict:
-    return {
-        "centroids": ks.centroids,
-        "meta": {
-            "iteration": ks.iteration,
-            "inertia": ks.inertia,
-            "empty_split": ks.empty_split,
-            "seconds": ks.seconds,
-            "converged": ks.converged,
-        },
-    }
-
-
-def _kmeans_from(state: dict) -> KMeansState:
-    m = state["meta"]
-    return KMeansState(
-        np.asarray(state["centroids"], dtype=np.float32),
-        m["iteration"],
-        list(m["inertia"]),
-        list(m["empty_split"]),
-        list(m["seconds"]),
-        m["converged"],
-    )
-
-
-def _init_from(resume: dict | None) -> dict | None:
-    """The k-means|| rounds a checkpoint holds (None: none, or the init had finished)."""
-    if resume is None or "init_cand" not in resume or "centroids" in resume:
-        return None
-    return {
-        **{key: resume[key] for key in ("init_cand", "init_d2", "init_near")},
-        "init_round": resume["meta"]["init_round"],
-    }
-
-
 def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dict:
     """Cluster epoch ``epoch``'s features into labels; returns the stats (also in stats.json)."""
     if comm is None:
@@ -207,9 +104,9 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
     block = cfg.block_rows
     start, stop = shard_rows(bank.n, rank, size, block)
     kept = kept_rows(run_dir, bank.n, start, stop, comm)  # excluded tiles take no part
-    fingerprint = _fingerprint(cfg, kept.n, bank.dim, seed)
+    agreed = fingerprint(cfg, kept.n, bank.dim, seed)
     ckpt = checkpoints(run_dir, epoch, cfg.keep_checkpoints)
-    resume = _load_resume(ckpt, fingerprint, comm)
+    resume = load_resume(ckpt, agreed, comm)
     if rank == 0:
         log.info(
             "epoch %d: %d × %d features, %d ranks × %d threads, %s backend, rank 0 rows [%d, %d)%s",
@@ -232,29 +129,14 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
     del raw
     phases["transform"] = time.monotonic() - t0
     flag = PreemptionFlag().install()
-    saver = _Checkpointer(cfg, ckpt, {"fingerprint": fingerprint}, pca, comm, flag)
+    saver = Checkpointer(cfg, ckpt, {"fingerprint": agreed}, pca, comm, flag)
     t0 = time.monotonic()
     if cfg.method == "kmeans":
-        centroids, labels, stats = kmeans(
-            x,
-            cfg.k,
-            comm,
-            iterations=cfg.iterations,
-            tol=cfg.tol,
-            init=cfg.init,
-            init_sample=cfg.init_sample,
-            init_trials=cfg.init_trials,
-            init_refine=cfg.init_refine,
-            seed=seed,
-            block=block,
-            backend=backend,
-            row0=kept.row0,
-            state=_kmeans_from(resume) if resume and "centroids" in resume else None,
-            on_iteration=saver,
-            groups=cfg.groups,
-            init_resume=_init_from(resume),
-            on_init_round=saver.init_round,
+        where = {"block": block, "backend": backend}
+        centroids, labels, stats = run_kmeans(
+            x, cfg.k, cfg, seed, comm, saver, resume, row0=kept.row0, **where
         )
+        extra = cluster_extra_heads(x, cfg, seed, kept, run_dir, epoch, comm, flag, bank.dim, **where)
         phases["init"] = stats.pop("seconds_init")
         phases["kmeans"] = time.monotonic() - t0 - phases["init"]
     else:
@@ -270,9 +152,11 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
     nmi_prev = None if missing else nmi(prev[both], labels[both], comm)
     phases["nmi"] = time.monotonic() - t0
     t0 = time.monotonic()
-    writer = LabelsWriter(run_dir, epoch, bank.n, comm)
+    extra = extra if cfg.method == "kmeans" else []
+    writer = LabelsWriter(run_dir, epoch, bank.n, comm, heads=len(extra))
     writer.begin()
-    writer.write_rows(start, labels)
+    for head, head_labels in enumerate([labels, *(h.labels for h in extra)]):
+        writer.write_rows(start, head_labels, head)
     stats.update(
         epoch=epoch,
         method=cfg.method,
@@ -285,13 +169,15 @@ def run_cluster(run_dir: Path, epoch: int, cfg: ClusterConfig, comm=None) -> dic
         excluded=bank.n - kept.n,
         pca_explained=pca.explained if pca is not None else None,
         resumed_from=int(resume["meta"].get("iteration", 0)) if resume else None,
-        init_resumed_after_round=_init_from(resume)["init_round"] if _init_from(resume) else None,
+        init_resumed_after_round=init_from(resume)["init_round"] if init_from(resume) else None,
         warnings=label_warnings(stats["sizes"], kept.n, cfg.warn_largest_share, cfg.warn_clusters_fraction),
     )
     phases["write"] = time.monotonic() - t0
     phases["total"] = time.monotonic() - t_start
     stats["seconds"] = {k: round(v, 3) for k, v in phases.items()}
-    writer.publish(centroids, stats)
+    if extra:  # a one-head run's stats stay as they always were
+        stats["heads"] = [h.stats for h in extra]
+    writer.publish(centroids, stats, [h.centroids for h in extra])
     if rank == 0:
         _finish(run_dir, epoch, cfg, ckpt, stats)
     return stats

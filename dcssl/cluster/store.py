@@ -1,7 +1,8 @@
 """The cluster job's own files: per-iteration numpy checkpoints (its feature bank input and its
 labels output belong to ``dcssl.epochs``).
 
-  checkpoints/cluster/epoch-EEEE/iter-*.pt    npz payloads, newest valid wins
+  checkpoints/cluster/epoch-EEEE/iter-*.pt           npz payloads, newest valid wins
+  checkpoints/cluster/epoch-EEEE/head-H/iter-*.pt    extra head H's (``cluster.extra_k``)
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def _load_npz(path: Path) -> dict:
     return state
 
 
-def checkpoints(run_dir: Path, epoch: int, keep: int) -> CheckpointManager:
-    folder = RunPaths(Path(run_dir)).cluster_checkpoints(epoch)
+def checkpoints(run_dir: Path, epoch: int, keep: int, head: int = 0) -> CheckpointManager:
+    """The primary head's checkpoints (head 0), or extra head ``head``'s inside its folder."""
+    folder = RunPaths(Path(run_dir)).cluster_checkpoints(epoch, head)
     return CheckpointManager(folder, prefix="iter", keep=keep, save_fn=_save_npz, load_fn=_load_npz)
 
 

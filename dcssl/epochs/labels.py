@@ -2,8 +2,17 @@
 
     RUN_DIR/labels/epoch-NNNN/labels.i32      int32 little-endian by global tile index (-1: none)
                               centroids.npy   k×d float32 (zeros when written by a test fixture)
-                              stats.json      {"k", "n", "sizes", "epoch", …} (the cluster job's stats)
+                              labels-hH.i32   extra head H ≥ 1 (``cluster.extra_k``), same format
+                              centroids-hH.npy
+                              stats.json      {"k", "n", "sizes", "epoch", …} (the cluster job's stats;
+                                              "heads": one {"k", "sizes", …} per extra head;
+                                              "reused_from": E when ``loop.recluster_every`` copied
+                                              epoch E's labels instead of clustering)
                               COMPLETE        written last: {"n", "sha256": {file: digest}}
+
+Head 0 (``labels.i32``) is the primary: the sampler, NMI, the report and every other reader use
+it; only training reads the extra heads. A run without extra heads writes exactly the files above
+it always did.
 
 The cluster job writes it (from every rank), test fixtures and benchmarks write it in the same
 format (``write_labels``); train, curate, exclude, report, the pipeline and verify read it here.
@@ -40,13 +49,28 @@ __all__ = [
     "sealed_labels",
     "read_stats",
     "read_centroids",
+    "head_count",
+    "sealed_head_labels",
     "LabelsWriter",
     "write_labels",
+    "reuse_labels",
 ]
 
 LABELS, CENTROIDS, STATS = "labels.i32", "centroids.npy", "stats.json"
 LABEL_FILES = (LABELS, CENTROIDS, STATS)
-"""What an epoch's labels COMPLETE marker records the SHA-256 of."""
+"""What an epoch's labels COMPLETE marker records the SHA-256 of (plus each extra head's pair)."""
+
+
+def _head_files(head: int) -> tuple[str, str]:
+    """(labels, centroids) file names of head ``head`` (0: the primary)."""
+    if head == 0:
+        return LABELS, CENTROIDS
+    return f"labels-h{head}.i32", f"centroids-h{head}.npy"
+
+
+def _sealed_files(heads: int) -> tuple[str, ...]:
+    extra = [name for head in range(1, heads + 1) for name in _head_files(head)]
+    return (*LABEL_FILES, *extra)
 
 
 class LabelFilesError(ValueError):
@@ -104,10 +128,27 @@ def read_labels_range(
     return np.array(np.memmap(path, dtype="<i4", mode="r", offset=start * 4, shape=(stop - start,)))
 
 
-def sealed_labels(run_dir: str | os.PathLike, epoch: int, n: int) -> np.ndarray:
+def head_count(run_dir: str | os.PathLike, epoch: int) -> int:
+    """How many extra heads (beyond the primary) the epoch's labels hold."""
+    return len(read_stats(run_dir, epoch).get("heads") or [])
+
+
+def sealed_head_labels(run_dir: str | os.PathLike, epoch: int, n: int, head: int) -> tuple[np.ndarray, int]:
+    """(labels, k) of extra head ``head`` ≥ 1, checked as ``sealed_labels`` checks the primary."""
+    heads = read_stats(run_dir, epoch).get("heads") or []
+    if not 1 <= head <= len(heads):
+        raise LabelFilesError(
+            f"{labels_dir(run_dir, epoch)}: has {len(heads)} extra heads, training wants head {head}; "
+            f"re-run the cluster job for epoch {epoch} with this cluster.extra_k"
+        )
+    return sealed_labels(run_dir, epoch, n, head), int(heads[head - 1]["k"])
+
+
+def sealed_labels(run_dir: str | os.PathLike, epoch: int, n: int, head: int = 0) -> np.ndarray:
     """The labels to train on: complete, one per tile and matching their checksums, else
     LabelFilesError naming the file and the fix (re-run that epoch's clustering)."""
-    folder, path = labels_dir(run_dir, epoch), labels_file(run_dir, epoch)
+    folder = labels_dir(run_dir, epoch)
+    path = folder / _head_files(head)[0]
     if not is_complete(run_dir, epoch):
         raise LabelFilesError(
             f"{folder}: pseudo-labels of epoch {epoch} are not complete; run the cluster job for epoch {epoch} first"
@@ -134,8 +175,8 @@ def read_stats(run_dir: str | os.PathLike, epoch: int) -> dict:
     return json.loads(read_text_file(path)) if path.is_file() else {}
 
 
-def read_centroids(run_dir: str | os.PathLike, epoch: int) -> np.ndarray:
-    return np.load(labels_dir(run_dir, epoch) / CENTROIDS, allow_pickle=False)
+def read_centroids(run_dir: str | os.PathLike, epoch: int, head: int = 0) -> np.ndarray:
+    return np.load(labels_dir(run_dir, epoch) / _head_files(head)[1], allow_pickle=False)
 
 
 def _rank(comm) -> int:
@@ -152,41 +193,45 @@ class LabelsWriter:
 
     Files go to a hidden sibling ``.epoch-EEEE.partial`` first; rank 0 renames it to the final
     folder and writes COMPLETE last, so readers see a whole epoch or none. ``comm`` None: one
-    process, no MPI.
+    process, no MPI. ``heads``: extra heads beyond the primary (``cluster.extra_k``).
     """
 
-    def __init__(self, run_dir: str | os.PathLike, epoch: int, n: int, comm=None):
+    def __init__(self, run_dir: str | os.PathLike, epoch: int, n: int, comm=None, heads: int = 0):
         self.final = labels_dir(run_dir, epoch)
         self.tmp = self.final.parent / f".{self.final.name}.partial"
-        self.n, self.comm = n, comm
+        self.n, self.comm, self.heads = n, comm, heads
 
     def begin(self) -> None:
         if _rank(self.comm) == 0:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp.mkdir(parents=True)
-            with open(self.tmp / LABELS, "wb") as handle:
-                handle.truncate(self.n * 4)
+            for head in range(self.heads + 1):
+                with open(self.tmp / _head_files(head)[0], "wb") as handle:
+                    handle.truncate(self.n * 4)
         _barrier(self.comm)
 
-    def write_rows(self, start: int, labels: np.ndarray) -> None:
-        with open(self.tmp / LABELS, "r+b") as handle:
+    def write_rows(self, start: int, labels: np.ndarray, head: int = 0) -> None:
+        with open(self.tmp / _head_files(head)[0], "r+b") as handle:
             handle.seek(start * 4)
             handle.write(np.ascontiguousarray(labels, dtype="<i4").tobytes())
             handle.flush()
             os.fsync(handle.fileno())
         _barrier(self.comm)
 
-    def publish(self, centroids: np.ndarray, stats: dict) -> None:
+    def publish(self, centroids: np.ndarray, stats: dict, head_centroids: list[np.ndarray] = ()) -> None:
         """Rank 0: centroids + stats, rename into place, then COMPLETE; everyone waits for it."""
+        if len(head_centroids) != self.heads:
+            raise ValueError(f"{self.heads} extra heads, {len(head_centroids)} centroid arrays")
         if _rank(self.comm) == 0:
-            with atomic_path(self.tmp / CENTROIDS) as tmp:
-                with open(tmp, "wb") as handle:
-                    np.save(handle, centroids)
+            for head, array in enumerate([centroids, *head_centroids]):
+                with atomic_path(self.tmp / _head_files(head)[1]) as tmp:
+                    with open(tmp, "wb") as handle:
+                        np.save(handle, array)
             atomic_write_text(self.tmp / STATS, json.dumps(stats, indent=1))
             if self.final.exists():  # a crash between rename and COMPLETE left it incomplete
                 shutil.rmtree(self.final)
             os.replace(self.tmp, self.final)
-            seal(self.final, LABEL_FILES, n=self.n)
+            seal(self.final, _sealed_files(self.heads), n=self.n)
         _barrier(self.comm)
 
 
@@ -199,4 +244,27 @@ def write_labels(
     writer.begin()
     writer.write_rows(0, labels)
     writer.publish(centroids, stats)
+    return writer.final
+
+
+def reuse_labels(run_dir: str | os.PathLike, epoch: int, source: int) -> Path:
+    """Epoch ``epoch``'s labels as a sealed copy of ``source``'s, every head's (``loop.recluster_every``:
+    the epochs between two clusterings train on the last labels). Stats say ``reused_from``; the
+    NMI with the previous epoch is not measured (the labels are the same)."""
+    try:
+        verify(run_dir, source)
+    except DamagedFile as err:
+        raise LabelFilesError(f"{err}; re-run the cluster job for epoch {source}") from None
+    stats = read_stats(run_dir, source)
+    stats.update(epoch=epoch, nmi_prev=None, reused_from=source, seconds={"total": 0.0})  # no clustering ran
+    heads, folder = head_count(run_dir, source), labels_dir(run_dir, source)
+    writer = LabelsWriter(run_dir, epoch, (folder / LABELS).stat().st_size // 4, heads=heads)
+    writer.begin()
+    for head in range(heads + 1):
+        writer.write_rows(0, np.fromfile(folder / _head_files(head)[0], dtype="<i4"), head)
+    writer.publish(
+        read_centroids(run_dir, source),
+        stats,
+        [read_centroids(run_dir, source, h) for h in range(1, heads + 1)],
+    )
     return writer.final

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 # the head is re-drawn every epoch and its row count follows k: never needed for features
-_SKIP = ("head.", "active_k")
+_SKIP = ("head.", "extra_heads.", "active_k")
 
 
 class NoCheckpoint(FileNotFoundError):

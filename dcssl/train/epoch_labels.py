@@ -8,11 +8,19 @@ from pathlib import Path
 import numpy as np
 
 from dcssl.cluster.health import single_label_reason
-from dcssl.epochs.labels import LabelFilesError, labels_dir, labels_file, read_stats, sealed_labels
+from dcssl.epochs.labels import (
+    LabelFilesError,
+    head_count,
+    labels_dir,
+    labels_file,
+    read_stats,
+    sealed_head_labels,
+    sealed_labels,
+)
 from dcssl.exclusion import mask_labels
 from dcssl.train.segment_errors import SegmentError
 
-__all__ = ["load_labels"]
+__all__ = ["load_labels", "load_extra_heads", "labels_reused"]
 
 
 def load_labels(run_dir: str | Path, epoch: int, n_tiles: int) -> tuple[np.ndarray, int]:
@@ -36,3 +44,27 @@ def load_labels(run_dir: str | Path, epoch: int, n_tiles: int) -> tuple[np.ndarr
     if reason:
         raise SegmentError(f"{labels_dir(run_dir, epoch)}: {reason}")
     return labels, k
+
+
+def load_extra_heads(run_dir: str | Path, epoch: int, n_tiles: int) -> list[tuple[np.ndarray, int]]:
+    """(labels, k) of each extra head of ``epoch``'s clustering (``cluster.extra_k``), exclusions
+    applied; [] for a one-head run."""
+    heads = []
+    for head in range(1, head_count(run_dir, epoch) + 1):
+        try:
+            raw, k = sealed_head_labels(run_dir, epoch, n_tiles, head)
+        except LabelFilesError as err:
+            raise SegmentError(str(err)) from None
+        labels = mask_labels(run_dir, raw)
+        if labels.max() >= k or labels.min() < -1:
+            raise SegmentError(
+                f"{labels_dir(run_dir, epoch)}: head {head}'s labels lie outside [-1, {k}); "
+                f"re-run the cluster job for epoch {epoch}"
+            )
+        heads.append((labels, k))
+    return heads
+
+
+def labels_reused(run_dir: str | Path, epoch: int) -> bool:
+    """True when ``epoch``'s labels are a copy of the epoch before (``loop.recluster_every``)."""
+    return epoch >= 0 and read_stats(run_dir, epoch).get("reused_from") is not None

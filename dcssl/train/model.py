@@ -11,6 +11,11 @@ wrapper or data loader is built per epoch. When k changes between epochs:
   so a Parameter cannot change shape under them). The caller must re-wrap the model in DDP once,
   because DDP's gradient buckets are sized at construction; ``reset_head`` returns True in
   exactly that case. Growth is monotone: a later, smaller k masks rows again.
+
+Extra heads (``cluster.extra_k``, DeepCluster-v2 / SwAV): one more linear classifier per extra
+clustering, of fixed k each, in ``extra_heads``; ``forward`` appends their logits after the
+primary head's rows (one output tensor, so DDP sees one forward), and the trainer splits them.
+A one-head model has an empty ``extra_heads`` and the state_dict it always had.
 """
 
 from __future__ import annotations
@@ -127,6 +132,7 @@ class DeepClusterNet(nn.Module):
         else:
             self.projection = nn.Linear(feat, cfg.proj_dim)
         self.head = nn.Linear(cfg.proj_dim, k)
+        self.extra_heads = nn.ModuleList()
         self.register_buffer("active_k", torch.tensor(k, dtype=torch.int64))
         self.reset_head(k)
 
@@ -150,7 +156,48 @@ class DeepClusterNet(nn.Module):
         if self.k < self.head_rows:
             masked = torch.arange(self.head_rows, device=logits.device) >= self.active_k
             logits = logits.masked_fill(masked, float("-inf"))
+        if len(self.extra_heads):
+            logits = torch.cat([logits, *(head(z) / self.cfg.temperature for head in self.extra_heads)], 1)
         return logits, z
+
+    @property
+    def extra_k(self) -> list[int]:
+        return [head.out_features for head in self.extra_heads]
+
+    def split_logits(self, logits: torch.Tensor) -> list[torch.Tensor]:
+        """``forward``'s logits as [primary head's, extra head 1's, …]."""
+        return list(torch.split(logits, [self.head_rows, *self.extra_k], dim=1))
+
+    @torch.no_grad()
+    def set_extra_heads(self, ks: list[int], optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """Give the model exactly one extra head per entry of ``ks`` (fresh heads, drawn by
+        ``reset_extra_heads``), their parameters in ``optimizer``'s head group; True if they changed
+        (re-wrap the model in DDP then)."""
+        if list(ks) == self.extra_k:
+            return False
+        old = {id(p) for p in self.extra_heads.parameters()}
+        device = self.head.weight.device
+        self.extra_heads = nn.ModuleList(nn.Linear(self.cfg.proj_dim, k).to(device) for k in ks)
+        if optimizer is not None:
+            head_group = optimizer.param_groups[1]
+            for p in list(optimizer.state):
+                if id(p) in old:
+                    optimizer.state.pop(p)
+            kept = [p for p in head_group["params"] if id(p) not in old]
+            head_group["params"] = kept + list(self.extra_heads.parameters())
+        return True
+
+    @torch.no_grad()
+    def reset_extra_heads(
+        self, optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None
+    ) -> None:
+        """Re-draw every extra head as ``reset_head`` draws the primary (after it, same generator)."""
+        for head in self.extra_heads:
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * self.cfg.head_init_std)
+            head.bias.zero_()
+            if optimizer is not None:
+                for p in head.parameters():
+                    optimizer.state.pop(p, None)
 
     @torch.no_grad()
     def grow_head(self, rows: int, optimizer: torch.optim.Optimizer | None = None) -> bool:
@@ -209,21 +256,24 @@ class DeepClusterNet(nn.Module):
         return grew
 
     @torch.no_grad()
-    def set_head_weights(self, centroids: torch.Tensor) -> None:
+    def set_head_weights(self, centroids: torch.Tensor, head: int = 0) -> None:
         """Use ``centroids`` (k × d, unit rows) as the head's first k rows, bias 0 (DeepCluster-v2:
         logits = cosine to the centroids / temperature); all-zero rows (empty clusters) keep
-        their random draw."""
+        their random draw. ``head``: 0 the primary, h ≥ 1 extra head h."""
+        layer, k_now = (
+            (self.head, self.k) if head == 0 else (self.extra_heads[head - 1], self.extra_k[head - 1])
+        )
         k = centroids.shape[0]
-        if k != self.k or centroids.shape[1] != self.head.weight.shape[1]:
+        if k != k_now or centroids.shape[1] != layer.weight.shape[1]:
             raise ValueError(
-                f"centroids are {tuple(centroids.shape)}, the head has k={self.k} of {self.cfg.proj_dim}"
+                f"centroids are {tuple(centroids.shape)}, head {head} has k={k_now} of {self.cfg.proj_dim}"
             )
         filled = centroids.abs().sum(1) > 0
-        rows = self.head.weight[:k]
+        rows = layer.weight[:k]
         rows[filled] = centroids[filled].to(rows)
-        self.head.bias.zero_()
+        layer.bias.zero_()
 
     def trunk_parameters(self) -> list[nn.Parameter]:
-        """Everything but the head (trunk and projection)."""
-        head = {id(p) for p in self.head.parameters()}
+        """Everything but the heads (trunk and projection)."""
+        head = {id(p) for p in [*self.head.parameters(), *self.extra_heads.parameters()]}
         return [p for p in self.parameters() if id(p) not in head]

@@ -25,6 +25,7 @@ from dcssl.paths import RunPaths
 from dcssl.train.augment import BatchAugment, MultiCrop, eval_transform, mix_seed
 from dcssl.train.config import TrainConfig
 from dcssl.train.data import TileDataset, make_loader
+from dcssl.train.epoch_labels import labels_reused, load_extra_heads
 from dcssl.train.model import DeepClusterNet
 from dcssl.train.sampler import UniformClusterSampler, labels_digest
 from hpc.env import DistEnv
@@ -116,6 +117,7 @@ class Trainer:
         self.ddp: torch.nn.Module | None = None
         self.epoch, self.position, self.global_step = 0, 0, 0
         self.labels_digest = ""
+        self.extra_labels: list[torch.Tensor] = []  # extra heads' labels by global index (cluster.extra_k)
 
     # ------------------------------------------------------------------ labels and epochs
     def set_labels(self, labels: np.ndarray) -> None:
@@ -146,19 +148,36 @@ class Trainer:
             self.sampler.set_labels(labels)
 
     def start_epoch(self, epoch: int, labels: np.ndarray, k: int) -> None:
-        """Begin ``epoch`` on ``labels`` with k classes: swap labels, reset the head in place."""
+        """Begin ``epoch`` on ``labels`` with k classes: swap labels, reset the heads in place —
+        unless the labels are the previous epoch's, reused (``loop.recluster_every``): then the
+        heads go on where the last epoch left them."""
         self.set_labels(labels)
+        extra = self._set_extra_labels(epoch, len(labels))
+        self.epoch, self.position = epoch, 0
+        self.sampler.set_epoch(epoch, 0)
+        if labels_reused(self.run_dir, epoch - 1) and k == self.model.k:
+            return
         generator = torch.Generator().manual_seed(mix_seed(self.cfg.seed, epoch, 0x4EAD))
         if self.model.reset_head(k, self.optimizer, generator):
             self.ddp = None  # the head grew: DDP's buckets no longer fit, re-wrap once
+        self.model.reset_extra_heads(self.optimizer, generator)
         if self.cfg.model.head_init == "centroids":
-            self.model.set_head_weights(cluster_centroids(open_bank(self.run_dir, epoch - 1), labels, k))
-        self.epoch, self.position = epoch, 0
-        self.sampler.set_epoch(epoch, 0)
+            bank = open_bank(self.run_dir, epoch - 1)
+            for head, (head_labels, head_k) in enumerate([(labels, k), *extra]):
+                self.model.set_head_weights(cluster_centroids(bank, head_labels, head_k), head)
+
+    def _set_extra_labels(self, epoch: int, n: int) -> list[tuple[np.ndarray, int]]:
+        """The extra heads' labels of epoch-1 into the trainer, the model's extra heads to fit."""
+        extra = load_extra_heads(self.run_dir, epoch - 1, n)
+        self.extra_labels = [torch.from_numpy(head_labels.astype(np.int64)) for head_labels, _ in extra]
+        if self.model.set_extra_heads([k for _, k in extra], self.optimizer):
+            self.ddp = None  # new parameters: DDP's buckets no longer fit
+        return extra
 
     def resume_epoch(self, epoch: int, labels: np.ndarray, position: int) -> None:
-        """Continue ``epoch`` at local sample ``position`` (head and optimizer from a checkpoint)."""
+        """Continue ``epoch`` at local sample ``position`` (heads and optimizer from a checkpoint)."""
         self.set_labels(labels)
+        self._set_extra_labels(epoch, len(labels))
         self.epoch, self.position = epoch, position
         self.sampler.set_epoch(epoch, position)
 
@@ -246,7 +265,9 @@ class Trainer:
             logits, z = model(images)
         n = len(target)
         views = len(logits) // n  # multi-crop: every view is classified into the tile's cluster
-        loss = F.cross_entropy(logits.float(), target.repeat(views))
+        loss = self._loss(
+            logits, [target, *(h[batch["index"]].to(self.device) for h in self.extra_labels)], views
+        )
         z = z[:n]  # the first (global) view's embedding is what the feature bank records
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -255,6 +276,14 @@ class Trainer:
         self.position += len(batch["index"])
         self.global_step += 1
         return StepOutput(loss.detach(), z.detach(), batch["index"], batch["owner"])
+
+    def _loss(self, logits: torch.Tensor, targets: list[torch.Tensor], views: int) -> torch.Tensor:
+        """Cross-entropy of the primary head, or the mean over every head's (extra heads)."""
+        parts = self.model.split_logits(logits) if len(targets) > 1 else [logits]
+        losses = [
+            F.cross_entropy(part.float(), t.repeat(views)) for part, t in zip(parts, targets, strict=True)
+        ]
+        return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
     @torch.no_grad()
     def embed(self, batch: dict) -> torch.Tensor:
@@ -283,10 +312,12 @@ class Trainer:
             "labels_digest": self.labels_digest,
             "seed": self.cfg.seed,
             "rng": rng,
-        }
+        } | ({"extra_k": self.model.extra_k} if self.model.extra_k else {})
 
     def load_state_dict(self, state: dict) -> None:
         if self.model.set_head_rows(int(state["head_rows"]), self.optimizer):
+            self.ddp = None
+        if self.model.set_extra_heads(list(state.get("extra_k", [])), self.optimizer):
             self.ddp = None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
