@@ -121,14 +121,14 @@ def _crc_files(root: Path) -> tuple[list[Path], np.ndarray]:
 
 
 def _crc_pixels(args, size: int = 32):
-    """Tiles at ``size`` px, each mean-centred (stain brightness says little about the class)."""
+    """Tiles resized to ``size`` px, pixels / 255: the same input as BloodMNIST's pixels (no
+    per-set preprocessing; an earlier per-tile mean-centring is gone, see the README)."""
     from PIL import Image
 
     files, y = _crc_files(args.crc)
     pick = _draw(len(files), args.rows)
     x = np.stack([np.asarray(Image.open(files[i]).convert("RGB").resize((size, size))) for i in pick])
-    x = x.reshape(len(pick), -1).astype(np.float64)
-    return x - x.mean(axis=1, keepdims=True), y[pick]
+    return x.reshape(len(pick), -1) / 255.0, y[pick]
 
 
 def _deepcluster(args, name: str):
