@@ -24,7 +24,7 @@ projected on their top ``dim`` principal directions and scaled to unit RMS per c
 is absolute) — one factor for all rows, so distance ratios keep (the authors' ``normalization``
 option instead sets every row's norm to √D, their default is none, and their image sets come
 min-max scaled); the graph is Euclidean on those rows (the authors' edge script uses cosine
-distance: measured on the bench's sets it moved RCC's AMI by −0.02 to +0.03 and fixed none);
+distance: on digits and the bench's pixel sets it moved RCC's AMI by −0.02 to +0.03, fixed none);
 the solver is Jacobi-CG, not CMG-preconditioned PCG or a direct solve.
 
 Why the stopping test is absolute: a relative test (once 0.1 % here) fires on almost every
