@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import uuid
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "slurm: needs the live SLURM cluster (fails under CI=true when it cannot start, skips elsewhere)",
     )
+    # A suite started with `&` from a non-interactive shell inherits SIGINT ignored, and so would
+    # every launcher it starts: the Ctrl-C tests would then test nothing. Give them a terminal's.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def in_ci() -> bool:
