@@ -5,9 +5,22 @@ included), on the same store, with dcssl's batch augmentations (two views per ti
 tile's seeded uniform streams, the same recipe DeepCluster trains with), at the same input size,
 in this process on the configured threads and with DeepCluster's precision (``train.precision``:
 bf16 autocast on CPUs with native bf16, as the Trainer does) and memory format. Heads and losses
-are lightly's. Training stops when
-both budgets are spent — ``images`` tiles drawn and ``cpu_seconds`` of CPU time — and the trunk is
-snapshotted at each, so one run gives the encoder at equal images seen and at equal CPU time.
+are lightly's.
+
+Two runs per peer (``race_peer``), each a whole schedule (SGD, cosine lr, BYOL's momentum ramp)
+that spans exactly its image budget in whole batches and ends there:
+
+- **equal images**: ``round(images / batch)`` steps, ``images`` being what DeepCluster trained on.
+  Nothing in it depends on the clock: given the seed, two runs give bit-identical weights.
+- **equal CPU**: DeepCluster's CPU seconds × this peer's own images per CPU second averaged over
+  its whole equal-images run, rounded to whole batches; a second run from the same init whose
+  schedule spans exactly that (the first run itself when the rounding gives the same steps). The
+  CPU it actually used is reported beside the budget: the load moves the rate, so the image
+  budget follows the load, but the run, once sized, is as deterministic as the first.
+
+CPU = user + system seconds of this process (every thread) from building the peer to its last
+step; lightly is imported before the clock starts (a one-time cost of the bench process, not of
+a method).
 """
 
 from __future__ import annotations
@@ -29,7 +42,7 @@ from dcssl.train.data import TileDataset, decode_batch
 from dcssl.train.model import DeepClusterNet
 from dcssl.train.trainer import resolve_precision
 
-__all__ = ["PEERS", "PeerResult", "train_peer", "cpu_seconds"]
+__all__ = ["PEERS", "PeerResult", "PeerRun", "cpu_seconds", "images_for_cpu", "race_peer", "train_peer"]
 
 PEERS = ("simclr", "byol", "swav")
 
@@ -41,14 +54,39 @@ def cpu_seconds(children: bool = False) -> float:
 
 
 @dataclass
+class PeerRun:
+    """One whole schedule: the trained network and what it cost."""
+
+    method: str
+    net: DeepClusterNet
+    images: int
+    """Tiles drawn: steps × batch."""
+    cpu_seconds: float
+    """CPU seconds of this process from building the peer to its last step."""
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def images_per_cpu_second(self) -> float:
+        return self.images / max(self.cpu_seconds, 1e-9)
+
+
+@dataclass
 class PeerResult:
     method: str
     snapshots: dict[str, DeepClusterNet] = field(default_factory=dict)
-    """'images' (equal images seen) and 'cpu' (equal CPU time) → the network with that trunk."""
+    """'images' (equal images seen) and 'cpu' (equal CPU time) → the network of that run."""
     images_at: dict[str, int] = field(default_factory=dict)
     cpu_seconds_at: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each run actually used."""
+    cpu_budget_s: float = 0.0
+    """The equal-CPU run's target: DeepCluster's CPU seconds."""
+    images_per_cpu_second: float = 0.0
+    """The equal-images run's rate, which sized the equal-CPU run."""
     losses: list[float] = field(default_factory=list)
+    """The equal-images run's losses."""
     steps: int = 0
+    """Steps of both runs (the shared one once when they are the same run)."""
 
 
 class _Peer(nn.Module):
@@ -116,15 +154,22 @@ def _cpu_amp_dtype(precision: str) -> torch.dtype | None:
     return None if dtype == torch.float16 else dtype
 
 
+def _import_lightly() -> None:
+    import lightly.loss  # noqa: F401 — before the clock: a one-time cost of the process
+    import lightly.models  # noqa: F401
+
+
 def train_peer(
     method: str,
     store_root: str | Path,
     cfg: TrainConfig,
     images: int,
-    cpu_budget_s: float,
     on_step: Callable[[int, float], None] | None = None,
-) -> PeerResult:
-    """Train ``method`` until ``images`` tiles are drawn and ``cpu_budget_s`` CPU seconds spent."""
+) -> PeerRun:
+    """Train ``method`` from ``cfg.seed``'s init for ``round(images / batch)`` whole batches (≥ 1),
+    the cosine schedule spanning exactly those steps; deterministic given the seed."""
+    _import_lightly()
+    start_cpu = cpu_seconds()
     torch.manual_seed(cfg.seed)
     net = DeepClusterNet(cfg.model, k=1)
     peer = _Peer(method, net, _cpu_amp_dtype(cfg.precision)).to(memory_format=torch.channels_last)
@@ -134,13 +179,17 @@ def train_peer(
     dataset = TileDataset(store_root, cfg.augment, transform_in_worker=False)
     crop = MultiCrop(replace(cfg.augment, global_crops=2, local_crops=0))
     n, batch, rng = len(dataset), cfg.data.batch_size, np.random.default_rng(cfg.seed)
-    total_steps = max(1, images // batch)
-    result, start_cpu, seen, epoch = PeerResult(method), cpu_seconds(), 0, 0
-    while len(result.snapshots) < 2:
+    if n < batch:
+        raise ValueError(
+            f"{store_root}: {n} tiles, fewer than one batch of {batch}; lower train.data.batch_size"
+        )
+    total_steps = max(1, round(images / batch))
+    run, epoch = PeerRun(method, net, 0, 0.0), 0
+    while run.steps < total_steps:
         epoch += 1
         order = rng.permutation(n)
         for lo in range(0, n - batch + 1, batch):
-            progress = min(result.steps / total_steps, 1.0)
+            progress = run.steps / total_steps
             for group in optimizer.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * progress))
             a, b = _views(dataset, crop, cfg.seed, epoch, order[lo : lo + batch], np.arange(lo, lo + batch))
@@ -149,18 +198,43 @@ def train_peer(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            seen, result.steps = seen + batch, result.steps + 1
-            result.losses.append(float(loss.detach()))
-            spent = cpu_seconds() - start_cpu
-            if result.steps == 5:  # the schedule spans whichever budget is longer
-                total_steps = max(total_steps, int(cpu_budget_s / (spent / 5)))
-            for name, reached in (("images", seen >= images), ("cpu", spent >= cpu_budget_s)):
-                if reached and name not in result.snapshots:
-                    result.snapshots[name] = copy.deepcopy(net).eval()
-                    result.images_at[name], result.cpu_seconds_at[name] = seen, spent
+            run.steps, run.images = run.steps + 1, run.images + batch
+            run.losses.append(float(loss.detach()))
             if on_step is not None:
-                on_step(result.steps, float(loss))
-            if len(result.snapshots) == 2:
+                on_step(run.steps, run.losses[-1])
+            if run.steps == total_steps:
                 break
     dataset.close()
+    net.eval()
+    run.cpu_seconds = cpu_seconds() - start_cpu
+    return run
+
+
+def images_for_cpu(rate: float, cpu_budget_s: float, batch: int) -> int:
+    """The image budget that ``cpu_budget_s`` buys at ``rate`` images per CPU second, in whole
+    batches (≥ 1)."""
+    return max(1, round(cpu_budget_s * rate / batch)) * batch
+
+
+def race_peer(
+    method: str,
+    store_root: str | Path,
+    cfg: TrainConfig,
+    images: int,
+    cpu_budget_s: float,
+    on_step: Callable[[int, float], None] | None = None,
+) -> PeerResult:
+    """The equal-images run, then the equal-CPU run sized from its rate (module docstring)."""
+    first = train_peer(method, store_root, cfg, images, on_step)
+    budget = images_for_cpu(first.images_per_cpu_second, cpu_budget_s, cfg.data.batch_size)
+    second = first if budget == first.images else train_peer(method, store_root, cfg, budget, on_step)
+    result = PeerResult(method, cpu_budget_s=cpu_budget_s, images_per_cpu_second=first.images_per_cpu_second)
+    for at, run in (("images", first), ("cpu", second)):
+        result.snapshots[at], result.images_at[at], result.cpu_seconds_at[at] = (
+            run.net,
+            run.images,
+            run.cpu_seconds,
+        )
+    result.losses = first.losses
+    result.steps = first.steps + (second.steps if second is not first else 0)
     return result

@@ -5,9 +5,12 @@ folder's ``train/`` with class sub-folders) is ingested as a run's store → ``l
 local executor: torchrun train segments, mpiexec clustering) → the k-NN / linear probe of
 ``launch eval`` against the same architecture at random init, plus k-NN on raw pixels. Queries are
 the test split (``test/`` of a folder). ``--peers simclr,byol,swav`` also trains each peer through
-lightly (``dcssl.bench.peers``: same trunk, input size, augmentations, threads) to the images
-DeepCluster saw and to its CPU time, and scores them with the same probes: one JSON line at equal
-images seen, a second at equal CPU minutes (CPU = user + system time of every process involved).
+lightly (``dcssl.bench.peers``: same trunk, input size, augmentations, threads) twice, each run a
+whole cosine schedule: one spanning exactly the images DeepCluster saw (deterministic given the
+seed), one spanning the images its own rate buys in DeepCluster's CPU time, and scores them with
+the same probes: one JSON line at equal images seen, a second at equal CPU minutes (CPU = user +
+system time of every process involved; that line gives each peer's CPU actually used beside
+DeepCluster's, and the images per CPU second that sized it).
 ``--seeds 0,1`` runs the whole race once per seed and ends with each setting's mean and spread
 (``dcssl.bench.quality_seeds``).
 
@@ -25,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dcssl.bench.peers import PEERS, cpu_seconds, train_peer
+from dcssl.bench.peers import PEERS, cpu_seconds, race_peer
 from dcssl.bench.quality_seeds import parse_seeds, seed_overrides, seed_run_dir, summarise
 from dcssl.evaluate.encoder import LoadedEncoder, random_encoder, trained_encoder
 from dcssl.evaluate.labelled import LabelledSet, StoreSource, ingest_npz, load_labelled
@@ -210,21 +213,23 @@ def _images_seen(run_dir: Path, batch_size: int) -> int:
 
 
 def _peers(args, run_dir: Path, train_cfg, images: int, cpu_minutes: float) -> tuple[dict, dict]:
-    """Each peer trained to DeepCluster's images and CPU time → (encoders, facts per peer)."""
+    """Each peer's equal-images run and equal-CPU run (``race_peer``) → (encoders, facts per peer)."""
     import torch
 
     torch.set_num_threads(2)  # the train segment's executor_train.cpus_per_task in both recipes
     encoders, facts = {}, {}
     for method in args.peers:
-        log.info("peer %s: to %d images and %.1f CPU minutes", method, images, cpu_minutes)
-        result = train_peer(method, RunPaths(run_dir).store, train_cfg, images, cpu_minutes * 60)
+        log.info("peer %s: to %d images, then to %.2f CPU minutes", method, images, cpu_minutes)
+        result = race_peer(method, RunPaths(run_dir).store, train_cfg, images, cpu_minutes * 60)
         for at, net in result.snapshots.items():
             encoders[f"{method}@{at}"] = LoadedEncoder(net, result.images_at[at], None, None)
         facts[method] = {
             "images_at": result.images_at,
             "cpu_minutes_at": {k: round(v / 60, 2) for k, v in result.cpu_seconds_at.items()},
+            "images_per_cpu_second": round(result.images_per_cpu_second, 1),
             "final_loss": result.losses[-1],
         }
+        log.info("peer %s: %s", method, facts[method])
     return encoders, facts
 
 
@@ -331,7 +336,15 @@ def _versus_peers(result: dict, facts: dict, at: str) -> dict:
         "peers_images_seen": {m: facts[m]["images_at"][at] for m in facts},
         "best_peer": best,
         "knn_vs_best_peer": round(result["knn_pretrained"] / max(knn[best], 1e-9), 4),
+        **(_cpu_sizing(facts) if at == "cpu" else {}),
     }
+
+
+def _cpu_sizing(facts: dict) -> dict:
+    """The equal-CPU line's extra: each peer's images per CPU second over its equal-images run,
+    which sized its image budget (its CPU actually used is ``peers_cpu_minutes``; the budget is
+    ``cpu_minutes.deepcluster``)."""
+    return {"peers_images_per_cpu_second": {m: facts[m]["images_per_cpu_second"] for m in facts}}
 
 
 if __name__ == "__main__":
