@@ -161,8 +161,11 @@ class FileLock:
         assert self.fd is not None, "update() needs the lock"
         self.holder.update(info)
         data = (json.dumps(self.holder, sort_keys=True) + "\n").encode()
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
+        # Never empty or torn for a reader polling it: the new record over the old one, padded
+        # with blanks (valid JSON whitespace) to the old length, then cut to its own length.
+        old = os.fstat(self.fd).st_size
+        os.pwrite(self.fd, data + b" " * max(0, old - len(data)), 0)
+        os.ftruncate(self.fd, len(data))
 
     def release(self) -> None:
         """Let go, marking the record released (a record without the mark is a holder that died)."""

@@ -64,3 +64,25 @@ def test_an_unreadable_record_is_reported_not_raised(tmp_path):
     path.write_bytes(b"\xff\xfe binary")
     assert read_holder(path) == {}
     assert "another process" in describe_holder({})
+
+
+UPDATER = (
+    "import sys; from hpc.lock import FileLock; "
+    "lock = FileLock(sys.argv[1]).acquire(what='updater'); print('held', flush=True)\n"
+    "for i in range(4000): lock.update(running='x' * (i % 50))\n"
+    "lock.release()"
+)
+
+
+def test_a_reader_polling_a_record_being_rewritten_always_sees_its_holder(tmp_path):
+    # a launcher rewrites its record at every step (longer and shorter ones); a reader polling it
+    # meanwhile (launch status, the run-lock tests) must never see an empty or torn record
+    path = tmp_path / "run.lock"
+    proc = subprocess.Popen([sys.executable, "-c", UPDATER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    reads, missing = 0, 0
+    while proc.poll() is None:
+        reads += 1
+        missing += read_holder(path).get("pid") != proc.pid
+    assert proc.wait() == 0
+    assert reads > 100 and missing == 0, f"{missing} of {reads} reads found no holder"
