@@ -279,11 +279,22 @@ if ! alive "$RUN_DIR/slurmctld.pid" slurmctld; then
 fi
 
 # ---------------------------------------------------------------- slurmd, one per node
+# start_slurmd NODE: a slurmd for NODE, after stopping any stray one (a slurmd whose pid file is
+# gone or stale still holds the node's port, and a second one would exit at once on it)
+start_slurmd() {
+    local stray
+    for stray in $(pgrep -x slurmd 2>/dev/null); do
+        if tr '\0' ' ' < "/proc/$stray/cmdline" 2>/dev/null | grep -qE -- "-N $1( |\$)"; then
+            log "stopping stray slurmd $stray for node $1"
+            kill -KILL "$stray" 2>/dev/null || true
+            wait_for "stray slurmd $stray" 10 bash -c "! kill -0 $stray" || true
+        fi
+    done
+    log "starting slurmd for node $1"
+    spawn "$LOGDIR/slurmd-$1.out" slurmd -D -N "$1"
+}
 for n in "${NODES[@]}"; do
-    if ! alive "$RUN_DIR/slurmd-$n.pid" slurmd; then
-        log "starting slurmd for node $n"
-        spawn "$LOGDIR/slurmd-$n.out" slurmd -D -N "$n"
-    fi
+    alive "$RUN_DIR/slurmd-$n.pid" slurmd || start_slurmd "$n"
 done
 echo "$CONF_HASH" > "$HASH_FILE"
 
@@ -302,7 +313,7 @@ not_ready() {
         esac
     done
 }
-end=$((SECONDS + TIMEOUT)); resumed=0
+end=$((SECONDS + TIMEOUT)); resumed=0; restarted=""
 while :; do
     bad=$(not_ready)
     [[ -z $bad ]] && break
@@ -317,8 +328,14 @@ while :; do
     # a daemon that died while we wait will not come back by waiting
     alive "$RUN_DIR/slurmctld.pid" slurmctld || die_log "$LOGDIR/slurmctld.out" "slurmctld exited, see $LOGDIR/slurmctld.log"
     sleep 0.3   # give a crashing slurmd time to write its pid file and die
+    # one more start for a slurmd that exited (a port still in its predecessor's hands), then give up
     for n in "${NODES[@]}"; do
-        alive "$RUN_DIR/slurmd-$n.pid" slurmd || die_log "$LOGDIR/slurmd-$n.out" "slurmd for node $n exited, see $LOGDIR/slurmd-$n.log"
+        alive "$RUN_DIR/slurmd-$n.pid" slurmd && continue
+        [[ " $restarted " == *" $n "* ]] && die_log "$LOGDIR/slurmd-$n.out" "slurmd for node $n exited twice, see $LOGDIR/slurmd-$n.log"
+        restarted+=" $n"
+        log "slurmd for node $n exited; starting it once more"
+        sleep 1
+        start_slurmd "$n"
     done
     if ((SECONDS >= end)); then
         sinfo -N -p "$PARTITION" -l >&2 || true
