@@ -53,26 +53,21 @@ def test_a_peer_run_is_bit_identical_given_the_seed(store, method):
     assert not torch.equal(_weights(other.net)["trunk.conv1.weight"], a["trunk.conv1.weight"])
 
 
-def test_the_schedule_spans_exactly_the_run_and_ends_there(store):
+def test_the_schedule_spans_exactly_the_run_and_ends_there(store, monkeypatch):
     """The cosine reaches its end at the run's last step, so the equal-images encoder is not a
     mid-schedule snapshot: a 2-step run is not the first 2 steps of a 4-step one."""
     cfg = tiny_config(batch_size=BATCH)
+    original = torch.optim.SGD.step
     lrs: list[list[float]] = []
     for steps in (2, 4):
         seen: list[float] = []
-        original = torch.optim.SGD.step
 
-        def spy(self, *args, _seen=seen, _original=original, **kwargs):
+        def spy(self, *args, _seen=seen, **kwargs):
             _seen.append(self.param_groups[0]["lr"])
-            return _original(self, *args, **kwargs)
+            return original(self, *args, **kwargs)
 
-        torch.optim.SGD.step = spy
-        try:
-            run = train_peer(
-                "simclr", store, cfg, images=steps * BATCH - BATCH // 4
-            )  # rounds to whole batches
-        finally:
-            torch.optim.SGD.step = original
+        monkeypatch.setattr(torch.optim.SGD, "step", spy)
+        run = train_peer("simclr", store, cfg, images=steps * BATCH - BATCH // 4)  # rounds to whole batches
         assert run.steps == steps and run.images == steps * BATCH
         lrs.append(seen)
     top = 0.06 * BATCH / 256
