@@ -263,7 +263,9 @@ def _train_setting(root: Path, args, arch: str, precision: str, multicrop: bool)
     from dcssl.train.trainer import Trainer
     from hpc.env import DistEnv
 
-    views = dict(global_crops=2, local_crops=6, local_size=args.size * 3 // 7) if multicrop else {}
+    # SwAV's 96/224 local views, never under 17 px (the ResNet's last stage needs a ≥ 2×2 input)
+    local = max(args.size * 3 // 7, 17)
+    views = dict(global_crops=2, local_crops=6, local_size=local) if multicrop else {}
     cfg = TrainConfig(
         model=ModelConfig(arch=arch),
         data=DataConfig(batch_size=args.batch, workers=args.workers, samples_per_epoch=args.batch * 2000),

@@ -257,6 +257,25 @@ class TrainConfig:
         _positive(self, "checkpoint_every", "log_every", "keep_checkpoints", "dist_timeout_s")
         if self.extract_batch_size < 0 or self.max_steps < 0:
             raise ValueError("extract_batch_size and max_steps must be ≥ 0")
+        self._check_smallest_view()
+
+    def _check_smallest_view(self) -> None:
+        """A ResNet view must reach the last stage as ≥ 2×2: its stride-2 3×3 conv on a 1×1 map
+        sees only padding around one pixel, and torch's CPU bf16 convolution returns NaN weight
+        gradients for exactly that shape (torch 2.14, oneDNN), which kills a run silently."""
+        if self.model.arch.startswith("vit_"):
+            return
+        shrink = 16 if self.model.stem == "imagenet" else 4  # input side ÷ this = last stage's input
+        views = {"augment.size": self.augment.size}
+        if self.augment.local_crops:
+            views["augment.local_size"] = self.augment.local_size
+        name, side = min(views.items(), key=lambda item: item[1])
+        if side <= shrink:
+            raise ValueError(
+                f"{name}={side} leaves {self.model.arch}'s last stage a 1×1 input "
+                f"(stem={self.model.stem}): use ≥ {shrink + 1} px"
+                + (" or model.stem=small" if self.model.stem == "imagenet" else "")
+            )
 
     @property
     def extract_batch(self) -> int:

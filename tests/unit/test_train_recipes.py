@@ -30,7 +30,7 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 N, BATCH = 64, 16
 
 
-def _multicrop(cfg, g: int = 2, local: int = 3, size: int = 16):
+def _multicrop(cfg, g: int = 2, local: int = 3, size: int = 20):
     cfg.augment = replace(cfg.augment, global_crops=g, local_crops=local, local_size=size)
     return cfg
 
@@ -113,13 +113,13 @@ def _keys(n: int = BATCH, epoch: int = 1) -> list[tuple]:
 
 
 def test_multicrop_batches_have_the_stated_shapes(booted):
-    cfg = _multicrop(tiny_config(batch_size=BATCH), g=2, local=4, size=16)
+    cfg = _multicrop(tiny_config(batch_size=BATCH), g=2, local=4, size=20)
     trainer = Trainer(booted, cfg, DistEnv(), torch.device("cpu"))
     batch = trainer.dataset.__getitems__(_keys())
     assert batch["images"].shape == (2, BATCH, 3, 32, 32)
-    assert batch["local_images"].shape == (4, BATCH, 3, 16, 16)
+    assert batch["local_images"].shape == (4, BATCH, 3, 20, 20)
     views = trainer.inputs(batch)
-    assert [tuple(v.shape) for v in views] == [(2 * BATCH, 3, 32, 32), (4 * BATCH, 3, 16, 16)]
+    assert [tuple(v.shape) for v in views] == [(2 * BATCH, 3, 32, 32), (4 * BATCH, 3, 20, 20)]
     trainer.start_epoch(1, np.arange(N) % 4, 4)
     logits, z = trainer.model(views)
     assert logits.shape == (6 * BATCH, 4) and z.shape == (6 * BATCH, 32)
@@ -156,9 +156,7 @@ def test_multicrop_views_are_reproducible_and_device_independent(booted):
 
 
 def test_multicrop_preempted_run_resumes_to_the_same_weights(booted, tmp_path):
-    # fp32: oneDNN's bf16 CPU convolution returns garbage weight gradients when a stride-2 conv
-    # sees a 1×1 map (16-px views of this thin ResNet reach layer4 at 1×1); 32-px views are fine
-    cfg = _multicrop(tiny_config(batch_size=BATCH, checkpoint_every=1000, precision="fp32"))
+    cfg = _multicrop(tiny_config(batch_size=BATCH, checkpoint_every=1000))
     whole, resumed = _preempted_then_resumed(booted, tmp_path, cfg)
     _assert_same_final_state(whole, resumed)
     plain = tmp_path / "plain"
@@ -176,6 +174,20 @@ def test_multicrop_options_are_validated():
     with pytest.raises(ValueError, match="local_crops must be ≥ 0"):
         replace(cfg.augment, local_crops=-1)
     assert MultiCrop(replace(cfg.augment, global_crops=2)).views == 2
+
+
+def test_a_view_that_reaches_the_last_resnet_stage_as_1x1_is_refused():
+    # torch's CPU bf16 conv returns NaN weight gradients for a stride-2 conv on a 1×1 map
+    small_views = replace(tiny_config().augment, local_crops=2, local_size=16)
+    with pytest.raises(ValueError, match=r"augment.local_size=16 leaves resnet18's last stage a 1×1 input"):
+        replace(tiny_config(), augment=small_views)
+    with pytest.raises(ValueError, match=r"augment.size=16 .* use ≥ 17 px or model.stem=small"):
+        tiny_config(size=16)
+    assert replace(tiny_config(), augment=replace(small_views, local_size=17)).augment.local_size == 17
+    small_stem = replace(tiny_config().model, stem="small")
+    assert replace(tiny_config(), model=small_stem, augment=small_views).model.stem == "small"
+    vit = replace(tiny_config().model, arch="vit_tiny_patch16_224")
+    assert replace(tiny_config(), model=vit, augment=small_views).model.arch.startswith("vit_")
 
 
 # ---------------------------------------------------------------------------------- ViT (timm)
