@@ -97,17 +97,15 @@ def draw_progress(paths: RunPaths, records: list[dict], target: Path | None = No
 
 
 def _write_tensorboard(paths: RunPaths, summary: dict) -> None:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional; metrics.jsonl and the chart carry the same
-        return
-    with SummaryWriter(log_dir=str(paths.tensorboard)) as writer:
+    from dcssl.tbwriter import ScalarWriter
+
+    with ScalarWriter(paths.root) as writer:
         for key in ("loss", "nmi_prev", "clusters_used", "empty_split", "largest_share", "stale_fraction"):
             if summary.get(key) is not None:
-                writer.add_scalar(f"epoch/{key}", summary[key], summary["epoch"])
+                writer.add(f"epoch/{key}", summary[key], summary["epoch"])
         for phase, seconds in summary["seconds"].items():
             if seconds is not None:
-                writer.add_scalar(f"seconds/{phase}", seconds, summary["epoch"])
+                writer.add(f"seconds/{phase}", seconds, summary["epoch"])
 
 
 def publish_epoch(paths: RunPaths, epoch: int) -> dict:

@@ -9,27 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dcssl.paths import RunPaths
+from dcssl.tbwriter import ScalarWriter
 
 __all__ = ["StepScalars"]
 
 
 class StepScalars:
     def __init__(self, run_dir: Path, enabled: bool):
-        self._writer = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                return
-            self._writer = SummaryWriter(log_dir=str(RunPaths(Path(run_dir)).tensorboard), flush_secs=30)
+        self._writer = ScalarWriter(run_dir, enabled)
 
     def add(self, step: int, **scalars: float) -> None:
-        if self._writer is not None:
-            for name, value in scalars.items():
-                self._writer.add_scalar(f"step/{name}", value, step)
+        for name, value in scalars.items():
+            self._writer.add(f"step/{name}", value, step)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._writer.close()

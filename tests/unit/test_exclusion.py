@@ -5,6 +5,9 @@ train segment and the real cluster job on a small synthetic store."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from dcssl.cluster.job import run_cluster
 from dcssl.epochs.features import open_bank
 from dcssl.epochs.labels import read_labels
 from dcssl.exclusion import read_mask
-from dcssl.jsonl import read_jsonl
+from dcssl.jsonl import append_jsonl, read_jsonl
 from dcssl.launch.__main__ import main as launch
 from dcssl.train.segment import load_labels, run_segment
 from dcssl.train.synthetic import make_store, tiny_config
@@ -119,3 +122,32 @@ def test_every_training_step_has_its_tensorboard_scalars(clustered):
         if "step/loss" in accumulator.Tags()["scalars"]:
             steps |= {s.step for s in accumulator.Scalars("step/loss")}
     assert last > 0 and steps == set(range(1, last + 1))
+
+
+def test_every_clustered_epoch_has_its_tensorboard_scalars_without_loading_torch(clustered, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"  # a copy: the module's fixture stays as it was
+    shutil.copytree(clustered / "labels", run_dir / "labels")
+    for record in read_jsonl(clustered / "metrics.jsonl"):
+        if record.get("kind") != "epoch":  # the train and cluster records an epoch summary joins
+            append_jsonl(run_dir / "metrics.jsonl", record)
+    code = (
+        "import sys; from pathlib import Path; from dcssl.paths import RunPaths; "
+        "from dcssl.pipeline.report import publish_epoch; "
+        f"[publish_epoch(RunPaths(Path({str(run_dir)!r})), e) for e in (0, 1)]; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)  # what the cluster job's rank 0 runs
+    epochs = {r["epoch"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"}
+    scalars: dict[str, dict[int, float]] = {}
+    for events in (run_dir / "tb").glob("events.*"):  # one event file per publishing job
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, {}).update({s.step: s.value for s in accumulator.Scalars(tag)})
+    assert sorted(epochs) == [0, 1] == sorted(scalars["epoch/clusters_used"])
+    assert scalars["epoch/clusters_used"] == {e: r["clusters_used"] for e, r in epochs.items()}
+    # the bootstrap (epoch 0) has neither a training loss nor a predecessor to compare with
+    assert scalars["epoch/loss"] == {1: pytest.approx(epochs[1]["loss"], rel=1e-6)}
+    assert scalars["epoch/nmi_prev"] == {1: pytest.approx(epochs[1]["nmi_prev"], rel=1e-6)}
