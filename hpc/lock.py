@@ -45,13 +45,24 @@ def holder_id(holder: dict) -> str:
     return f"{holder.get('host')}:{holder.get('pid')}:{holder.get('since')}"
 
 
-def read_holder(path: Path) -> dict:
-    """What the last holder wrote; {} when there is nothing readable (never raises)."""
-    try:
-        holder = json.loads(Path(path).read_bytes().decode("utf-8") or "{}")
-    except (OSError, ValueError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
+def read_holder(path: Path, attempts: int = 5) -> dict:
+    """What the last holder wrote; {} when there is nothing readable (never raises).
+
+    A read that overlaps the holder's in-place rewrite can still see a page half-copied (a
+    buffered read is not atomic against a write on Linux: 1 in ~3,000 polls in CI), so an
+    unparsable or empty record is read again, a millisecond later, a few times."""
+    for attempt in range(attempts):
+        try:
+            holder = json.loads(Path(path).read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            holder = None
+        if isinstance(holder, dict) and holder:
+            return holder
+        if attempt + 1 < attempts:
+            time.sleep(0.001)
+    return {}
 
 
 def describe_holder(holder: dict) -> str:
