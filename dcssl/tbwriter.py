@@ -1,4 +1,5 @@
-"""TensorBoard scalars under RUN/tb/: the one writer of its event files.
+"""TensorBoard scalars under RUN/tb/: the one writer of its event files (per-step ones from the
+train segment's rank 0, per-epoch ones from dcssl.pipeline.report).
 
 tensorboard's own event writer, not torch's SummaryWriter: importing torch costs the clustering
 job (which never needs it) ≈ 2 CPU-seconds per epoch. Without tensorboard installed every call
@@ -23,19 +24,19 @@ class ScalarWriter:
         if not enabled:
             return
         try:
+            from tensorboard.compat.proto.event_pb2 import Event
+            from tensorboard.compat.proto.summary_pb2 import Summary
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
         except ImportError:
             return
+        self._event, self._summary = Event, Summary
         self._writer = EventFileWriter(str(RunPaths(Path(run_dir)).tensorboard), flush_secs=flush_secs)
 
     def add(self, tag: str, value: float, step: int) -> None:
         if self._writer is None:
             return
-        from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        scalar = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])
-        self._writer.add_event(Event(wall_time=time.time(), step=int(step), summary=scalar))
+        scalar = self._summary(value=[self._summary.Value(tag=tag, simple_value=float(value))])
+        self._writer.add_event(self._event(wall_time=time.time(), step=int(step), summary=scalar))
 
     def close(self) -> None:
         if self._writer is not None:

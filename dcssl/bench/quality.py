@@ -60,8 +60,9 @@ _SHARED = [
 # with bf16 autocast on a CPU with native bf16, ~10 in fp32), k = 100 (≈ 12 × the 8 classes:
 # 50 and 300 did worse), exact feature extraction each epoch, mild colour jitter: stain colour
 # separates some cell types (eosinophils). Weight decay 5e-4 (the peers' own): 3 epochs, k-NN
-# 0.786 / 0.750 on seeds 0 / 1 against 0.766 / 0.762 at 1e-4 (a tie on the mean, 0.768 vs 0.764); DeepCluster-v2's frozen centroid head and MLP projection,
-# which help on H&E, cost 4 points here (0.743), and k = 300 / 500 with 5e-4 gave 0.767 / 0.742.
+# 0.786 / 0.750 on seeds 0 / 1 against 0.766 / 0.762 at 1e-4 (a tie on the mean, 0.768 vs
+# 0.764); DeepCluster-v2's frozen centroid head and MLP projection, which help on H&E, cost 4
+# points here (0.743), and k = 300 / 500 with 5e-4 gave 0.767 / 0.742.
 RECIPE = [
     "train.model.arch=resnet18",
     "train.model.stem=small",

@@ -23,13 +23,13 @@ from dcssl.epochs.trained import done_path, write_done
 from dcssl.jsonl import append_jsonl
 from dcssl.paths import RunPaths
 from dcssl.store import Store
+from dcssl.tbwriter import ScalarWriter
 from dcssl.train.config import TrainConfig
 from dcssl.train.epoch_labels import load_labels
 from dcssl.train.extract import extract_pass
 from dcssl.train.resume import checkpoint_manager, resume_point
 from dcssl.train.sampler import labels_digest
 from dcssl.train.segment_errors import NonFiniteLoss, SegmentError
-from dcssl.train.tbsteps import StepScalars
 from dcssl.train.trainer import Trainer, all_reduce_sum
 from dcssl.train.window import LossWindow
 from hpc.distributed import barrier
@@ -228,7 +228,7 @@ class SegmentRun:
             writer = BankWriter(embeddings_path(self.run_dir, self.epoch), self.n_tiles, cfg.model.proj_dim)
         window = LossWindow()
         self._tick = time.monotonic()
-        self.scalars = StepScalars(self.run_dir, enabled=self.env.is_main)
+        self.scalars = ScalarWriter(self.run_dir, enabled=self.env.is_main)  # RUN/tb/, rank 0
         try:
             for batch in trainer.batches(limit):
                 self._step(trainer, batch, writer, window, total)
@@ -282,7 +282,8 @@ class SegmentRun:
         window.add(loss, images, seconds)
         step = trainer.global_step
         lr = trainer.optimizer.param_groups[0]["lr"]
-        self.scalars.add(step, loss=loss, lr=lr, images_per_s=images / max(seconds, 1e-9))
+        for name, value in (("loss", loss), ("lr", lr), ("images_per_s", images / max(seconds, 1e-9))):
+            self.scalars.add(f"step/{name}", value, step)
         if trainer.step_in_epoch % cfg.log_every == 0 or trainer.step_in_epoch == total:
             self._report(trainer, window, total)
         if float(agreed[1]) > 0:
