@@ -86,8 +86,8 @@ class ClusterConfig:
     stays ≲ 1 min (k ≤ 1,100 at d = 256, ≤ 2,200 at d = 64), kmeans|| beyond (k-means++ takes
     hours at k = 10,000; k-means|| seconds)."""
     init_sample: int = 0
-    """Rows the init samples from (0: max(20·k, 10 000) for kmeans++, max(10·k, 10 000) for
-    kmeans||)."""
+    """Rows the init samples from (0: max(20·k, 10 000); kmeans|| spreads them over the ranks
+    and takes 10·k where its rounds on 20·k would cost > 10¹² flop, e.g. k = 10,000 at d = 256)."""
     init_trials: int = 5
     """k-means++ restarts on the sample, each refined by ``init_refine`` Lloyd iterations there;
     the lowest sample inertia starts the full run (kmeans||: one run; also part of auto's cost

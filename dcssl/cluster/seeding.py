@@ -6,12 +6,13 @@ quantities (exact nearest centroids, float64 distances of one formula, fixed-poi
 on rank 0 with one BLAS thread), so the same seed gives the same centroids for any rank count.
 
 k-means|| at k = 10,000: greedy k-means++ costs k² × sample × d on rank 0 (hours); k-means||
-takes ``rounds`` passes in which every sample row is drawn with probability ℓ·d²/φ (ℓ = 2k /
-rounds, φ the sample's cost), so ~2k candidates accumulate, each sample row only ever measured
-against the new ones (sample × 2k × d in all, split over the ranks); the candidates, weighted by
-the sample rows nearest to them, are reduced to k by weighted k-means++ in batches on rank 0.
-Each round's state is small (candidate indices, per-sample-row nearest candidate and distance)
-and handed to ``on_round``, so a killed job resumes after the last finished round.
+takes ``rounds`` passes in which every sample row is drawn with probability ℓ·d²/φ (ℓ = o·k /
+rounds, φ the sample's cost, o = ``oversample``: 2–8), so ~o·k candidates accumulate, each sample
+row only ever measured against the new ones (sample × o·k × d in all, split over the ranks); the
+candidates, weighted by the sample rows nearest to them, are reduced to k by weighted k-means++
+in batches on rank 0. Each round's state is small (candidate indices, per-sample-row nearest
+candidate and distance) and handed to ``on_round``, so a killed job resumes after the last
+finished round.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from .assigner import Assigner
 from .exact import as_comm, broadcast, exact_total, gather_rows, global_count, global_max
 
-__all__ = ["init_centroids", "kmeans_parallel", "sample_index", "auto_method", "reduce_trials"]
+__all__ = ["init_centroids", "kmeans_parallel", "sample_index", "auto_method", "oversample", "reduce_trials"]
 
 # Lloyd from given centroids on init sample rows → (centroids, inertia): ``kmeans.refine_on_sample``,
 # passed in by the caller so that seeding (which k-means starts from) never imports k-means.
@@ -35,9 +36,15 @@ Refiner = Callable[[np.ndarray, np.ndarray, object, int], tuple[np.ndarray, floa
 # k ≤ 1,100, at d = 64 k ≤ 2,200), k-means|| beyond: where both run, k-means++ ends lower
 # (init-quality bench), so it is kept for as long as it is affordable.
 AUTO_KMEANSPP_FLOP = 6e11
-# k-means|| rounds (Bahmani et al.: 5 suffice) and candidates drawn in all, in units of k.
+# k-means|| rounds (Bahmani et al.: 5 suffice; 10 or 20 rounds of the same candidates in all
+# measured no better) and the candidates drawn in all, in units of k: as many as the reduction
+# affords with its full greedy trials (``_REDUCE_FLOP``), between these two. More candidates
+# approximate greedy k-means++ more closely (Bahmani et al. draw 2.5–10 k): inertia after 20
+# iterations above 5-restart k-means++, BloodMNIST PCA-256 at k = 2,000 (3 seeds) 2 k +1.15 %,
+# 4 k +0.73 %, 8 k +0.17 %, 16 k +0.24 %; 8 k with one trial per pick +2.1 % (the greedy trials
+# matter more than the candidates). At k = 10,000, d = 256 the budget leaves 2 k.
 _ROUNDS = 5
-_OVERSAMPLE = 2.0
+_OVERSAMPLE_MIN, _OVERSAMPLE_MAX = 2.0, 8.0
 # Trials per pick of the weighted k-means++ reduction, the best kept (greedy): 2 + ln k as
 # greedy k-means++ (scikit-learn's rule), fewer where that would cost rank 0 more than this many
 # flop (2·candidates·k·d per trial; at k = 10,000, d = 256: 5 trials, 11.6 s instead of 7.7 s
@@ -46,8 +53,13 @@ _OVERSAMPLE = 2.0
 # mixture k = 1,000 +0.08 % → −0.07 %. Restarts of the reduction, each refined on the sample
 # (best sample inertia kept), or refining on the larger k-means++ sample gained nothing on top.
 _REDUCE_FLOP = 5.5e11
-# Sample rows per centroid k-means|| draws from when ``sample`` is 0.
-_PER_CENTROID = 10
+# Sample rows per centroid k-means|| draws from when ``sample`` is 0: 20, as k-means++'s sample,
+# or 10 where the rounds on 20 would cost more than ``_ROUNDS_FLOP`` (sample × candidates × 2d:
+# k = 10,000 at d = 256, where 20 took the init from ≈ 27 s to 65 s on 2 loaded ranks). Picks
+# and refinement on 10 rows per centroid end higher: 100 k × 32 mixture at k = 4,000 (4 seeds,
+# 2 k candidates) +0.125 % above 5-restart k-means++ with 10, −0.174 % with 20.
+_PER_CENTROID = 20, 10
+_ROUNDS_FLOP = 1e12
 # Centroids per batch of the weighted k-means++ reduction, in units of k.
 _BATCH_SHARE = 1 / 128
 # Sample rows measured at once (float32 scores: rows × candidates of a round).
@@ -65,8 +77,19 @@ def _kmeanspp_sample(n: int, k: int, sample: int) -> int:
     return min(n, sample or max(20 * k, 10_000))
 
 
-def _rounded_sample(n: int, k: int, sample: int) -> int:
-    return min(n, sample or max(_PER_CENTROID * k, 10_000))
+def _rounds_plan(n: int, k: int, d: int, sample: int) -> tuple[int, float]:
+    """(sample rows, candidates in units of k) of k-means||: the first of 20·k rows with
+    ``oversample``'s candidates, 20·k with 2 k, 10·k with 2 k (k = 10,000 at d = 256) whose rounds
+    fit ``_ROUNDS_FLOP``. 10 rows per centroid with many candidates measured worst of all (mixture
+    at k = 4,000: +0.46 % with 8 k), so the fallback keeps 2 k."""
+    many, few = _PER_CENTROID
+    plans = ((many, oversample(k, d)), (many, _OVERSAMPLE_MIN), (few, _OVERSAMPLE_MIN))
+    if sample:
+        return min(n, sample), plans[0][1]
+    for per, over in plans:
+        if 2.0 * per * k * over * k * d <= _ROUNDS_FLOP:
+            break
+    return min(n, max(per * k, 10_000)), over
 
 
 def kmeans_parallel(
@@ -84,7 +107,8 @@ def kmeans_parallel(
     refiner: Refiner | None = None,
     trials: int = 0,
 ) -> np.ndarray:
-    """k-means|| on ``sample`` rows (0: max(10 k, 10 000)), each rank measuring its own share.
+    """k-means|| on ``sample`` rows (0: max(20 k, 10 000), 10 k where that costs too much; see
+    ``_rounds_plan``), each rank measuring its own share.
 
     ``on_round(state)`` runs on every rank after each round with the global state (the same on
     all ranks); passing it back as ``resume`` continues after that round. ``refine``: Lloyd
@@ -93,7 +117,7 @@ def kmeans_parallel(
     """
     comm = as_comm(comm)
     n = global_count(len(x_local), comm)
-    m = _rounded_sample(n, k, sample)
+    m, over = _rounds_plan(n, k, x_local.shape[1], sample)
     index = sample_index(n, m, seed, 1)
     mine = np.flatnonzero((index >= row0) & (index < row0 + len(x_local)))
     xs = np.ascontiguousarray(x_local[index[mine] - row0], dtype=np.float32)
@@ -108,7 +132,7 @@ def kmeans_parallel(
         picked_all, done = np.asarray(resume["init_cand"], dtype=np.int64), int(resume["init_round"])
         d2, near = np.asarray(resume["init_d2"])[mine].copy(), np.asarray(resume["init_near"])[mine].copy()
         cand = [np.asarray(gather(picked_all), dtype=np.float32)] if len(picked_all) else []
-    draw = _OVERSAMPLE * k / max(rounds, 1)
+    draw = over * k / max(rounds, 1)
     for r in range(done, rounds):
         bound = m * float(global_max(d2.max() if len(d2) else 0.0, comm)[0]) * 1.01 + 1e-300
         phi = exact_total(d2, bound, comm)
@@ -138,6 +162,13 @@ def kmeans_parallel(
     if refine:  # Lloyd on the distributed sample (pruned: the later passes cost little)
         out = _needs(refiner)(xs, out, comm, refine)[0]
     return out
+
+
+def oversample(k: int, d: int) -> float:
+    """Candidates k-means|| draws, in units of k: as many as a reduction with 2 + ln k trials
+    per pick fits in ``_REDUCE_FLOP``, within [``_OVERSAMPLE_MIN``, ``_OVERSAMPLE_MAX``]."""
+    afford = _REDUCE_FLOP / (2.0 * (2 + int(np.log(k))) * k * k * d)
+    return float(np.clip(afford, _OVERSAMPLE_MIN, _OVERSAMPLE_MAX))
 
 
 def reduce_trials(candidates: int, k: int, d: int) -> int:

@@ -332,6 +332,23 @@ def test_kmeans_parallel_resumes_after_a_round_with_the_same_centroids():
     assert np.array_equal(whole, resumed)
 
 
+def test_kmeans_parallel_draws_as_many_candidates_as_the_reduction_affords(monkeypatch):
+    from dcssl.cluster import seeding
+
+    x = _mixture(20_000, 16, 50, seed=3)
+
+    def candidates() -> int:
+        rounds = []
+        seeding.kmeans_parallel(x, 300, seed=4, on_round=rounds.append, refiner=refine_on_sample, refine=0)
+        return len(rounds[-1]["init_cand"])
+
+    assert seeding.oversample(300, 16) == 8.0  # a small k affords the most candidates
+    assert 0.9 * 8 * 300 <= candidates() <= 8 * 300 + 1
+    monkeypatch.setattr(seeding, "_REDUCE_FLOP", 1.0)  # k = 10,000, d = 256: the budget leaves 2 k
+    assert seeding.oversample(300, 16) == 2.0 and seeding.oversample(10_000, 256) == 2.0
+    assert 0.9 * 2 * 300 <= candidates() <= 2 * 300 + 1
+
+
 def test_group_bounds_on_the_cuda_path_match_numpy(monkeypatch):
     # No GPU here: the cuda code path runs on CPU tensors (Tensor.cuda → the tensor itself).
     import torch
