@@ -183,12 +183,16 @@ def pca_transform(
     d_out = pca.proj.shape[1] if pca is not None else d
     out = np.empty((n_local, d_out), dtype=np.float32)
     if pca is not None:
-        mean32 = pca.mean.astype(np.float32)
+        # float64 product, rounded once to float32: OpenBLAS's sgemm (numpy 2.4's 0.3.31) gives
+        # rows last-bit results that depend on how many rows the call holds (1 vs 8,192: 9 of 16
+        # values differ), so a row's features, and then the centroids, would depend on the rank
+        # count. dgemm's differences are ~1e-16 and vanish in the rounding.
+        mean32, proj64 = pca.mean.astype(np.float32), pca.proj.astype(np.float64)
     for lo, hi in (t for tiles in _tiles(n_local, block, d) for t in tiles):
         rows = _rows(x_local, lo, hi)
         y = out[lo:hi]
         if pca is not None:
-            np.matmul(rows - mean32, pca.proj, out=y)
+            y[...] = (rows - mean32).astype(np.float64) @ proj64
         else:
             y[...] = rows
         if l2_normalize:
