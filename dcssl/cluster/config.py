@@ -89,9 +89,10 @@ class ClusterConfig:
     """Rows the init samples from (0: max(20·k, 10 000); kmeans|| spreads them over the ranks
     and takes 10·k where its rounds on 20·k would cost > 10¹² flop, e.g. k = 10,000 at d = 256)."""
     init_trials: int = 5
-    """k-means++ restarts on the sample, each refined by ``init_refine`` Lloyd iterations there;
-    the lowest sample inertia starts the full run (kmeans||: one run; also part of auto's cost
-    estimate)."""
+    """Restarts of the init, each refined by ``init_refine`` Lloyd iterations on the sample; the
+    lowest sample inertia starts the full run. kmeans++: whole runs (part of auto's cost
+    estimate); kmeans||: reductions of the same candidates, spread over the ranks, as many as fit
+    ≈ 10¹² flop of reductions (at d = 256: 5 at k = 2,000, 2 at k = 4,000–10,000)."""
     init_refine: int = 20
     """Lloyd iterations on the sample after seeding (per k-means++ restart; 0: none)."""
     groups: int = 0

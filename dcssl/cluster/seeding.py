@@ -60,6 +60,16 @@ _REDUCE_FLOP = 5.5e11
 # 2 k candidates) +0.125 % above 5-restart k-means++ with 10, −0.174 % with 20.
 _PER_CENTROID = 20, 10
 _ROUNDS_FLOP = 1e12
+# Reductions of the same candidates (each seeded apart and refined on the sample, the lowest
+# sample inertia kept) while they cost at most this many flop in all, up to ``init_trials``:
+# with many candidates one reduction ends about where one k-means++ restart does, not where the
+# best of five does. Inertia after 20 iterations above 5-restart k-means++ (init-quality, 4
+# seeds), one reduction → five: BloodMNIST PCA-256 k = 2,000 +0.234 % → +0.157 %, PCA-64 k = 300
+# +0.145 % → +0.017 %, k = 1,000 +0.325 % → +0.267 %; mixture k = 4,000 −0.069 % → −0.101 %
+# (with 2 k candidates, 2026-12-02, restarts gained nothing). Spread over the ranks, so R ranks
+# pay ⌈restarts / R⌉ reductions' time; k = 10,000, d = 256 (2·10⁴ candidates, 5 trials:
+# 5.1·10¹¹ flop each) affords two.
+_RESTARTS_FLOP = 1.1e12
 # Centroids per batch of the weighted k-means++ reduction, in units of k.
 _BATCH_SHARE = 1 / 128
 # Sample rows measured at once (float32 scores: rows × candidates of a round).
@@ -106,6 +116,7 @@ def kmeans_parallel(
     on_round: Callable[[dict], None] | None = None,
     refiner: Refiner | None = None,
     trials: int = 0,
+    restarts: int = 1,
 ) -> np.ndarray:
     """k-means|| on ``sample`` rows (0: max(20 k, 10 000), 10 k where that costs too much; see
     ``_rounds_plan``), each rank measuring its own share.
@@ -113,7 +124,9 @@ def kmeans_parallel(
     ``on_round(state)`` runs on every rank after each round with the global state (the same on
     all ranks); passing it back as ``resume`` continues after that round. ``refine``: Lloyd
     iterations on the sample after the reduction (stopping early once the inertia stalls).
-    ``trials``: greedy trials per pick of the reduction (0: ``reduce_trials``).
+    ``trials``: greedy trials per pick of the reduction (0: ``reduce_trials``). ``restarts``:
+    reductions of the same candidates (seeded apart, spread over the ranks, at most
+    ``affordable_restarts``), each refined; the lowest sample inertia wins.
     """
     comm = as_comm(comm)
     n = global_count(len(x_local), comm)
@@ -155,13 +168,24 @@ def kmeans_parallel(
         cand.append(rows)
     c = np.concatenate(cand)
     weights = _allreduce(np.bincount(near, minlength=len(c)).astype(np.int64), comm)
-    out = np.zeros((k, x_local.shape[1]), dtype=np.float32)
-    if comm.Get_rank() == 0:
-        out[:] = _reduce(c, weights, k, seed, trials or reduce_trials(len(c), k, c.shape[1]))
-    out = broadcast(out, comm)
-    if refine:  # Lloyd on the distributed sample (pruned: the later passes cost little)
-        out = _needs(refiner)(xs, out, comm, refine)[0]
-    return out
+    trials = trials or reduce_trials(len(c), k, c.shape[1])
+    runs = min(max(restarts, 1), affordable_restarts(len(c), k, c.shape[1], trials))
+    mine = {
+        r: _reduce(c, weights, k, seed, trials, r)
+        for r in range(runs)
+        if r % comm.Get_size() == comm.Get_rank()
+    }
+    if runs == 1 and not refine:
+        return broadcast(mine.get(0, np.zeros((k, c.shape[1]), dtype=np.float32)), comm)
+    best, best_inertia = None, np.inf
+    for r in range(runs):  # each reduction from its rank, refined on the distributed sample
+        start = broadcast(
+            mine.pop(r, np.zeros((k, c.shape[1]), dtype=np.float32)), comm, root=r % comm.Get_size()
+        )
+        cent, inertia = _needs(refiner)(xs, start, comm, refine)
+        if inertia < best_inertia:  # global (the same on every rank); a tie keeps the earlier
+            best, best_inertia = cent, inertia
+    return best
 
 
 def oversample(k: int, d: int) -> float:
@@ -175,6 +199,11 @@ def reduce_trials(candidates: int, k: int, d: int) -> int:
     """Greedy trials per pick of the reduction: 2 + ln k, capped by ``_REDUCE_FLOP`` (≥ 1)."""
     per_trial = 2.0 * candidates * k * d
     return max(1, min(2 + int(np.log(k)), int(_REDUCE_FLOP // per_trial)))
+
+
+def affordable_restarts(candidates: int, k: int, d: int, trials: int) -> int:
+    """Reductions of ``trials`` greedy trials per pick that fit ``_RESTARTS_FLOP`` (≥ 1)."""
+    return max(1, int(_RESTARTS_FLOP // (2.0 * candidates * k * d * trials)))
 
 
 def _needs(refiner: Refiner | None) -> Refiner:
@@ -217,13 +246,15 @@ def _closer(xs: np.ndarray, new: np.ndarray, offset: int, d2: np.ndarray, near: 
         near[lo:hi][closer] = offset + labels[closer]
 
 
-def _reduce(c: np.ndarray, weights: np.ndarray, k: int, seed: int, trials: int = 1) -> np.ndarray:
+def _reduce(
+    c: np.ndarray, weights: np.ndarray, k: int, seed: int, trials: int = 1, restart: int = 0
+) -> np.ndarray:
     """k of the candidates by weighted k-means++ (D²·weight sampling), in batches of k/128
     drawn without replacement, ``trials`` draws per pick of which the greedy best is kept; one
-    BLAS thread, so the picks do not depend on thread counts."""
+    BLAS thread, so the picks depend neither on thread counts nor on which rank runs them."""
     from threadpoolctl import threadpool_limits
 
-    rng = np.random.default_rng([seed, 6])
+    rng = np.random.default_rng([seed, 6] if restart == 0 else [seed, 6, restart])
     w = weights.astype(np.float64) + 1e-12  # a candidate nobody is nearest to (duplicates) stays drawable
     cc = np.einsum("ij,ij->i", c, c)
     closest = np.full(len(c), np.inf)
@@ -338,6 +369,7 @@ def init_centroids(
             resume=resume,
             on_round=on_round,
             refiner=refiner,
+            restarts=trials,
         )
     m = k if method == "random" else _kmeanspp_sample(n, k, sample)
     index = sample_index(n, m, seed, 1)

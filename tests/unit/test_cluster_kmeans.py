@@ -349,6 +349,31 @@ def test_kmeans_parallel_draws_as_many_candidates_as_the_reduction_affords(monke
     assert 0.9 * 2 * 300 <= candidates() <= 2 * 300 + 1
 
 
+def test_kmeans_parallel_restarts_keep_the_lowest_refined_sample_inertia(monkeypatch):
+    from dcssl.cluster import seeding
+
+    x = _mixture(20_000, 16, 50, seed=3)
+
+    def refined(restarts: int) -> tuple[np.ndarray, list]:
+        seen = []
+
+        def refiner(rows, c, comm, iterations):
+            seen.append(refine_on_sample(rows, c, comm, iterations))
+            return seen[-1]
+
+        return seeding.kmeans_parallel(x, 300, seed=4, refiner=refiner, restarts=restarts), seen
+
+    best, seen = refined(4)
+    inertia = [s[1] for s in seen]
+    assert len(set(inertia)) == 4  # the reductions are seeded apart
+    assert 0 < np.argmin(inertia) < 3  # neither the first nor the last: keeping either would fail
+    assert np.array_equal(best, seen[int(np.argmin(inertia))][0])
+    one, first = refined(1)
+    assert [s[1] for s in first] == inertia[:1]  # restart 0 is the single reduction
+    monkeypatch.setattr(seeding, "_RESTARTS_FLOP", 1.0)  # nothing affordable: one reduction
+    assert np.array_equal(refined(4)[0], one)
+
+
 def test_group_bounds_on_the_cuda_path_match_numpy(monkeypatch):
     # No GPU here: the cuda code path runs on CPU tensors (Tensor.cuda → the tensor itself).
     import torch
