@@ -3,16 +3,17 @@
 
 Every method draws from seeded global sample indices and decides with rank-count-independent
 quantities (exact nearest centroids, float64 distances of one formula, fixed-point totals, work
-on rank 0 with one BLAS thread), so the same seed gives the same centroids for any rank count.
+on one rank with one BLAS thread), so the same seed gives the same centroids for any rank count.
 
 k-means|| at k = 10,000: greedy k-means++ costs k² × sample × d on rank 0 (hours); k-means||
 takes ``rounds`` passes in which every sample row is drawn with probability ℓ·d²/φ (ℓ = o·k /
 rounds, φ the sample's cost, o = ``oversample``: 2–8), so ~o·k candidates accumulate, each sample
 row only ever measured against the new ones (sample × o·k × d in all, split over the ranks); the
 candidates, weighted by the sample rows nearest to them, are reduced to k by weighted k-means++
-in batches on rank 0. Each round's state is small (candidate indices, per-sample-row nearest
-candidate and distance) and handed to ``on_round``, so a killed job resumes after the last
-finished round.
+in batches, several times (seeded apart, spread over the ranks, one BLAS thread each), each
+result refined on the sample and the lowest sample inertia kept. Each round's state is small
+(candidate indices, per-sample-row nearest candidate and distance) and handed to ``on_round``,
+so a killed job resumes after the last finished round (the reductions, seconds, are redone).
 """
 
 from __future__ import annotations
