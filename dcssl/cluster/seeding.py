@@ -75,6 +75,9 @@ _RESTARTS_FLOP = 1.1e12
 _BATCH_SHARE = 1 / 128
 # Sample rows measured at once (float32 scores: rows × candidates of a round).
 _TILE = 512
+# The whole sample as the reduction's pool (no rounds) while its float32 rows, gathered on every
+# rank, stay within this (the default 20·k sample at k = 2,000, d = 256: 41 MB).
+_POOL_BYTES = 2**28
 
 
 def auto_method(n: int, k: int, d: int, sample: int = 0, trials: int = 5) -> str:
@@ -89,18 +92,29 @@ def _kmeanspp_sample(n: int, k: int, sample: int) -> int:
 
 
 def _rounds_plan(n: int, k: int, d: int, sample: int) -> tuple[int, float]:
-    """(sample rows, candidates in units of k) of k-means||: the first of 20·k rows with
-    ``oversample``'s candidates, 20·k with 2 k, 10·k with 2 k (k = 10,000 at d = 256) whose rounds
-    fit ``_ROUNDS_FLOP``. 10 rows per centroid with many candidates measured worst of all (mixture
-    at k = 4,000: +0.46 % with 8 k), so the fallback keeps 2 k."""
+    """(sample rows, candidates in units of k) of k-means||: 0 candidates — no rounds, the whole
+    sample is the pool — where the reduction affords every sample row with its full trials
+    (``_whole_sample``); else the first of 20·k rows with ``oversample``'s candidates, 20·k with
+    2 k, 10·k with 2 k (k = 10,000 at d = 256) whose rounds fit ``_ROUNDS_FLOP``. 10 rows per
+    centroid with many candidates measured worst of all (mixture at k = 4,000: +0.46 % with 8 k),
+    so the fallback keeps 2 k."""
     many, few = _PER_CENTROID
     plans = ((many, oversample(k, d)), (many, _OVERSAMPLE_MIN), (few, _OVERSAMPLE_MIN))
+    whole = min(n, sample or max(many * k, 10_000))
+    if _whole_sample(whole, k, d):
+        return whole, 0.0
     if sample:
         return min(n, sample), plans[0][1]
     for per, over in plans:
         if 2.0 * per * k * over * k * d <= _ROUNDS_FLOP:
             break
     return min(n, max(per * k, 10_000)), over
+
+
+def _whole_sample(m: int, k: int, d: int) -> bool:
+    """Whether the reduction can take all ``m`` sample rows as its candidates: its greedy trials
+    fit ``_REDUCE_FLOP`` and the rows (gathered on every rank) ``_POOL_BYTES``."""
+    return 2.0 * m * k * d * (2 + int(np.log(k))) <= _REDUCE_FLOP and 4 * m * d <= _POOL_BYTES
 
 
 def kmeans_parallel(
@@ -120,7 +134,8 @@ def kmeans_parallel(
     restarts: int = 1,
 ) -> np.ndarray:
     """k-means|| on ``sample`` rows (0: max(20 k, 10 000), 10 k where that costs too much; see
-    ``_rounds_plan``), each rank measuring its own share.
+    ``_rounds_plan``), each rank measuring its own share; where the reduction affords every
+    sample row, no rounds: the reduction alone, over the whole sample (sampled greedy k-means++).
 
     ``on_round(state)`` runs on every rank after each round with the global state (the same on
     all ranks); passing it back as ``resume`` continues after that round. ``refine``: Lloyd
@@ -136,6 +151,35 @@ def kmeans_parallel(
     mine = np.flatnonzero((index >= row0) & (index < row0 + len(x_local)))
     xs = np.ascontiguousarray(x_local[index[mine] - row0], dtype=np.float32)
     gather = lambda picked: gather_rows(x_local, row0, row0 + len(x_local), index[picked], comm, root=None)  # noqa: E731
+    if over == 0:  # every sample row a candidate of weight 1: rounds would only thin the pool
+        c, weights = np.asarray(gather(np.arange(m)), dtype=np.float32), np.ones(m, dtype=np.int64)
+    else:
+        c, weights = _rounds(xs, mine, m, k, over, gather, comm, seed, rounds, resume, on_round)
+    trials = trials or reduce_trials(len(c), k, c.shape[1])
+    runs = min(max(restarts, 1), affordable_restarts(len(c), k, c.shape[1], trials))
+    own = {
+        r: _reduce(c, weights, k, seed, trials, r)
+        for r in range(runs)
+        if r % comm.Get_size() == comm.Get_rank()
+    }
+    if runs == 1 and not refine:
+        return broadcast(own.get(0, np.zeros((k, c.shape[1]), dtype=np.float32)), comm)
+    best, best_inertia = None, np.inf
+    for r in range(runs):  # each reduction from its rank, refined on the distributed sample
+        start = broadcast(
+            own.pop(r, np.zeros((k, c.shape[1]), dtype=np.float32)), comm, root=r % comm.Get_size()
+        )
+        cent, inertia = _needs(refiner)(xs, start, comm, refine)
+        if inertia < best_inertia:  # global (the same on every rank); a tie keeps the earlier
+            best, best_inertia = cent, inertia
+    return best
+
+
+def _rounds(
+    xs, mine, m, k, over, gather, comm, seed, rounds, resume, on_round
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-means||'s sampling rounds over the distributed sample → (candidates, weights: the
+    sample rows nearest to each), the same on every rank."""
     if resume is None:
         picked = np.array([int(np.random.default_rng([seed, 4]).integers(m))])
         d2, near, done = np.full(len(mine), np.inf), np.zeros(len(mine), dtype=np.int64), 0
@@ -168,25 +212,7 @@ def kmeans_parallel(
         _closer(xs, rows, len(picked_all), d2, near)
         cand.append(rows)
     c = np.concatenate(cand)
-    weights = _allreduce(np.bincount(near, minlength=len(c)).astype(np.int64), comm)
-    trials = trials or reduce_trials(len(c), k, c.shape[1])
-    runs = min(max(restarts, 1), affordable_restarts(len(c), k, c.shape[1], trials))
-    mine = {
-        r: _reduce(c, weights, k, seed, trials, r)
-        for r in range(runs)
-        if r % comm.Get_size() == comm.Get_rank()
-    }
-    if runs == 1 and not refine:
-        return broadcast(mine.get(0, np.zeros((k, c.shape[1]), dtype=np.float32)), comm)
-    best, best_inertia = None, np.inf
-    for r in range(runs):  # each reduction from its rank, refined on the distributed sample
-        start = broadcast(
-            mine.pop(r, np.zeros((k, c.shape[1]), dtype=np.float32)), comm, root=r % comm.Get_size()
-        )
-        cent, inertia = _needs(refiner)(xs, start, comm, refine)
-        if inertia < best_inertia:  # global (the same on every rank); a tie keeps the earlier
-            best, best_inertia = cent, inertia
-    return best
+    return c, _allreduce(np.bincount(near, minlength=len(c)).astype(np.int64), comm)
 
 
 def oversample(k: int, d: int) -> float:

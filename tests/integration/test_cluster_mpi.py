@@ -228,7 +228,8 @@ SLOW_INIT = ["k=4000", "pca_dim=0", "block_rows=4096", "iterations=3", "init=kme
 
 
 def test_kill9_during_the_init_resumes_after_its_last_round(tmp_path):
-    x = np.random.default_rng(4).standard_normal((100_000, 64))
+    # d = 128: at 64 the reduction affords all 80 k sample rows, so there would be no rounds
+    x = np.random.default_rng(4).standard_normal((100_000, 128))
     reference = tmp_path / "reference"
     write_bank(reference, 0, x)
     _run(reference, 0, 0, SLOW_INIT)

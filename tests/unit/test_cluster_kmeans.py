@@ -317,9 +317,11 @@ def test_kmeans_parallel_is_deterministic_per_seed_and_covers_the_mixture():
     assert assign(x, a)[1].sum() < 0.8 * assign(x, random)[1].sum()
 
 
-def test_kmeans_parallel_resumes_after_a_round_with_the_same_centroids():
+def test_kmeans_parallel_resumes_after_a_round_with_the_same_centroids(monkeypatch):
+    from dcssl.cluster import seeding
     from dcssl.cluster.seeding import kmeans_parallel
 
+    monkeypatch.setattr(seeding, "_POOL_BYTES", 0)  # rounds, as at k = 10,000
     x = _mixture(20_000, 16, 50, seed=3)
     rounds = []
     whole = kmeans_parallel(x, 300, seed=4, on_round=rounds.append, refiner=refine_on_sample)
@@ -335,6 +337,7 @@ def test_kmeans_parallel_resumes_after_a_round_with_the_same_centroids():
 def test_kmeans_parallel_draws_as_many_candidates_as_the_reduction_affords(monkeypatch):
     from dcssl.cluster import seeding
 
+    monkeypatch.setattr(seeding, "_POOL_BYTES", 0)  # rounds, as at k = 10,000
     x = _mixture(20_000, 16, 50, seed=3)
 
     def candidates() -> int:
@@ -361,7 +364,7 @@ def test_kmeans_parallel_restarts_keep_the_lowest_refined_sample_inertia(monkeyp
             seen.append(refine_on_sample(rows, c, comm, iterations))
             return seen[-1]
 
-        return seeding.kmeans_parallel(x, 300, seed=4, refiner=refiner, restarts=restarts), seen
+        return seeding.kmeans_parallel(x, 300, seed=6, refiner=refiner, restarts=restarts), seen
 
     best, seen = refined(4)
     inertia = [s[1] for s in seen]
@@ -372,6 +375,20 @@ def test_kmeans_parallel_restarts_keep_the_lowest_refined_sample_inertia(monkeyp
     assert [s[1] for s in first] == inertia[:1]  # restart 0 is the single reduction
     monkeypatch.setattr(seeding, "_RESTARTS_FLOP", 1.0)  # nothing affordable: one reduction
     assert np.array_equal(refined(4)[0], one)
+
+
+def test_kmeans_parallel_takes_the_whole_sample_as_its_pool_while_the_reduction_affords_it(monkeypatch):
+    from dcssl.cluster import seeding
+
+    x = _mixture(20_000, 16, 50, seed=3)
+    assert seeding._rounds_plan(20_000, 300, 16, 0) == (10_000, 0.0)  # 2·10⁴·300·16·7 flop: affordable
+    assert seeding._rounds_plan(10**6, 10_000, 256, 0) == (100_000, 2.0)  # k = 10,000: rounds
+    pools, rounds = [], []
+    real = seeding._reduce
+    monkeypatch.setattr(seeding, "_reduce", lambda c, w, *a: pools.append((c, w)) or real(c, w, *a))
+    seeding.kmeans_parallel(x, 300, seed=4, on_round=rounds.append, refiner=refine_on_sample, restarts=1)
+    (c, w), sample = pools[0], x[seeding.sample_index(len(x), 10_000, 4, 1)]
+    assert rounds == [] and np.array_equal(c, sample) and np.array_equal(w, np.ones(10_000))
 
 
 def test_group_bounds_on_the_cuda_path_match_numpy(monkeypatch):
