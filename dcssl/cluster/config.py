@@ -81,8 +81,9 @@ class ClusterConfig:
     """Stop early when the inertia improves by less than this fraction (0: always run all)."""
     init: Literal["auto", "kmeans++", "kmeans||", "random"] = "auto"
     """Initial centroids: greedy k-means++ on a sample (rank 0), k-means|| (Bahmani et al. 2012:
-    5 sampling rounds over a sample spread over the ranks, checkpointed after each round), or k
-    random rows. auto: kmeans++ while its estimated cost on rank 0 (∝ init_trials·k²·log k·20·d)
+    5 sampling rounds over a sample spread over the ranks, checkpointed after each round, then a
+    weighted greedy k-means++ over the drawn candidates; no rounds where that reduction affords
+    the whole sample: k ≤ 2,400 at d = 256, ≤ 6,500 at d = 32), or k random rows. auto: kmeans++ while its estimated cost on rank 0 (∝ init_trials·k²·log k·20·d)
     stays ≲ 1 min (k ≤ 1,100 at d = 256, ≤ 2,200 at d = 64), kmeans|| beyond (k-means++ takes
     hours at k = 10,000; k-means|| seconds)."""
     init_sample: int = 0
@@ -92,7 +93,7 @@ class ClusterConfig:
     """Restarts of the init, each refined by ``init_refine`` Lloyd iterations on the sample; the
     lowest sample inertia starts the full run. kmeans++: whole runs (part of auto's cost
     estimate); kmeans||: reductions of the same candidates, spread over the ranks, as many as fit
-    ≈ 10¹² flop of reductions (at d = 256: 5 at k = 2,000, 2 at k = 4,000–10,000)."""
+    ≈ 1.1·10¹² flop of reductions (e.g. 2 at k = 10,000, d = 256)."""
     init_refine: int = 20
     """Lloyd iterations on the sample after seeding (per k-means++ restart; 0: none)."""
     groups: int = 0
