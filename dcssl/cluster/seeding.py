@@ -104,7 +104,7 @@ def _rounds_plan(n: int, k: int, d: int, sample: int) -> tuple[int, float]:
     so the fallback keeps 2 k."""
     many, few = _PER_CENTROID
     plans = ((many, oversample(k, d)), (many, _OVERSAMPLE_MIN), (few, _OVERSAMPLE_MIN))
-    whole = min(n, sample or max(many * k, 10_000))
+    whole = _kmeanspp_sample(n, k, sample)  # the sample k-means++ would take
     if _whole_sample(whole, k, d):
         return whole, 0.0
     if sample:
@@ -116,9 +116,9 @@ def _rounds_plan(n: int, k: int, d: int, sample: int) -> tuple[int, float]:
 
 
 def _whole_sample(m: int, k: int, d: int) -> bool:
-    """Whether the reduction can take all ``m`` sample rows as its candidates: its greedy trials
-    fit ``_REDUCE_FLOP`` and the rows (gathered on every rank) ``_POOL_BYTES``."""
-    return 2.0 * m * k * d * (2 + int(np.log(k))) <= _REDUCE_FLOP and 4 * m * d <= _POOL_BYTES
+    """Whether the reduction can take all ``m`` sample rows as its candidates: with its full
+    greedy trials (``reduce_trials``) and the rows (gathered on every rank) in ``_POOL_BYTES``."""
+    return reduce_trials(m, k, d) == 2 + int(np.log(k)) and 4 * m * d <= _POOL_BYTES
 
 
 def kmeans_parallel(
