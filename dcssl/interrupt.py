@@ -6,9 +6,11 @@ step's log names the launcher command to re-run; a job started by hand names its
 
 from __future__ import annotations
 
+import _thread
 import os
 import shlex
 import sys
+import threading
 from collections.abc import Callable
 
 __all__ = ["RESUME_ENV", "run_interruptible", "resume_line"]
@@ -24,8 +26,23 @@ def resume_line(own_command: list[str]) -> str:
 
 def run_interruptible(main: Callable[[], int], module: str) -> int:
     """``main()``, with Ctrl-C (SIGINT) turned into the one line and exit status 130."""
+    previous = sys.unraisablehook
+
+    def redeliver(unraisable) -> None:
+        # Ctrl-C landing inside a finaliser or weakref callback is swallowed there ("Exception
+        # ignored in …" and a traceback in the log, the job running on): deliver it again from
+        # a helper thread, once this hook has returned, so that it surfaces in the main code
+        # (a signal raised here would land in this hook and be swallowed again).
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            threading.Timer(0.01, _thread.interrupt_main).start()
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = redeliver
     try:
         return main()
     except KeyboardInterrupt:
         print(resume_line(["python", "-m", module, *sys.argv[1:]]), file=sys.stderr, flush=True)
         return 130
+    finally:
+        sys.unraisablehook = previous
