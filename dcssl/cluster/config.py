@@ -83,8 +83,8 @@ class ClusterConfig:
     """Initial centroids: greedy k-means++ on a sample (rank 0), k-means|| (Bahmani et al. 2012:
     5 sampling rounds over a sample spread over the ranks, checkpointed after each round, then a
     weighted greedy k-means++ over the drawn candidates; no rounds where that reduction affords
-    the whole sample: k ≤ 2,400 at d = 256, ≤ 6,500 at d = 32), or k random rows. auto: kmeans++ while its estimated cost on rank 0 (∝ init_trials·k²·log k·20·d)
-    stays ≲ 1 min (k ≤ 1,100 at d = 256, ≤ 2,200 at d = 64), kmeans|| beyond (k-means++ takes
+    the whole sample: k ≤ 2,400 at d = 256, ≤ 6,500 at d = 32), or k random rows. auto:
+    kmeans++ while its estimated cost on rank 0 (∝ init_trials·k²·log k·20·d) stays ≲ 1 min (k ≤ 1,100 at d = 256, ≤ 2,200 at d = 64), kmeans|| beyond (k-means++ takes
     hours at k = 10,000; k-means|| seconds)."""
     init_sample: int = 0
     """Rows the init samples from (0: max(20·k, 10 000); kmeans|| spreads them over the ranks
