@@ -19,6 +19,7 @@ so a killed job resumes after the last finished round (the reductions, seconds, 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -151,14 +152,12 @@ def kmeans_parallel(
     comm = as_comm(comm)
     n = global_count(len(x_local), comm)
     m, over = _rounds_plan(n, k, x_local.shape[1], sample)
-    index = sample_index(n, m, seed, 1)
-    mine = np.flatnonzero((index >= row0) & (index < row0 + len(x_local)))
-    xs = np.ascontiguousarray(x_local[index[mine] - row0], dtype=np.float32)
-    gather = lambda picked: gather_rows(x_local, row0, row0 + len(x_local), index[picked], comm, root=None)  # noqa: E731
+    held = _HeldSample.of(x_local, row0, sample_index(n, m, seed, 1), comm)
+    xs = held.rows
     if over == 0:  # every sample row a candidate of weight 1: rounds would only thin the pool
-        c, weights = np.asarray(gather(np.arange(m)), dtype=np.float32), np.ones(m, dtype=np.int64)
+        c, weights = np.asarray(held.gather(np.arange(m)), dtype=np.float32), np.ones(m, dtype=np.int64)
     else:
-        c, weights = _rounds(xs, mine, m, k, over, gather, comm, seed, rounds, resume, on_round)
+        c, weights = _rounds(held, k, over, seed, rounds, resume, on_round)
     trials = trials or reduce_trials(len(c), k, c.shape[1])
     runs = min(max(restarts, 1), affordable_restarts(len(c), k, c.shape[1], trials))
     own = {
@@ -179,11 +178,34 @@ def kmeans_parallel(
     return best
 
 
-def _rounds(
-    xs, mine, m, k, over, gather, comm, seed, rounds, resume, on_round
-) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class _HeldSample:
+    """The seeded init sample as one rank holds it: its share of the rows, in sample order."""
+
+    rows: np.ndarray
+    """This rank's sample rows (float32)."""
+    mine: np.ndarray
+    """Their positions in the whole sample."""
+    size: int
+    """Rows in the whole sample, over all ranks."""
+    gather: Callable[[np.ndarray], np.ndarray]
+    """Sample positions → their rows, on every rank."""
+    comm: object
+
+    @classmethod
+    def of(cls, x_local: np.ndarray, row0: int, index: np.ndarray, comm) -> _HeldSample:
+        """The sample ``index`` (sorted global rows) of ``x_local``, this rank's rows from ``row0``."""
+        end = row0 + len(x_local)
+        mine = np.flatnonzero((index >= row0) & (index < end))
+        rows = np.ascontiguousarray(x_local[index[mine] - row0], dtype=np.float32)
+        gather = lambda picked: gather_rows(x_local, row0, end, index[picked], comm, root=None)  # noqa: E731
+        return cls(rows, mine, len(index), gather, comm)
+
+
+def _rounds(held: _HeldSample, k, over, seed, rounds, resume, on_round) -> tuple[np.ndarray, np.ndarray]:
     """k-means||'s sampling rounds over the distributed sample → (candidates, weights: the
     sample rows nearest to each), the same on every rank."""
+    xs, mine, m, gather, comm = held.rows, held.mine, held.size, held.gather, held.comm
     if resume is None:
         picked = np.array([int(np.random.default_rng([seed, 4]).integers(m))])
         d2, near, done = np.full(len(mine), np.inf), np.zeros(len(mine), dtype=np.int64), 0
@@ -208,7 +230,7 @@ def _rounds(
             cand.append(rows)
             picked_all = np.r_[picked_all, new]
         if on_round is not None:
-            on_round(_round_state(r + 1, picked_all, d2, near, mine, m, comm))
+            on_round(_round_state(r + 1, picked_all, d2, near, held))
     if len(picked_all) < k:  # few distinct rows drew: top up with seeded sample rows
         order = np.random.default_rng([seed, 7]).permutation(m)
         extra = np.sort(order[~np.isin(order, picked_all)][: k - len(picked_all)])
@@ -249,15 +271,15 @@ def _allreduce(values: np.ndarray, comm) -> np.ndarray:
     return allreduce_(values, comm) if comm.Get_size() > 1 else values
 
 
-def _round_state(r: int, picked: np.ndarray, d2, near, mine, m: int, comm) -> dict:
+def _round_state(r: int, picked: np.ndarray, d2, near, held: _HeldSample) -> dict:
     """The global k-means|| state after round ``r`` (per-sample-row arrays by sample position)."""
-    full_d2, full_near = np.zeros(m), np.zeros(m, dtype=np.int64)
-    full_d2[mine], full_near[mine] = d2, near
+    full_d2, full_near = np.zeros(held.size), np.zeros(held.size, dtype=np.int64)
+    full_d2[held.mine], full_near[held.mine] = d2, near
     return {
         "init_round": r,
         "init_cand": picked.copy(),
-        "init_d2": _allreduce(full_d2, comm),
-        "init_near": _allreduce(full_near, comm),
+        "init_d2": _allreduce(full_d2, held.comm),
+        "init_near": _allreduce(full_near, held.comm),
     }
 
 
