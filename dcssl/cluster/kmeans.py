@@ -21,7 +21,8 @@ from .assigner import TILE, Assigner
 from .bounds import Bounds, centroid_gaps, search_shard
 from .exact import ClusterSums, as_comm, blocks, broadcast, exact_total, global_count, global_max
 from .groups import GroupBounds, auto_groups
-from .seeding import init_centroids, sample_index
+from .sampling import sample_index
+from .seeding import init_centroids
 
 __all__ = [
     "group_centroids",

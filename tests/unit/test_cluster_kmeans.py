@@ -318,10 +318,10 @@ def test_kmeans_parallel_is_deterministic_per_seed_and_covers_the_mixture():
 
 
 def test_kmeans_parallel_resumes_after_a_round_with_the_same_centroids(monkeypatch):
-    from dcssl.cluster import seeding
-    from dcssl.cluster.seeding import kmeans_parallel
+    from dcssl.cluster import parallel_init
+    from dcssl.cluster.parallel_init import kmeans_parallel
 
-    monkeypatch.setattr(seeding, "_POOL_BYTES", 0)  # rounds, as at k = 10,000
+    monkeypatch.setattr(parallel_init, "_POOL_BYTES", 0)  # rounds, as at k = 10,000
     x = _mixture(20_000, 16, 50, seed=3)
     rounds = []
     whole = kmeans_parallel(x, 300, seed=4, on_round=rounds.append, refiner=refine_on_sample)
@@ -335,25 +335,27 @@ def test_kmeans_parallel_resumes_after_a_round_with_the_same_centroids(monkeypat
 
 
 def test_kmeans_parallel_draws_as_many_candidates_as_the_reduction_affords(monkeypatch):
-    from dcssl.cluster import seeding
+    from dcssl.cluster import parallel_init
 
-    monkeypatch.setattr(seeding, "_POOL_BYTES", 0)  # rounds, as at k = 10,000
+    monkeypatch.setattr(parallel_init, "_POOL_BYTES", 0)  # rounds, as at k = 10,000
     x = _mixture(20_000, 16, 50, seed=3)
 
     def candidates() -> int:
         rounds = []
-        seeding.kmeans_parallel(x, 300, seed=4, on_round=rounds.append, refiner=refine_on_sample, refine=0)
+        parallel_init.kmeans_parallel(
+            x, 300, seed=4, on_round=rounds.append, refiner=refine_on_sample, refine=0
+        )
         return len(rounds[-1]["init_cand"])
 
-    assert seeding.oversample(300, 16) == 8.0  # a small k affords the most candidates
+    assert parallel_init.oversample(300, 16) == 8.0  # a small k affords the most candidates
     assert 0.9 * 8 * 300 <= candidates() <= 8 * 300 + 1
-    monkeypatch.setattr(seeding, "_REDUCE_FLOP", 1.0)  # k = 10,000, d = 256: the budget leaves 2 k
-    assert seeding.oversample(300, 16) == 2.0 and seeding.oversample(10_000, 256) == 2.0
+    monkeypatch.setattr(parallel_init, "_REDUCE_FLOP", 1.0)  # k = 10,000, d = 256: the budget leaves 2 k
+    assert parallel_init.oversample(300, 16) == 2.0 and parallel_init.oversample(10_000, 256) == 2.0
     assert 0.9 * 2 * 300 <= candidates() <= 2 * 300 + 1
 
 
 def test_kmeans_parallel_restarts_keep_the_lowest_refined_sample_inertia(monkeypatch):
-    from dcssl.cluster import seeding
+    from dcssl.cluster import parallel_init
 
     x = _mixture(20_000, 16, 50, seed=3)
 
@@ -364,7 +366,7 @@ def test_kmeans_parallel_restarts_keep_the_lowest_refined_sample_inertia(monkeyp
             seen.append(refine_on_sample(rows, c, comm, iterations))
             return seen[-1]
 
-        return seeding.kmeans_parallel(x, 300, seed=6, refiner=refiner, restarts=restarts), seen
+        return parallel_init.kmeans_parallel(x, 300, seed=6, refiner=refiner, restarts=restarts), seen
 
     best, seen = refined(4)
     inertia = [s[1] for s in seen]
@@ -373,21 +375,23 @@ def test_kmeans_parallel_restarts_keep_the_lowest_refined_sample_inertia(monkeyp
     assert np.array_equal(best, seen[int(np.argmin(inertia))][0])
     one, first = refined(1)
     assert [s[1] for s in first] == inertia[:1]  # restart 0 is the single reduction
-    monkeypatch.setattr(seeding, "_RESTARTS_FLOP", 1.0)  # nothing affordable: one reduction
+    monkeypatch.setattr(parallel_init, "_RESTARTS_FLOP", 1.0)  # nothing affordable: one reduction
     assert np.array_equal(refined(4)[0], one)
 
 
 def test_kmeans_parallel_takes_the_whole_sample_as_its_pool_while_the_reduction_affords_it(monkeypatch):
-    from dcssl.cluster import seeding
+    from dcssl.cluster import parallel_init
 
     x = _mixture(20_000, 16, 50, seed=3)
-    assert seeding._rounds_plan(20_000, 300, 16, 0) == (10_000, 0.0)  # 2·10⁴·300·16·7 flop: affordable
-    assert seeding._rounds_plan(10**6, 10_000, 256, 0) == (100_000, 2.0)  # k = 10,000: rounds
+    assert parallel_init._rounds_plan(20_000, 300, 16, 0) == (10_000, 0.0)  # 2·10⁴·300·16·7 flop: affordable
+    assert parallel_init._rounds_plan(10**6, 10_000, 256, 0) == (100_000, 2.0)  # k = 10,000: rounds
     pools, rounds = [], []
-    real = seeding._reduce
-    monkeypatch.setattr(seeding, "_reduce", lambda c, w, *a: pools.append((c, w)) or real(c, w, *a))
-    seeding.kmeans_parallel(x, 300, seed=4, on_round=rounds.append, refiner=refine_on_sample, restarts=1)
-    (c, w), sample = pools[0], x[seeding.sample_index(len(x), 10_000, 4, 1)]
+    real = parallel_init._reduce
+    monkeypatch.setattr(parallel_init, "_reduce", lambda c, w, *a: pools.append((c, w)) or real(c, w, *a))
+    parallel_init.kmeans_parallel(
+        x, 300, seed=4, on_round=rounds.append, refiner=refine_on_sample, restarts=1
+    )
+    (c, w), sample = pools[0], x[parallel_init.sample_index(len(x), 10_000, 4, 1)]
     assert rounds == [] and np.array_equal(c, sample) and np.array_equal(w, np.ones(10_000))
 
 
@@ -409,7 +413,7 @@ def _weighted_cost(c: np.ndarray, w: np.ndarray, centers: np.ndarray) -> float:
 
 
 def test_greedy_reduction_keeps_distinct_picks_and_lowers_the_weighted_cost():
-    from dcssl.cluster.seeding import _reduce
+    from dcssl.cluster.parallel_init import _reduce
 
     c = _mixture(3000, 16, 40, seed=6)
     w = np.random.default_rng(6).integers(1, 20, len(c))
@@ -433,7 +437,7 @@ def test_auto_init_keeps_kmeanspp_while_its_estimated_cost_is_affordable():
 
 
 def test_reduction_trials_are_2_plus_ln_k_until_rank_0_would_spend_too_long():
-    from dcssl.cluster.seeding import reduce_trials
+    from dcssl.cluster.parallel_init import reduce_trials
 
     assert reduce_trials(600, 300, 64) == 7 and reduce_trials(2000, 1000, 256) == 8  # 2 + ln k
     assert reduce_trials(20_000, 10_000, 64) == 11
